@@ -1,0 +1,97 @@
+"""Who is calling: the internal token between services, API keys (hashed) mapped to tenants at the proxy."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from services.common.errors import InvalidArgument, Unauthenticated
+
+AUTH_METADATA_KEY = "authorization"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller. ``tenant`` is None for internal services."""
+
+    tenant: str | None
+    internal: bool = False
+
+
+INTERNAL = Principal(tenant=None, internal=True)
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("claas_principal", default=None)
+
+
+def current_principal() -> Principal:
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("no authenticated caller")
+    return principal
+
+
+def bind_principal(principal: Principal) -> contextvars.Token:
+    return _current.set(principal)
+
+
+class Authenticator(Protocol):
+    def authenticate(self, bearer: str | None) -> Principal:
+        """The caller behind a bearer token, or raise Unauthenticated."""
+        ...
+
+
+def bearer_from_header(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class InternalTokenAuth:
+    """Accepts only the shared internal token. An empty configured token accepts everyone (local tests)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def authenticate(self, bearer: str | None) -> Principal:
+        if not self._token:
+            return INTERNAL
+        if bearer is None or not hmac.compare_digest(bearer.encode(), self._token.encode()):
+            raise Unauthenticated("missing or invalid internal token")
+        return INTERNAL
+
+
+class ApiKeyAuth:
+    """Tenants' API keys, stored as SHA-256 hex digests: ``{"<sha256 of key>": "<tenant>"}``."""
+
+    def __init__(self, key_hashes: dict[str, str]) -> None:
+        self._tenants = dict(key_hashes)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ApiKeyAuth:
+        """Read a keys file: a JSON object mapping ``sha256:<hex>`` (or plain hex) to a tenant name."""
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot read API keys file {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"API keys file {path} must hold a JSON object of key hash -> tenant")
+        return cls({str(k).removeprefix("sha256:"): str(v) for k, v in raw.items()})
+
+    def authenticate(self, bearer: str | None) -> Principal:
+        if bearer is None:
+            raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")
+        tenant = self._tenants.get(hash_key(bearer))
+        if tenant is None:
+            raise Unauthenticated("invalid API key")
+        return Principal(tenant=tenant)

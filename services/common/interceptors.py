@@ -1,0 +1,124 @@
+"""The server interceptor every service uses: request ids, auth, access logs, errors -> status codes.
+
+Everything happens inside the wrapped handler so that context variables (request id, caller) are bound
+in the task that runs the RPC, for streaming RPCs too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from services.common.auth import AUTH_METADATA_KEY, Authenticator, bearer_from_header, bind_principal
+from services.common.errors import ClaasError
+from services.common.logs import REQUEST_ID_KEY
+
+log = structlog.get_logger("claas.rpc")
+
+#: Methods that never need credentials (probes and tooling).
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        public = method.startswith(PUBLIC_PREFIXES)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, public, handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, public, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, public, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, public, handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> str:
+        metadata = _metadata(context)
+        request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        if not public:
+            bind_principal(self._auth.authenticate(bearer_from_header(metadata.get(AUTH_METADATA_KEY))))
+        return request_id
+
+    def _wrap_unary(self, method: str, public: bool, behavior: Callable) -> Callable:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                self._enter(method, public, context)
+                response = await behavior(request, context)
+            except BaseException as exc:
+                await _fail(exc, context, started)
+                raise
+            _access(context, started, public)
+            return response
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, public: bool, behavior: Callable) -> Callable:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                self._enter(method, public, context)
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                await _fail(exc, context, started)
+                raise
+            _access(context, started, public)
+
+        return wrapper
+
+
+def _access(context: grpc.aio.ServicerContext, started: float, public: bool) -> None:
+    if not public:
+        log.info("rpc", code="OK", ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+async def _fail(exc: BaseException, context: grpc.aio.ServicerContext, started: float) -> None:
+    """Log the failure and abort with its status; re-raises nothing itself (the caller re-raises)."""
+    ms = round((time.perf_counter() - started) * 1000, 2)
+    if isinstance(exc, grpc.aio.AbortError):
+        log.info("rpc", code=str(context.code()), ms=ms)
+        return
+    if isinstance(exc, ClaasError):
+        log.info("rpc", code=exc.grpc_code.name, ms=ms, error=exc.message)
+        await context.abort(exc.grpc_code, exc.message)
+    if isinstance(exc, Exception):
+        log.exception("rpc", code="INTERNAL", ms=ms)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    log.info("rpc", code="CANCELLED", ms=ms)

@@ -1,0 +1,65 @@
+"""Typed settings shared by every service, read from ``CLAAS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CLAAS_"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".cache" / "claas"
+
+
+class CommonSettings(BaseSettings):
+    """What every gRPC service needs. Service settings subclass this and add their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one (printed at start).")
+    internal_token: str = Field(
+        "",
+        description="Bearer token services use between each other. Empty disables the check (local tests only).",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a terminal, JSON otherwise (containers)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+    grace_period_s: float = Field(
+        20.0, gt=0, le=600, description="On SIGTERM, how long in-flight calls may take to finish."
+    )
+    max_message_mb: int = Field(16, ge=1, le=256, description="Largest gRPC message accepted or sent, MiB.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."
+    )
+    port_file: Path | None = Field(
+        None, description="If set, the bound gRPC port is written there once the service is SERVING."
+    )
+
+
+class SettingsError(SystemExit):
+    """Start-up fails with a message naming the environment variable at fault."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Build ``cls`` from the environment, turning validation errors into one clear message."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", ENV_PREFIX)
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            env_name = f"{prefix}{field}".upper()
+            lines.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
