@@ -25,3 +25,35 @@ def model_dir() -> Path:
     from services.common.model import prepare_packaged_model
 
     return prepare_packaged_model(progress=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM (CPU build) serving the packaged model with runtime LoRA loading.
+
+    Started once per test session and stopped at its end. ``CLAAS_TEST_VLLM_URL`` points the tests at a
+    vLLM that is already running instead (it must serve ``smollm2-135m`` with LoRA enabled).
+    """
+    import os
+    import signal
+
+    from services.common.vllm_server import VllmOptions, start_vllm, wait_healthy
+
+    existing = os.environ.get("CLAAS_TEST_VLLM_URL")
+    if existing:
+        wait_healthy(existing, None, timeout_s=30)
+        yield existing
+        return
+    options = VllmOptions(model=str(model_dir), served_name="smollm2-135m", port=free_port())
+    log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    process = start_vllm(options, log_path)
+    try:
+        wait_healthy(options.url, process)
+        yield options.url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except Exception:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -38,12 +38,7 @@ def service_config(idempotent: Sequence[tuple[str, str]]) -> str:
     )
 
 
-class _CallMetadata(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _CallMetadata:
     """Adds the bearer token and the current request id; gives unary calls a default deadline."""
 
     def __init__(self, token: str, default_timeout_s: float) -> None:
@@ -62,15 +57,25 @@ class _CallMetadata(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the first call kind it implements only (an if/elif chain), so each
+# kind needs an object of its own.
+class _UnaryUnary(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details, True), request)
 
+
+class _UnaryStream(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details, False), request)
 
+
+class _StreamUnary(_CallMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return await continuation(self._details(client_call_details, False), request_iterator)
 
+
+class _StreamStream(_CallMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return await continuation(self._details(client_call_details, False), request_iterator)
 
@@ -93,5 +98,7 @@ def open_channel(
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ],
-        interceptors=[_CallMetadata(token, default_timeout_s)],
+        interceptors=[
+            kind(token, default_timeout_s) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+        ],
     )

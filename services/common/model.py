@@ -100,7 +100,5 @@ def resolve_base_model(name: str) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     """Same vocabulary and special tokens => same fingerprint (16 hex chars)."""
     vocab = sorted(tokenizer.get_vocab().items())
-    payload = json.dumps(
-        {"vocab": vocab, "special": sorted(tokenizer.all_special_tokens)}, separators=(",", ":")
-    )
+    payload = json.dumps({"vocab": vocab, "special": sorted(tokenizer.all_special_tokens)}, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

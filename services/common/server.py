@@ -44,30 +44,32 @@ class ServiceServer:
     ) -> None:
         self.settings = settings
         self.service_names = list(service_names)
-        limit = settings.max_message_mb * 1024 * 1024
-        self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(authenticator)],
+        self._register = register
+        self._authenticator = authenticator
+        self.health = health_aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def _build(self) -> grpc.aio.Server:
+        # Built inside the running event loop: a grpc.aio server binds to the loop it is created in.
+        limit = self.settings.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self._authenticator)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        register(self.server)
-        reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
-        )
-        self.port = 0
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self._register(server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection([*self.service_names, health_name, reflection.SERVICE_NAME], server)
+        return server
 
     async def start(self) -> int:
         """Bind and start; every service reports NOT_SERVING until ``set_serving(True)``."""
+        self.server = self._build()
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self.server.add_insecure_port(address)
         if self.port == 0:
@@ -80,16 +82,15 @@ class ServiceServer:
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
     async def stop(self) -> None:
         """Refuse new calls at once; in-flight ones get the grace period."""
         await self.set_serving(False)
-        await self.server.stop(self.settings.grace_period_s)
+        if self.server is not None:
+            await self.server.stop(self.settings.grace_period_s)
 
 
 async def run_server(

@@ -29,16 +29,12 @@ class CommonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: readable on a terminal, JSON otherwise (containers)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Lowest level logged."
-    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     grace_period_s: float = Field(
         20.0, gt=0, le=600, description="On SIGTERM, how long in-flight calls may take to finish."
     )
     max_message_mb: int = Field(16, ge=1, le=256, description="Largest gRPC message accepted or sent, MiB.")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."
-    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it.")
     port_file: Path | None = Field(
         None, description="If set, the bound gRPC port is written there once the service is SERVING."
     )

@@ -81,14 +81,11 @@ class SdpoConfig:
             ">= 1 (1 caps rho at on-policy)."
         },
     )
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "Gradient-norm clip applied before each step, > 0."}
-    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip applied before each step, > 0."})
     kl_coef: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of the k3 estimate of KL(pi_theta||pi_0) to the base model, >= 0; "
-            "0 disables the penalty."
+            "help": "Weight of the k3 estimate of KL(pi_theta||pi_0) to the base model, >= 0; 0 disables the penalty."
         },
     )
     clip_epsilon: float = field(
@@ -173,15 +170,18 @@ def _number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if math.isinf(high):
+        interval = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     # bool is an int subclass; True as a learning rate is a caller bug, not 1.0.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(name, f"{name} must be a number in {interval}, got {value!r}")
+        raise ConfigError(name, f"{name} must be a number {interval}, got {value!r}")
     above = value > low if low_open else value >= low
     below = value < high if high_open else value <= high
     # Written so that NaN fails both comparisons; infinity is never a useful hyperparameter.
     if not (above and below and math.isfinite(value)):
-        raise ConfigError(name, f"{name} must be in {interval}, got {value!r}")
+        raise ConfigError(name, f"{name} must be {interval}, got {value!r}")
 
 
 def _integer(name: str, value: object, low: int, high: int) -> None:

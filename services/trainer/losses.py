@@ -25,6 +25,7 @@ from services.trainer.config import ConfigError, SdpoConfig
 # Log-probabilities are floored here before they enter a divergence: a teacher may send -inf (or
 # "a large negative") for an empty tail, and exp(-1e4) is 0 in every float type, so the floor changes
 # no probability while keeping every difference of log-probabilities finite (0 * inf would be NaN).
+# Teacher log-probs come from outside and are also capped at 0, so that padding cannot overflow exp.
 LOGPROB_FLOOR = -1.0e4
 # Ratios exp(a - b) are formed from log-ratios clamped here: e^20 ~ 5e8 is far outside any trust region,
 # and garbage in padded positions cannot overflow to inf (whose gradient, even masked, is NaN).
@@ -115,7 +116,7 @@ def generalized_jsd_loss(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     student = student_logprobs.clamp_min(LOGPROB_FLOOR)
-    teacher = teacher_logprobs.detach().clamp_min(LOGPROB_FLOOR)
+    teacher = teacher_logprobs.detach().clamp(LOGPROB_FLOOR, 0.0)
     d = teacher - student
     if alpha == 0.0:
         return (teacher.exp() * d).sum(-1)
@@ -156,7 +157,7 @@ def token_policy_loss(
     advantage = torch.where(mask, teacher_logprobs - student_logprobs, 0.0).detach()
     counts = mask.sum(-1, keepdim=True).clamp_min(1)
     advantage = torch.where(mask, advantage - advantage.sum(-1, keepdim=True) / counts, 0.0)
-    log_ratio = torch.where(mask, student_logprobs - old_logprobs.detach(), 0.0)
+    log_ratio = student_logprobs - old_logprobs.detach()
     ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
     unclipped = -ratio * advantage
     clipped = -ratio.clamp(1.0 - clip_epsilon, 1.0 + clip_epsilon) * advantage
@@ -182,13 +183,11 @@ def contrastive_teacher_logprobs(
         teacher, neutral, student: [B, T, K+1] log-probs. Returns: [B, T, K+1] detached log-probs.
     For the ``token`` loss the same idea is advantage = log pi_T(y) - log pi_N(y) (``sdpo_loss``).
     """
-    shift = teacher.clamp_min(LOGPROB_FLOOR) - neutral.clamp_min(LOGPROB_FLOOR)
+    shift = teacher.clamp(LOGPROB_FLOOR, 0.0) - neutral.clamp(LOGPROB_FLOOR, 0.0)
     return F.log_softmax(student.detach().clamp_min(LOGPROB_FLOOR) + shift, dim=-1).detach()
 
 
-def importance_weights(
-    *, student_logprobs: torch.Tensor, old_logprobs: torch.Tensor, is_clip: float
-) -> torch.Tensor:
+def importance_weights(*, student_logprobs: torch.Tensor, old_logprobs: torch.Tensor, is_clip: float) -> torch.Tensor:
     """Truncated importance weight rho_t = min(exp(sg[log pi_theta(y_t) - log pi_old(y_t)]), c).
 
     Computed as exp(min(log-ratio, log c)), which cannot overflow. Shapes [B, T]; detached.
@@ -262,9 +261,7 @@ def sdpo_loss(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, dict[
     distill = masked_sequence_mean(per_token, mask)
     kl = distill.new_zeros(())
     if batch.base_tokens is not None:
-        kl = masked_sequence_mean(
-            k3_kl(student_logprobs=batch.student_tokens, base_logprobs=batch.base_tokens), mask
-        )
+        kl = masked_sequence_mean(k3_kl(student_logprobs=batch.student_tokens, base_logprobs=batch.base_tokens), mask)
     elif config.kl_coef > 0:
         raise ConfigError("kl_coef", f"kl_coef={config.kl_coef!r} needs the base model's log-probs")
     loss = distill + config.kl_coef * kl

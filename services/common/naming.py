@@ -1,0 +1,22 @@
+"""Names shared between services: how an adapter version is called on a vLLM server.
+
+The proxy (serving) and the teacher (``self`` mode on the vLLM backend) load versions under the same name,
+so either can use a version the other loaded.
+"""
+
+from __future__ import annotations
+
+from services.common.errors import InvalidArgument
+
+#: Replaces the "/" of "tenant/adapter", which vLLM model names may not carry through every route.
+LORA_NAME_SEPARATOR = "--"
+
+
+def vllm_lora_name(adapter: str, version: int) -> str:
+    """``"tenant/adapter"`` at version N -> ``"tenant--adapter--vN"``."""
+    tenant, slash, name = adapter.partition("/")
+    if not slash or not tenant or not name or "/" in name:
+        raise InvalidArgument(f"adapter name must look like 'tenant/adapter', got {adapter!r}", param="adapter")
+    if version < 1:
+        raise InvalidArgument(f"a served adapter version is >= 1, got {version}", param="version")
+    return f"{tenant}{LORA_NAME_SEPARATOR}{name}{LORA_NAME_SEPARATOR}v{version}"

@@ -1,0 +1,304 @@
+"""Object stores: a flat key -> bytes namespace with two backends.
+
+``LocalFolderStore`` (the embedded default) keeps each object as a file under a root folder and replaces
+files atomically, so a reader sees the old or the new bytes, never a mix. ``MinioStore`` talks to MinIO or
+any S3 server through the ``minio`` SDK; its blocking calls run in worker threads. Keys are relative,
+'/'-separated paths (``adapters/acme/bot/adapter.json``); ``list`` returns every key under a prefix, sorted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+from minio.helpers import check_bucket_name
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.settings import ENV_PREFIX, default_data_dir
+
+#: Names of a key's parts: no empty parts, no '.'/'..', and no leading dot (the local store's temporaries).
+_KEY_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+
+
+class ObjectStore(Protocol):
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there; readers never see a partial object."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The object's bytes; raises ``errors.NotFound`` when there is none."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (a plain string prefix, not only a folder), sorted."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; removing a missing one is not an error."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with ``prefix``."""
+        ...
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or not all(_KEY_PART.fullmatch(p) for p in parts):
+        raise InvalidArgument(f"invalid object key {key!r}")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    # A prefix may end in '/' or in a partial name; everything before the last '/' must be a valid key.
+    head, _, _ = prefix.rpartition("/")
+    if prefix.startswith("/") or ".." in prefix or (head and check_key(head) != head):
+        raise InvalidArgument(f"invalid object key prefix {prefix!r}")
+    return prefix
+
+
+class LocalFolderStore:
+    """Objects as files under ``root``. Writes go to a hidden temporary file beside the target, are
+    flushed to disk, then renamed over it (``os.replace`` is atomic on one file system)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.expanduser().resolve()
+        self._fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalFolderStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, self._path(key), data)
+
+    def _put(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if self._fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self._fsync:
+            _fsync_dir(path.parent)
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key!r}") from None
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list, _check_prefix(prefix))
+
+    def _list(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rpartition("/")[0]
+        keys = []
+        for folder, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel = Path(folder).relative_to(self.root).as_posix()
+            for name in files:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not name.startswith(".") and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await asyncio.to_thread(self._delete_prefix, _check_prefix(prefix))
+
+    def _delete_prefix(self, prefix: str) -> None:
+        if prefix.endswith("/"):
+            # A whole folder: also takes temporaries a killed writer left behind.
+            shutil.rmtree(self.root / prefix, ignore_errors=True)
+            return
+        for key in self._list(prefix):
+            (self.root / key).unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MinioStore:
+    """Objects in one bucket (under an optional key prefix) of MinIO or another S3 server.
+
+    The bucket is created on first use if it is missing. Connection failures become ``errors.Unavailable``.
+    """
+
+    def __init__(self, client: Minio, bucket: str, prefix: str = "") -> None:
+        self._client = client
+        self.bucket = bucket
+        self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MinioStore(bucket={self.bucket!r}, prefix={self._prefix!r})"
+
+    async def _call(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(self._in_thread, fn, *args, **kwargs)
+
+    def _in_thread(self, fn, *args, **kwargs):
+        try:
+            self._ensure_bucket()
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in _MISSING_KEY_CODES:
+                raise NotFound(f"no object {exc.object_name or ''!r} in bucket {self.bucket!r}") from None
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(f"S3 server unreachable: {exc}") from exc
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        with self._bucket_lock:
+            if not self._bucket_ready:
+                if not self._client.bucket_exists(self.bucket):
+                    with contextlib.suppress(S3Error):  # another process may create it at the same time
+                        self._client.make_bucket(self.bucket)
+                self._bucket_ready = True
+
+    async def put(self, key: str, data: bytes) -> None:
+        name = self._prefix + check_key(key)
+        await self._call(self._client.put_object, self.bucket, name, io.BytesIO(data), len(data))
+
+    async def get(self, key: str) -> bytes:
+        return await self._call(self._get, self._prefix + check_key(key))
+
+    def _get(self, name: str) -> bytes:
+        response = self._client.get_object(self.bucket, name)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call(self._client.stat_object, self.bucket, self._prefix + check_key(key))
+        except NotFound:
+            return False
+        return True
+
+    async def list(self, prefix: str) -> list[str]:
+        return await self._call(self._list, self._prefix + _check_prefix(prefix))
+
+    def _list(self, prefix: str) -> list[str]:
+        objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return sorted(o.object_name[len(self._prefix) :] for o in objects if not o.is_dir)
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._client.remove_object, self.bucket, self._prefix + check_key(key))
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await self._call(self._delete_prefix, self._prefix + _check_prefix(prefix))
+
+    def _delete_prefix(self, prefix: str) -> None:
+        objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        doomed = [DeleteObject(o.object_name) for o in objects if not o.is_dir]
+        if not doomed:
+            return
+        failures = list(self._client.remove_objects(self.bucket, doomed))  # lazy: errors only when iterated
+        if failures:
+            raise Unavailable(f"could not delete {len(failures)} objects under {prefix!r}: {failures[0]}")
+
+
+class ObjectStoreSettings(BaseSettings):
+    """Where objects live. Mixed into the settings of every service that opens an object store."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    store_url: str = Field(
+        default_factory=lambda: str(default_data_dir() / "store"),
+        description="A folder path or file:///path (local folder store), or s3://bucket[/prefix] (MinIO/S3).",
+    )
+    s3_endpoint: str = Field(
+        "",
+        description="S3 server as host:port or http(s)://host:port; required for s3:// store URLs.",
+    )
+    s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key.")
+    s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    s3_secure: bool = Field(False, description="Use TLS to the S3 server (implied by an https:// endpoint).")
+    s3_region: str = Field("", description="S3 region; empty lets the SDK ask the server.")
+    s3_timeout_s: float = Field(30.0, gt=0, description="Connect and read timeout of each S3 request.")
+    s3_retries: int = Field(3, ge=0, le=10, description="Retries of a failed S3 request (connection errors, 5xx).")
+    store_fsync: bool = Field(
+        True, description="Local folder store: flush each object to disk before it becomes visible."
+    )
+
+
+def open_object_store(settings: ObjectStoreSettings) -> ObjectStore:
+    """The backend ``settings.store_url`` names. Opens no connection yet."""
+    url = urlparse(settings.store_url)
+    if url.scheme == "s3":
+        return _open_minio(settings, bucket=url.netloc, prefix=url.path)
+    if url.scheme in ("", "file"):
+        return LocalFolderStore(Path(url.path if url.scheme else settings.store_url), fsync=settings.store_fsync)
+    raise InvalidArgument(f"CLAAS_STORE_URL: unsupported scheme {url.scheme!r} (use a path, file:// or s3://)")
+
+
+def _open_minio(settings: ObjectStoreSettings, *, bucket: str, prefix: str) -> MinioStore:
+    try:
+        check_bucket_name(bucket)
+    except ValueError:
+        raise InvalidArgument(f"CLAAS_STORE_URL {settings.store_url!r}: invalid bucket name {bucket!r}") from None
+    if not settings.s3_endpoint:
+        raise FailedPrecondition("CLAAS_S3_ENDPOINT is required with an s3:// CLAAS_STORE_URL")
+    endpoint = urlparse(settings.s3_endpoint if "//" in settings.s3_endpoint else f"//{settings.s3_endpoint}")
+    timeout = urllib3.Timeout(connect=settings.s3_timeout_s, read=settings.s3_timeout_s)
+    retries = urllib3.Retry(total=settings.s3_retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
+    client = Minio(
+        endpoint.netloc,
+        access_key=settings.s3_access_key.get_secret_value() or None,
+        secret_key=settings.s3_secret_key.get_secret_value() or None,
+        secure=settings.s3_secure or endpoint.scheme == "https",
+        region=settings.s3_region or None,
+        http_client=urllib3.PoolManager(
+            timeout=timeout,
+            retries=retries,
+            maxsize=16,
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        ),
+    )
+    return MinioStore(client, bucket, prefix)
