@@ -1,0 +1,259 @@
+"""The whole system on one machine: four services and a vLLM, each a separate process.
+
+`claas up` and `claas demo` use this; so do the end-to-end tests. The proxy is not special here: like a
+compose file, the launcher starts vLLM beside it and the proxy only talks to vLLM over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.model import PACKAGED_MODEL, resolve_base_model
+from services.common.settings import default_data_dir
+from services.common.vllm_server import VllmOptions
+
+#: Order of start; stop goes the other way round.
+ROLES = ("storage", "teacher", "trainer", "vllm", "proxy")
+STACK_FILE = "stack.json"
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where everything of a local stack lives, and on which ports."""
+
+    data_dir: Path = field(default_factory=lambda: default_data_dir() / "stack")
+    host: str = "127.0.0.1"
+    port_base: int = 50050
+    http_port: int = 8000
+    vllm_port: int = 8001
+    base_model: str = PACKAGED_MODEL
+    served_name: str = PACKAGED_MODEL
+    #: A folder (the embedded default, under data_dir) or s3://bucket[/prefix] (credentials from CLAAS_S3_*).
+    store_url: str = ""
+    device: str = "cpu"
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        h, b = self.host, self.port_base
+        return {"proxy": f"{h}:{b}", "storage": f"{h}:{b + 1}", "teacher": f"{h}:{b + 2}", "trainer": f"{h}:{b + 3}"}
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def vllm_url(self) -> str:
+        return f"http://{self.host}:{self.vllm_port}"
+
+    @property
+    def store(self) -> str:
+        return self.store_url or str(self.data_dir / "store")
+
+    def log_path(self, role: str) -> Path:
+        return self.data_dir / "logs" / f"{role}.log"
+
+
+@dataclass
+class Secrets:
+    internal_token: str
+    api_key: str
+
+
+def _load_or_create_secrets(config: StackConfig) -> Secrets:
+    """One internal token and a first API key (tenant "default"), kept under the data dir (mode 0600)."""
+    from services.proxy.keys import add_api_key
+
+    path = config.data_dir / "secrets.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return Secrets(data["internal_token"], data["api_key"])
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    api_key = add_api_key(config.data_dir / "api_keys.json", DEFAULT_TENANT)
+    created = Secrets(secrets.token_urlsafe(32), api_key)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"internal_token": created.internal_token, "api_key": created.api_key}))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return created
+
+
+def _service_env(config: StackConfig, role: str, token: str) -> dict[str, str]:
+    addresses = config.addresses
+    env = {
+        "CLAAS_HOST": config.host,
+        "CLAAS_PORT": addresses[role].rsplit(":", 1)[1],
+        "CLAAS_INTERNAL_TOKEN": token,
+        "CLAAS_LOG_FORMAT": "json",
+        "CLAAS_BASE_MODEL": config.base_model,
+        "CLAAS_DEVICE": config.device,
+        "CLAAS_STORAGE_ADDR": addresses["storage"],
+        "CLAAS_TEACHER_ADDR": addresses["teacher"],
+        "CLAAS_TRAINER_ADDR": addresses["trainer"],
+        "CLAAS_VLLM_URL": config.vllm_url,
+        "CLAAS_STORE_URL": config.store,
+    }
+    if role == "teacher":
+        env["CLAAS_ADAPTER_DIR"] = str(config.data_dir / "teacher-adapters")
+    if role == "proxy":
+        env["CLAAS_HTTP_HOST"] = config.host
+        env["CLAAS_HTTP_PORT"] = str(config.http_port)
+        env["CLAAS_API_KEYS_FILE"] = str(config.data_dir / "api_keys.json")
+        env["CLAAS_ADAPTER_DIR"] = str(config.data_dir / "vllm-adapters")
+        env["CLAAS_BASE_MODEL"] = config.served_name  # the proxy names the base model as vLLM serves it
+    return env
+
+
+class Stack:
+    """Starts the processes in order, waits for each to be healthy, stops them in reverse order."""
+
+    def __init__(self, config: StackConfig, *, on_event: Callable[[str, str], None] | None = None) -> None:
+        self.config = config
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._on_event = on_event or (lambda role, what: None)
+        self.secrets: Secrets | None = None
+
+    def _spawn(self, role: str, argv: list[str], env: dict[str, str]) -> None:
+        log_path = self.config.log_path(role)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log_file:
+            self.processes[role] = subprocess.Popen(
+                argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._on_event(role, "started")
+
+    def start_role(self, role: str) -> None:
+        """Start one role (also used to restart a role that was stopped)."""
+        assert self.secrets is not None
+        if role == "vllm":
+            options = self._vllm_options()
+            self._spawn(role, options.command(), options.environment())
+        else:
+            env = _service_env(self.config, role, self.secrets.internal_token)
+            self._spawn(role, [sys.executable, "-m", f"services.{role}"], env)
+
+    def _vllm_options(self) -> VllmOptions:
+        return VllmOptions(
+            model=resolve_base_model(self.config.base_model),
+            served_name=self.config.served_name,
+            host=self.config.host,
+            port=self.config.vllm_port,
+        )
+
+    def up(self, timeout_s: float = 600.0) -> None:
+        """Start everything; return once every health check says SERVING."""
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = _load_or_create_secrets(self.config)
+        resolve_base_model(self.config.base_model)  # prepare the packaged model once, before four processes need it
+        self.start_role("vllm")  # the slowest to come up; the services start meanwhile
+        for role in ("storage", "teacher", "trainer"):
+            self.start_role(role)
+            self.wait_healthy(role, timeout_s)
+        self.wait_healthy("vllm", timeout_s)
+        self.start_role("proxy")
+        self.wait_healthy("proxy", timeout_s)
+        self._write_stack_file()
+
+    def wait_healthy(self, role: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        process = self.processes[role]
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackError(role, f"exited with code {process.returncode}", self.config.log_path(role))
+            if self._healthy(role):
+                self._on_event(role, "healthy")
+                return
+            time.sleep(0.5)
+        raise StackError(role, f"not healthy after {timeout_s:.0f}s", self.config.log_path(role))
+
+    def _healthy(self, role: str) -> bool:
+        if role == "vllm":
+            try:
+                return httpx.get(f"{self.config.vllm_url}/health", timeout=2.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+        return grpc_health(self.config.addresses[role]) == "SERVING"
+
+    def stop_role(self, role: str, *, kill: bool = False, grace_s: float = 30.0) -> None:
+        process = self.processes.pop(role, None)
+        if process is None or process.poll() is not None:
+            return
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+        self._on_event(role, "killed" if kill else "stopped")
+
+    def down(self) -> None:
+        for role in reversed(ROLES):
+            self.stop_role(role)
+        (self.config.data_dir / STACK_FILE).unlink(missing_ok=True)
+
+    def _write_stack_file(self) -> None:
+        assert self.secrets is not None
+        info = {
+            "addresses": self.config.addresses,
+            "http_url": self.config.http_url,
+            "vllm_url": self.config.vllm_url,
+            "api_key": self.secrets.api_key,
+            "tenant": DEFAULT_TENANT,
+            "base_model": self.config.served_name,
+            "pids": {role: p.pid for role, p in self.processes.items()},
+            "logs": str(self.config.data_dir / "logs"),
+        }
+        path = self.config.data_dir / STACK_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+
+class StackError(RuntimeError):
+    """A process failed to start: names it and shows the tail of its log."""
+
+    def __init__(self, role: str, what: str, log_path: Path) -> None:
+        tail = log_tail(log_path)
+        super().__init__(f"{role} {what}; last lines of {log_path}:\n{tail}")
+        self.role = role
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def grpc_health(address: str, timeout_s: float = 2.0) -> str:
+    """SERVING, NOT_SERVING, or DOWN when nothing answers."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.RpcError:
+        return "DOWN"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def read_stack_file(data_dir: Path) -> dict:
+    path = data_dir / STACK_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no running stack under {data_dir} (start one with `claas up`)")
+    return json.loads(path.read_text())
