@@ -216,6 +216,7 @@ class Stack:
             "api_key": self.secrets.api_key,
             "tenant": DEFAULT_TENANT,
             "base_model": self.config.served_name,
+            "base_model_path": self.config.base_model,
             "pids": {role: p.pid for role, p in self.processes.items()},
             "logs": str(self.config.data_dir / "logs"),
         }

@@ -1,0 +1,196 @@
+"""`claas demo`: the main job. A user's feedback, round after round, becomes better adapter versions.
+
+Runs on a running local stack (or starts one and stops it afterwards), entirely through the proxy's
+public gRPC API like any user; only the measurement loads the exported adapter locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
+from tqdm import tqdm
+
+from services.cli.connection import Connection, connection
+from services.cli.output import fail
+from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference
+from services.cli.stack import Stack, StackError
+from services.cli.up_cmd import add_stack_arguments, stack_config
+from services.common.model import resolve_base_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="teach an adapter a preference through feedback and measure the change")
+    demo.add_argument("--preference", choices=sorted(PREFERENCES), default="identity")
+    demo.add_argument("--feedback", default=None, help="any feedback text (default: the preference's own)")
+    demo.add_argument("--rounds", type=int, default=6, help="rounds of chat -> feedback")
+    demo.add_argument("--rollouts", type=int, default=4, help="chats per round that the feedback is given on")
+    demo.add_argument("--steps", type=int, default=4, help="SDPO steps per feedback")
+    demo.add_argument("--lr", type=float, default=3e-4)
+    demo.add_argument("--alpha", type=float, default=0.0, help="0 = KL(teacher||student), learned best at 135M")
+    demo.add_argument("--max-tokens", type=int, default=40, help="length of the rollouts")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--control", action="store_true", help="also run the unrelated-feedback control")
+    demo.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+    demo.add_argument("--proxy", default=None, help="proxy gRPC address (default: the local stack)")
+    demo.add_argument("--api-key", default=None)
+    demo.add_argument("--timeout", type=float, default=900.0)
+    add_stack_arguments(demo)
+    demo.set_defaults(func=_demo)
+
+
+@dataclass
+class Run:
+    """One adapter taught one feedback text."""
+
+    adapter: str
+    feedback: str
+    versions: list[int] = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+
+
+class DemoClient:
+    """The proxy's public API, as the demo uses it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        channel = conn.channel()
+        self.inference = proxy_pb2_grpc.InferenceServiceStub(channel)
+        self.feedback = proxy_pb2_grpc.FeedbackServiceStub(channel)
+        self.adapters = proxy_pb2_grpc.AdaptersServiceStub(channel)
+
+    def _call(self, method, request):
+        return method(request, metadata=self.conn.metadata, timeout=self.conn.timeout)
+
+    def create(self, name: str) -> str:
+        lora = common_pb2.LoraSpec(rank=16, alpha=32)
+        return self._call(self.adapters.Create, proxy_pb2.AdaptersServiceCreateRequest(name=name, lora=lora)).adapter.name
+
+    def chat(self, model: str, prompt: str, *, temperature: float, max_tokens: int, seed: int):
+        messages = [
+            common_pb2.ChatMessage(role="system", content=SYSTEM_PROMPT),
+            common_pb2.ChatMessage(role="user", content=prompt),
+        ]
+        sampling = proxy_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        return self._call(self.inference.Chat, proxy_pb2.ChatRequest(model=model, messages=messages, sampling=sampling))
+
+    def give_feedback(self, completion_ids: list[str], text: str, config: common_pb2.SdpoConfig):
+        request = proxy_pb2.FeedbackServiceSubmitRequest(
+            completion_ids=completion_ids, feedback=text, config=config, wait=True
+        )
+        return self._call(self.feedback.Submit, request).job
+
+    def export(self, name: str, dest: Path) -> int:
+        header = None
+        request = proxy_pb2.AdaptersServiceExportRequest(name=name)
+        for part in self.adapters.Export(request, metadata=self.conn.metadata, timeout=self.conn.timeout):
+            if part.HasField("header"):
+                header = part.header
+            else:
+                with (dest / Path(part.chunk.path).name).open("ab") as handle:
+                    handle.write(part.chunk.data)
+        return header.version
+
+
+def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, show: bool) -> dict:
+    answers = [
+        client.chat(adapter, prompt, temperature=0.0, max_tokens=60, seed=0).text for prompt in preference.held_out
+    ]
+    if show:
+        for prompt, answer in zip(preference.held_out, answers, strict=True):
+            print(f"  Q: {prompt}\n  A: {answer.strip()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        version = client.export(adapter, Path(tmp))
+        signal = prober.signal(preference, Path(tmp))
+    passed = sum(preference.passes(a) for a in answers)
+    return {"version": version, "pass_rate": passed / len(answers), "signal": signal, "answers": answers}
+
+
+def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: argparse.Namespace, label: str) -> None:
+    rng = random.Random(args.seed)
+    config = common_pb2.SdpoConfig(steps=args.steps, learning_rate=args.lr, alpha=args.alpha)
+    print(f"\n[{label}] {run.adapter} before feedback:")
+    run.baseline = _evaluate(client, prober, preference, run.adapter, show=True)
+    for round_no in tqdm(range(args.rounds), desc=f"{label} rounds", unit="round"):
+        completion_ids = []
+        for i in range(args.rollouts):
+            prompt = rng.choice(preference.train_prompts)
+            reply = client.chat(
+                run.adapter, prompt, temperature=1.0, max_tokens=args.max_tokens, seed=args.seed * 1000 + round_no * 10 + i
+            )
+            completion_ids.append(reply.completion_id)
+        job = client.give_feedback(completion_ids, run.feedback, config)
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            raise RuntimeError(f"feedback job {job.job_id} ended {common_pb2.JobState.Name(job.state)}: {job.error}")
+        run.versions.append(job.new_version)
+    print(f"\n[{label}] {run.adapter} after {args.rounds} rounds (v{run.versions[-1]}):")
+    run.final = _evaluate(client, prober, preference, run.adapter, show=True)
+
+
+def _summary(run: Run) -> dict:
+    keep = ("pass_rate", "signal")
+    return {
+        "adapter": run.adapter,
+        "feedback": run.feedback,
+        "versions": run.versions,
+        "baseline": {k: run.baseline[k] for k in keep},
+        "final": {k: run.final[k] for k in keep},
+    }
+
+
+def _demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    stack = None
+    if not args.proxy and not (args.data_dir / "stack.json").exists():
+        stack = Stack(stack_config(args), on_event=lambda role, what: print(f"  {role:<8} {what}", flush=True))
+        print("no running stack: starting one (`claas up` keeps one running between demos)")
+        try:
+            stack.up()
+        except StackError as exc:
+            stack.down()
+            return fail(str(exc))
+    try:
+        return _run_demo(args, started)
+    finally:
+        if stack is not None:
+            stack.down()
+
+
+def _run_demo(args: argparse.Namespace, started: float) -> int:
+    from services.cli.probes import Prober
+
+    preference = PREFERENCES[args.preference]
+    client = DemoClient(connection(args))
+    stack_file = args.data_dir / "stack.json"
+    model = json.loads(stack_file.read_text())["base_model_path"] if stack_file.exists() else args.model
+    prober = Prober(resolve_base_model(model))
+    stamp = time.strftime("%H%M%S")
+    runs = {"real": Run(client.create(f"demo-{stamp}"), args.feedback or preference.feedback)}
+    if args.control:
+        runs["control"] = Run(client.create(f"demo-{stamp}-control"), CONTROL_FEEDBACK)
+    for label, run in runs.items():
+        _teach(client, prober, preference, run, args, label)
+    real = _summary(runs["real"])
+    result = {"preference": preference.name, **real, "seconds": round(time.monotonic() - started, 1)}
+    print(f"\n{preference.name}: pass rate {real['baseline']['pass_rate']:.2f} -> {real['final']['pass_rate']:.2f}, "
+          f"signal {real['baseline']['signal']:.4f} -> {real['final']['signal']:.4f}")  # fmt: skip
+    if "control" in runs:
+        control = _summary(runs["control"])
+        result["control"] = {
+            **control,
+            "real_minus_control": {
+                k: real["final"][k] - control["final"][k] for k in ("pass_rate", "signal")
+            },
+        }
+        print(f"control ({CONTROL_FEEDBACK!r}): signal {control['baseline']['signal']:.4f} -> "
+              f"{control['final']['signal']:.4f}; real minus control {result['control']['real_minus_control']}")  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    return 0
