@@ -19,6 +19,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive ports that are all free right now."""
+    for _ in range(200):
+        first = free_port()
+        if first + count > 65535:
+            continue
+        try:
+            socks = []
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports found")
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The packaged SmolLM2-135M-Instruct as a Hugging Face folder (converted once, then cached)."""

@@ -29,6 +29,7 @@ from services.common.vllm_server import VllmOptions
 ROLES = ("storage", "teacher", "trainer", "vllm", "proxy")
 STACK_FILE = "stack.json"
 DEFAULT_TENANT = "default"
+MAX_RESTARTS = 5
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Stack:
         self.processes: dict[str, subprocess.Popen] = {}
         self._on_event = on_event or (lambda role, what: None)
         self.secrets: Secrets | None = None
+        self._restarts: dict[str, int] = {}
 
     def _spawn(self, role: str, argv: list[str], env: dict[str, str]) -> None:
         log_path = self.config.log_path(role)
@@ -201,6 +203,22 @@ class Stack:
         except ProcessLookupError:
             pass
         self._on_event(role, "killed" if kill else "stopped")
+
+    def restart_exited(self) -> list[str]:
+        """Start again every role whose process ended on its own (like a compose `restart: on-failure`)."""
+        restarted = []
+        for role, process in list(self.processes.items()):
+            if process.poll() is None:
+                continue
+            self._restarts[role] = self._restarts.get(role, 0) + 1
+            if self._restarts[role] > MAX_RESTARTS:
+                raise StackError(role, f"exited {MAX_RESTARTS + 1} times", self.config.log_path(role))
+            self._on_event(role, f"exited with code {process.returncode}; restarting")
+            self.start_role(role)
+            restarted.append(role)
+        if restarted:
+            self._write_stack_file()
+        return restarted
 
     def down(self) -> None:
         for role in reversed(ROLES):

@@ -77,7 +77,12 @@ def _up(args: argparse.Namespace) -> int:
         "Ctrl-C stops everything.",
         flush=True,
     )
-    stop.wait()
+    try:
+        while not stop.wait(timeout=1.0):
+            stack.restart_exited()
+    except StackError as exc:
+        stack.down()
+        return fail(str(exc), hint="the log above says why it keeps failing")
     print("stopping", flush=True)
     stack.down()
     return 0
