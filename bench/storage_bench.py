@@ -1,0 +1,102 @@
+"""Upload/download throughput through the storage service next to direct object-store calls on the same store.
+
+    python bench/storage_bench.py [--size-mb 20] [--rounds 5] [--s3]
+
+The service runs as its own process (``python -m services.storage``), as in production; "direct" is this
+process calling the same object-store backend the service uses. Local folder always; with ``--s3`` also an
+S3 server on loopback (moto's server mode). The ratio is service / direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from claas.v1 import common_pb2
+
+from services.common.objectstore import ObjectStoreSettings, open_object_store
+from services.storage.client import StorageClient
+from services.storage.dev_s3 import dev_s3_server
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench"
+
+
+@contextlib.contextmanager
+def storage_process(fields: dict[str, str], workdir: Path) -> Iterator[str]:
+    port_file = workdir / "storage.port"
+    port_file.unlink(missing_ok=True)
+    env = dict(os.environ, CLAAS_PORT="0", CLAAS_PORT_FILE=str(port_file), CLAAS_INTERNAL_TOKEN=TOKEN)
+    env.update({f"CLAAS_{k.upper()}": v for k, v in fields.items()}, CLAAS_LOG_LEVEL="warning")
+    process = subprocess.Popen([sys.executable, "-m", "services.storage"], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("storage did not start")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def _rate(rounds: int, size: int, op: Callable[[int], Awaitable[object]]) -> float:
+    """Best-of-rounds MB/s (the first round warms connections and caches)."""
+    best = float("inf")
+    for i in range(rounds):
+        started = time.perf_counter()
+        await op(i)
+        best = min(best, time.perf_counter() - started)
+    return size / best / 1e6
+
+
+async def bench_backend(label: str, fields: dict[str, str], workdir: Path, size: int, rounds: int) -> list[tuple]:
+    data = random.Random(0).randbytes(size)
+    files = {"adapter_config.json": b'{"r": 16}', "adapter_model.safetensors": data}
+    store = open_object_store(ObjectStoreSettings(**fields))
+    direct_put = await _rate(rounds, size, lambda i: store.put(f"bench/direct/{i}.bin", data))
+    direct_get = await _rate(rounds, size, lambda i: store.get(f"bench/direct/{i}.bin"))
+    with storage_process(fields, workdir) as target:
+        client = StorageClient.connect(target, token=TOKEN)
+        try:
+            await client.create_adapter("bench/adapter", "smollm2-135m", common_pb2.LoraSpec(rank=16, alpha=32))
+            lineage = common_pb2.Lineage(job_id="bench")
+            service_put = await _rate(rounds, size, lambda i: client.upload_version("bench/adapter", i, files, lineage))
+            service_get = await _rate(rounds, size, lambda i: client.read_version("bench/adapter", i + 1))
+        finally:
+            await client.close()
+    return [(label, "upload", direct_put, service_put), (label, "download", direct_get, service_get)]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=float, default=20.0, help="size of the adapter file, MB")
+    parser.add_argument("--rounds", type=int, default=5, help="transfers per measurement (best one counts)")
+    parser.add_argument("--s3", action="store_true", help="also measure an S3 server on loopback (moto)")
+    args = parser.parse_args()
+    size = int(args.size_mb * 1e6)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="claas-bench-") as tmp:
+        workdir = Path(tmp)
+        rows += await bench_backend("local", {"store_url": str(workdir / "store")}, workdir, size, args.rounds)
+        if args.s3:
+            with dev_s3_server() as s3:
+                rows += await bench_backend("s3 (moto)", s3.fields("claas-bench"), workdir, size, args.rounds)
+    print(f"{args.size_mb:g} MB adapter file, best of {args.rounds}")
+    print(f"{'store':<10} {'op':<9} {'direct MB/s':>12} {'service MB/s':>13} {'ratio':>6}")
+    for label, op, direct, service in rows:
+        print(f"{label:<10} {op:<9} {direct:>12.0f} {service:>13.0f} {service / direct:>6.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

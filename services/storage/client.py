@@ -1,0 +1,266 @@
+"""The client other services use to talk to storage: typed calls, verified transfers, our error family.
+
+Create one ``StorageClient`` per process (``StorageClient.connect``) and reuse it; every failed call raises
+the ``services.common.errors`` class of its status code (``Aborted`` when a compare-and-swap lost, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from claas.v1 import common_pb2, storage_pb2, storage_pb2_grpc
+
+from services.common.client import open_channel
+from services.common.errors import DataLoss, from_rpc_error
+from services.storage.layout import CHUNK_BYTES
+
+_SERVICE = "claas.v1.AdapterStoreService"
+#: Safe to retry on UNAVAILABLE: reads, and the delete (idempotent by contract).
+IDEMPOTENT = tuple((_SERVICE, m) for m in ("GetAdapter", "ListAdapters", "GetVersion", "ListVersions", "DeleteAdapter"))
+#: Deadline of a whole upload or download stream.
+TRANSFER_TIMEOUT_S = 600.0
+
+T = TypeVar("T")
+
+
+class StorageClient:
+    def __init__(self, channel: grpc.aio.Channel, *, transfer_timeout_s: float = TRANSFER_TIMEOUT_S) -> None:
+        self.channel = channel
+        self._stub = storage_pb2_grpc.AdapterStoreServiceStub(channel)
+        self._transfer_timeout = transfer_timeout_s
+
+    @classmethod
+    def connect(cls, target: str, *, token: str = "", **kwargs: Any) -> StorageClient:
+        """A client over a new channel to ``target`` ("host:port") carrying the internal ``token``."""
+        return cls(open_channel(target, token=token, idempotent=IDEMPOTENT), **kwargs)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _unary(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return await method(request)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def create_adapter(self, name: str, base_model: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter:
+        request = storage_pb2.CreateAdapterRequest(name=name, base_model=base_model, lora=lora)
+        return (await self._unary(self._stub.CreateAdapter, request)).adapter
+
+    async def get_adapter(self, name: str) -> storage_pb2.Adapter:
+        return (await self._unary(self._stub.GetAdapter, storage_pb2.GetAdapterRequest(name=name))).adapter
+
+    async def list_adapters(self, prefix: str = "", *, page_size: int = 0) -> list[storage_pb2.Adapter]:
+        """Every adapter whose name starts with ``prefix``, following the pages."""
+        adapters: list[storage_pb2.Adapter] = []
+        token = ""
+        while True:
+            request = storage_pb2.ListAdaptersRequest(prefix=prefix, page_size=page_size, page_token=token)
+            page = await self._unary(self._stub.ListAdapters, request)
+            adapters.extend(page.adapters)
+            token = page.next_page_token
+            if not token:
+                return adapters
+
+    async def delete_adapter(self, name: str) -> bool:
+        """True when something was deleted."""
+        return (await self._unary(self._stub.DeleteAdapter, storage_pb2.DeleteAdapterRequest(name=name))).deleted
+
+    async def list_versions(self, name: str) -> list[storage_pb2.Version]:
+        """Committed versions, oldest first."""
+        response = await self._unary(self._stub.ListVersions, storage_pb2.ListVersionsRequest(name=name))
+        return list(response.versions)
+
+    async def set_head(self, name: str, expected: int, version: int) -> storage_pb2.Adapter:
+        """Move the head from ``expected`` to ``version`` (rollback); ``errors.Aborted`` if it moved."""
+        request = storage_pb2.SetHeadRequest(name=name, expected_head=expected, version=version)
+        return (await self._unary(self._stub.SetHead, request)).adapter
+
+    async def set_tag(self, name: str, tag: str, version: int) -> storage_pb2.Adapter:
+        """Point ``tag`` at ``version``; version 0 removes the tag."""
+        request = storage_pb2.SetTagRequest(name=name, tag=tag, version=version)
+        return (await self._unary(self._stub.SetTag, request)).adapter
+
+    async def get_version(self, name: str, version: int = 0) -> storage_pb2.Version:
+        """The version's header only (0 = head), without its bytes."""
+        request = storage_pb2.GetVersionRequest(name=name, version=version, header_only=True)
+        header: storage_pb2.Version | None = None
+        async for item in self._download(request):
+            if isinstance(item, storage_pb2.Version):
+                header = item
+        if header is None:
+            raise DataLoss(f"storage sent no header for {name} v{version}")
+        return header
+
+    async def upload_version(
+        self,
+        name: str,
+        parent_version: int,
+        files: dict[str, bytes],
+        lineage: common_pb2.Lineage,
+        *,
+        set_head: bool = True,
+    ) -> storage_pb2.Version:
+        """Commit ``files`` as the version after ``parent_version``; ``errors.Aborted`` if the head moved."""
+        entries = [
+            common_pb2.FileEntry(path=path, size=len(data), sha256=await _sha256(data)) for path, data in files.items()
+        ]
+        header = storage_pb2.PutVersionHeader(
+            name=name, parent_version=parent_version, files=entries, lineage=lineage, set_head=set_head
+        )
+
+        async def requests() -> AsyncIterator[storage_pb2.PutVersionRequest]:
+            yield storage_pb2.PutVersionRequest(header=header)
+            for path, data in files.items():
+                for offset in range(0, len(data), CHUNK_BYTES):
+                    chunk = common_pb2.FileChunk(path=path, offset=offset, data=data[offset : offset + CHUNK_BYTES])
+                    yield storage_pb2.PutVersionRequest(chunk=chunk)
+
+        try:
+            response = await self._stub.PutVersion(requests(), timeout=self._transfer_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return response.version
+
+    async def read_version(
+        self, name: str, version: int = 0, *, include_optimizer: bool = False
+    ) -> tuple[storage_pb2.Version, dict[str, bytes]]:
+        """A version (0 = head) and its files in memory, each checked against its size and SHA-256."""
+        request = storage_pb2.GetVersionRequest(name=name, version=version, include_optimizer=include_optimizer)
+        header: storage_pb2.Version | None = None
+        parts: dict[str, bytearray] = {}
+        async for item in self._download(request):
+            if isinstance(item, storage_pb2.Version):
+                header = item
+            else:
+                _append(parts.setdefault(item.path, bytearray()), item)
+        if header is None:
+            raise DataLoss(f"storage sent no header for {name} v{version}")
+        files = {entry.path: bytes(parts.get(entry.path, b"")) for entry in header.files}
+        for entry in header.files:
+            _verify(entry, len(files[entry.path]), await _sha256(files[entry.path]))
+        return header, files
+
+    async def download_version(
+        self, name: str, version: int, dest: Path, *, include_optimizer: bool = False
+    ) -> storage_pb2.Version:
+        """Write a version's files (0 = head) into ``dest``, created if missing. Files stream into hidden
+        temporary files and are renamed into place only once every file of the version is verified, so a
+        failed download leaves no file of it behind."""
+        request = storage_pb2.GetVersionRequest(name=name, version=version, include_optimizer=include_optimizer)
+        dest.mkdir(parents=True, exist_ok=True)
+        sinks: dict[str, _FileSink] = {}
+        header: storage_pb2.Version | None = None
+        try:
+            async for item in self._download(request):
+                if isinstance(item, storage_pb2.Version):
+                    header = item
+                else:
+                    if item.path not in sinks:
+                        sinks[item.path] = _FileSink(dest, item.path)
+                    sinks[item.path].write(item)
+            if header is None:
+                raise DataLoss(f"storage sent no header for {name} v{version}")
+            for entry in header.files:
+                if entry.path not in sinks:  # an empty file has no chunk
+                    sinks[entry.path] = _FileSink(dest, entry.path)
+                sinks[entry.path].verify(entry)
+            for sink in sinks.values():
+                sink.publish()
+        finally:
+            for sink in sinks.values():
+                sink.discard()
+        return header
+
+    async def _download(
+        self, request: storage_pb2.GetVersionRequest
+    ) -> AsyncIterator[storage_pb2.Version | common_pb2.FileChunk]:
+        """The header, then every chunk (each of a file the header declares)."""
+        declared: set[str] | None = None
+        try:
+            async for message in self._stub.GetVersion(request, timeout=self._transfer_timeout):
+                if message.HasField("header"):
+                    declared = {f.path for f in message.header.files}
+                    yield message.header
+                elif declared is None or message.chunk.path not in declared:
+                    raise DataLoss(f"storage sent an unexpected chunk for {message.chunk.path!r}")
+                else:
+                    yield message.chunk
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def watch_heads(
+        self, prefix: str = "", *, send_initial: bool = True
+    ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]:
+        """Head changes of adapters under ``prefix`` as they happen; with ``send_initial`` first the current
+        head of each (``previous_head`` 0). Runs until closed; ``errors.Unavailable`` when storage goes away,
+        ``errors.ResourceExhausted`` when this watcher fell behind (watch again)."""
+        request = storage_pb2.WatchHeadsRequest(prefix=prefix, send_initial=send_initial)
+        call = self._stub.WatchHeads(request)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+
+async def _sha256(data: bytes) -> str:
+    # hashlib releases the GIL on large inputs: the caller's event loop keeps running meanwhile.
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _append(buffer: bytearray, chunk: common_pb2.FileChunk) -> None:
+    if chunk.offset != len(buffer):
+        raise DataLoss(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {len(buffer)}")
+    buffer.extend(chunk.data)
+
+
+def _verify(entry: common_pb2.FileEntry, size: int, digest: str) -> None:
+    if size != entry.size or digest != entry.sha256:
+        raise DataLoss(
+            f"{entry.path!r}: got {size} bytes sha256 {digest[:12]}…, expected {entry.size} bytes {entry.sha256[:12]}…"
+        )
+
+
+class _FileSink:
+    """One downloaded file: streamed into a hidden temporary file, renamed into place once verified."""
+
+    def __init__(self, dest: Path, path: str) -> None:
+        self._target = dest / Path(path).name  # the server restricts names; never follow a path out of dest
+        fd, tmp = tempfile.mkstemp(prefix=f".{self._target.name}.", suffix=".part", dir=dest)
+        self._tmp: Path | None = Path(tmp)
+        self._handle = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, chunk: common_pb2.FileChunk) -> None:
+        if chunk.offset != self._size:
+            raise DataLoss(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {self._size}")
+        self._handle.write(chunk.data)
+        self._hash.update(chunk.data)
+        self._size += len(chunk.data)
+
+    def verify(self, entry: common_pb2.FileEntry) -> None:
+        self._handle.close()
+        _verify(entry, self._size, self._hash.hexdigest())
+
+    def publish(self) -> None:
+        if self._tmp is not None:
+            os.replace(self._tmp, self._target)
+            self._tmp = None
+
+    def discard(self) -> None:
+        self._handle.close()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()

@@ -1,0 +1,338 @@
+"""The adapter store: records, immutable versions, a head moved by compare-and-swap, tags, head watches.
+
+How a write stays safe (DESIGN.md §4). This process is the only writer of the store (storage runs as one
+replica); every change of one adapter happens under that adapter's lock. ``PutVersion`` first receives and
+verifies the whole upload privately (``upload.py``), then, under the lock:
+
+1. checks head == parent (``ABORTED`` otherwise; nothing written);
+2. writes the record with ``last_version = pending = n`` — the reservation: n is never handed out again;
+3. writes the version's files, then its ``manifest.json``;
+4. writes the record with ``pending = 0`` and the head moved to n — the commit point.
+
+Each object write is atomic, and readers see version n only when the record says it is committed (n <= last
+version, n != pending) and its manifest exists. A writer killed between any two writes therefore leaves the
+old record (old head, readable) or a record with ``pending = n`` that hides version n; ``recover`` (at start)
+deletes pending and manifest-less version folders and leftovers of interrupted deletes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator
+
+import structlog
+
+from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound
+from services.common.objectstore import ObjectStore
+from services.storage import layout, metrics
+from services.storage.layout import check_name, check_prefix, check_tag, check_version
+from services.storage.records import (
+    AdapterRecord,
+    Chunk,
+    HeadEvent,
+    LoraSpec,
+    UploadHeader,
+    VersionInfo,
+    now,
+)
+from services.storage.upload import Spool, SpoolLimits, check_header, receive
+from services.storage.watch import HeadBroadcaster
+
+log = structlog.get_logger("claas.storage")
+
+PRIVATE_FILES = frozenset({layout.OPTIMIZER_FILE})
+
+
+class AdapterStore:
+    """Call ``recover`` once before serving: it cleans up after crashes and builds the name index."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        limits: SpoolLimits,
+        page_size: int = 100,
+        max_page_size: int = 1000,
+        watch_queue_size: int = 1000,
+    ) -> None:
+        self.store = store
+        self._limits = limits
+        self._page_size = page_size
+        self._max_page_size = max_page_size
+        self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._names: set[str] = set()
+        self.heads = HeadBroadcaster(watch_queue_size)
+
+    # -- records -------------------------------------------------------------------------------------
+
+    async def _load(self, name: str) -> AdapterRecord:
+        try:
+            return AdapterRecord.from_json(await self.store.get(layout.record_key(name)))
+        except NotFound:
+            raise NotFound(f"adapter {name!r} not found", param="name") from None
+
+    async def _save(self, record: AdapterRecord) -> None:
+        await self.store.put(layout.record_key(record.name), record.to_json())
+
+    async def create_adapter(self, name: str, base_model: str, lora: LoraSpec) -> AdapterRecord:
+        check_name(name)
+        _check_spec(base_model, lora)
+        async with self._locks[name]:
+            if await self.store.exists(layout.record_key(name)):
+                raise AlreadyExists(f"adapter {name!r} already exists", param="name")
+            # Leftovers of an interrupted delete must not leak into the new adapter.
+            await self.store.delete_prefix(layout.adapter_prefix(name))
+            record = AdapterRecord(name=name, base_model=base_model, lora=lora, created_at=now())
+            await self._save(record)
+            self._names.add(name)
+        log.info("adapter_created", adapter=name, base_model=base_model)
+        return record
+
+    async def get_adapter(self, name: str) -> AdapterRecord:
+        return await self._load(check_name(name))
+
+    async def list_adapters(
+        self, prefix: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[AdapterRecord], str]:
+        """A page of adapters whose names start with ``prefix``, by name, and the next page's token."""
+        check_prefix(prefix)
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
+        size = min(page_size or self._page_size, self._max_page_size)
+        after = _decode_token(page_token)
+        names = sorted(n for n in self._names if n.startswith(prefix) and n > after)
+        records = []
+        for name in names[:size]:
+            try:
+                records.append(await self._load(name))
+            except NotFound:  # deleted meanwhile
+                continue
+        return records, _encode_token(names[size - 1]) if len(names) > size else ""
+
+    async def delete_adapter(self, name: str) -> bool:
+        """Remove the record first (the adapter is gone at once), then its versions. Idempotent."""
+        check_name(name)
+        async with self._locks[name]:
+            try:
+                record = await self._load(name)
+            except NotFound:
+                record = None
+            await self.store.delete(layout.record_key(name))
+            self._names.discard(name)
+            await self.store.delete_prefix(layout.adapter_prefix(name))
+        if record is None:
+            return False
+        self.heads.publish(HeadEvent(name, 0, record.head, deleted=True))
+        log.info("adapter_deleted", adapter=name)
+        return True
+
+    # -- versions ------------------------------------------------------------------------------------
+
+    async def put_version(self, items: AsyncIterator[UploadHeader | Chunk]) -> tuple[VersionInfo, AdapterRecord]:
+        """Receive a header then chunks; commit the version if the head still equals its parent."""
+        header = await anext(items, None)
+        if not isinstance(header, UploadHeader):
+            raise InvalidArgument("PutVersion must start with a header")
+        check_header(header, self._limits)
+        # Fail fast, before the bytes travel: the check that counts is repeated under the lock.
+        _check_parent(await self._load(header.name), header.parent_version, "put_version")
+        spool = await receive(header, items, self._limits)
+        # Once the bytes are verified the commit runs to its end even if the caller goes away.
+        return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
+
+    async def _commit(self, spool: Spool) -> tuple[VersionInfo, AdapterRecord]:
+        header = spool.header
+        name = header.name
+        try:
+            async with self._locks[name]:
+                record = await self._load(name)
+                _check_parent(record, header.parent_version, "put_version")
+                if record.pending:  # an earlier write of this process failed half-way
+                    await self.store.delete_prefix(layout.version_prefix(name, record.pending))
+                n = record.last_version + 1
+                reserved = dataclasses.replace(record, last_version=n, pending=n)
+                await self._save(reserved)
+                for entry in header.files:
+                    await self.store.put(layout.file_key(name, n, entry.path), spool.read(entry.path))
+                info = VersionInfo(name, n, header.parent_version, header.files, header.lineage, now())
+                await self.store.put(layout.manifest_key(name, n), info.to_json())
+                committed = dataclasses.replace(reserved, pending=0, head=n if header.set_head else record.head)
+                await self._save(committed)
+        finally:
+            spool.close()
+        log.info("version_committed", adapter=name, version=n, parent=header.parent_version, head=committed.head)
+        if committed.head != record.head:
+            self.heads.publish(HeadEvent(name, committed.head, record.head))
+        return info.public(False, PRIVATE_FILES), committed
+
+    async def _manifest(self, record: AdapterRecord, version: int) -> VersionInfo:
+        missing = NotFound(f"version {version} of adapter {record.name!r} not found", param="version")
+        if not record.is_committed(version):
+            raise missing
+        try:
+            return VersionInfo.from_json(await self.store.get(layout.manifest_key(record.name, version)))
+        except NotFound:
+            raise missing from None
+
+    async def read_version(
+        self, name: str, version: int = 0, *, include_optimizer: bool = False, header_only: bool = False
+    ) -> tuple[VersionInfo, AsyncIterator[Chunk]]:
+        """A version (0 = head) and its chunks; private files only with ``include_optimizer``."""
+        check_name(name)
+        check_version(version)
+        record = await self._load(name)
+        number = version or record.head
+        if number == 0:
+            raise NotFound(f"adapter {name!r} has no version yet", param="version")
+        info = (await self._manifest(record, number)).public(include_optimizer, PRIVATE_FILES)
+        return info, self._chunks(info, () if header_only else info.files)
+
+    async def _chunks(self, info: VersionInfo, files) -> AsyncIterator[Chunk]:
+        for entry in files:
+            data = await self.store.get(layout.file_key(info.name, info.version, entry.path))
+            # hashlib releases the GIL: other calls keep being served while a large file is checked.
+            if len(data) != entry.size or await asyncio.to_thread(_sha256, data) != entry.sha256:
+                raise DataLoss(f"stored file {entry.path!r} of {info.name!r} v{info.version} is corrupt")
+            for offset in range(0, len(data), layout.CHUNK_BYTES):
+                piece = data[offset : offset + layout.CHUNK_BYTES]
+                metrics.BYTES_SENT.inc(len(piece))
+                yield Chunk(entry.path, offset, piece)
+
+    async def list_versions(self, name: str) -> list[VersionInfo]:
+        """Committed versions, oldest first (private files left out)."""
+        check_name(name)
+        record = await self._load(name)
+        keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(name))]
+        numbers = sorted(
+            k.version
+            for k in keys
+            if k and k.version is not None and k.file == layout.MANIFEST_FILE and record.is_committed(k.version)
+        )
+        infos = await asyncio.gather(*(self._manifest(record, n) for n in numbers), return_exceptions=True)
+        return [i.public(False, PRIVATE_FILES) for i in infos if isinstance(i, VersionInfo)]
+
+    async def set_head(self, name: str, expected: int, version: int) -> AdapterRecord:
+        """Compare-and-swap of the head (rollback): ``ABORTED`` unless the head is ``expected``."""
+        check_name(name)
+        check_version(expected, field="expected_head")
+        check_version(version, allow_zero=False)
+        async with self._locks[name]:
+            record = await self._load(name)
+            _check_parent(record, expected, "set_head")
+            await self._manifest(record, version)
+            updated = dataclasses.replace(record, head=version)
+            if updated != record:
+                await self._save(updated)
+        if updated.head != record.head:
+            log.info("head_moved", adapter=name, head=version, previous=record.head)
+            self.heads.publish(HeadEvent(name, version, record.head))
+        return updated
+
+    async def set_tag(self, name: str, tag: str, version: int) -> AdapterRecord:
+        """Point ``tag`` at a committed version; version 0 removes it."""
+        check_name(name)
+        check_tag(tag)
+        check_version(version)
+        async with self._locks[name]:
+            record = await self._load(name)
+            tags = {k: v for k, v in record.tags.items() if k != tag}
+            if version:
+                await self._manifest(record, version)
+                tags[tag] = version
+            updated = dataclasses.replace(record, tags=dict(sorted(tags.items())))
+            if updated != record:
+                await self._save(updated)
+        return updated
+
+    # -- watching and start-up ------------------------------------------------------------------------
+
+    async def watch(self, prefix: str = "", *, send_initial: bool = False) -> AsyncIterator[HeadEvent]:
+        """Head changes under ``prefix``; with ``send_initial`` first every current head (previous = 0)."""
+        check_prefix(prefix)
+        async with self.heads.subscribe(prefix) as events:
+            if send_initial:
+                for name in sorted(n for n in self._names if n.startswith(prefix)):
+                    try:
+                        record = await self._load(name)
+                    except NotFound:
+                        continue
+                    yield HeadEvent(name, record.head, 0)
+            async for event in events:
+                yield event
+
+    async def recover(self) -> None:
+        """Make the store consistent after a crash and index the adapters. Run before serving."""
+        by_adapter: dict[str, list[layout.KeyInfo]] = collections.defaultdict(list)
+        for key in await self.store.list(layout.ROOT):
+            parsed = layout.parse_key(key)
+            if parsed is not None:
+                by_adapter[parsed.name].append(parsed)
+        orphans = 0
+        for name, keys in by_adapter.items():
+            orphans += await self._recover_adapter(name, keys)
+        log.info("recovered", adapters=len(self._names), orphan_versions=orphans)
+
+    async def _recover_adapter(self, name: str, keys: list[layout.KeyInfo]) -> int:
+        if layout.KeyInfo(name, None, layout.RECORD_FILE) not in keys:
+            log.warning("removing_leftovers", adapter=name, objects=len(keys))
+            await self.store.delete_prefix(layout.adapter_prefix(name))
+            return 0
+        record = await self._load(name)
+        folders = {k.version for k in keys if k.version is not None}
+        manifests = {k.version for k in keys if k.version is not None and k.file == layout.MANIFEST_FILE}
+        # A pending folder may hold only the local store's hidden temporaries, which listing does not show.
+        stray = {v for v in folders if not (record.is_committed(v) and v in manifests)}
+        stray = sorted((stray | {record.pending}) - {0})
+        if stray and stray[-1] > record.last_version:  # never hand out a number that was ever on disk
+            record = dataclasses.replace(record, last_version=stray[-1])
+            await self._save(record)
+        for version in stray:
+            log.warning("removing_orphan_version", adapter=name, version=version)
+            await self.store.delete_prefix(layout.version_prefix(name, version))
+        if record.pending:
+            record = dataclasses.replace(record, pending=0)
+            await self._save(record)
+        self._names.add(name)
+        return len(stray)
+
+    def close(self) -> None:
+        self.heads.close()
+
+
+def _check_parent(record: AdapterRecord, expected: int, operation: str) -> None:
+    if record.head != expected:
+        metrics.CAS_CONFLICTS.labels(operation).inc()
+        raise Aborted(f"head of adapter {record.name!r} is {record.head}, not {expected}")
+
+
+def _check_spec(base_model: str, lora: LoraSpec) -> None:
+    if not base_model.strip():
+        raise InvalidArgument("base_model is required", param="base_model")
+    if not 1 <= lora.rank <= 1024:
+        raise InvalidArgument(f"lora.rank must be in 1..1024, got {lora.rank}", param="lora.rank")
+    if lora.alpha < 1:
+        raise InvalidArgument(f"lora.alpha must be >= 1, got {lora.alpha}", param="lora.alpha")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise InvalidArgument(f"lora.dropout must be in [0, 1), got {lora.dropout}", param="lora.dropout")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _encode_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return check_name(base64.urlsafe_b64decode(token.encode()).decode())
+    except (binascii.Error, UnicodeDecodeError, InvalidArgument):
+        raise InvalidArgument(f"invalid page_token {token!r}", param="page_token") from None

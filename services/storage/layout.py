@@ -1,0 +1,117 @@
+"""Names, limits and object keys of the adapter store (DESIGN.md §4).
+
+```
+adapters/<tenant>/<adapter>/adapter.json                  the record: head, tags, last version, pending write
+adapters/<tenant>/<adapter>/versions/<n>/<file>           the version's files (PEFT layout + optimizer state)
+adapters/<tenant>/<adapter>/versions/<n>/manifest.json    sizes, SHA-256, parent, lineage; written last
+```
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from services.common.errors import InvalidArgument
+
+#: Largest chunk of a file in one stream message, either way (well under the gRPC message limit).
+CHUNK_BYTES = 1 << 20
+#: Most files one version may hold.
+MAX_FILES = 64
+#: Private file: returned only when the trainer asks for it, never exported.
+OPTIMIZER_FILE = "optimizer.safetensors"
+RECORD_FILE = "adapter.json"
+MANIFEST_FILE = "manifest.json"
+ROOT = "adapters/"
+
+_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PREFIX = re.compile(r"[a-z0-9._/-]{0,128}")
+_NAME_RULE = "'tenant/adapter', each part 1-63 of a-z 0-9 . _ - starting with a letter or digit"
+
+
+def check_name(name: str) -> str:
+    """An adapter name ``tenant/adapter``; raises InvalidArgument otherwise."""
+    parts = name.split("/")
+    if len(parts) != 2 or not all(_PART.fullmatch(p) and ".." not in p for p in parts):
+        raise InvalidArgument(f"invalid adapter name {name!r}: expected {_NAME_RULE}", param="name")
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if not _PART.fullmatch(tag):
+        raise InvalidArgument(f"invalid tag {tag!r}: 1-63 of a-z 0-9 . _ - starting with a letter or digit")
+    return tag
+
+
+def check_prefix(prefix: str) -> str:
+    """A name prefix for listing and watching, e.g. ``tenant/`` or ``""`` for everything."""
+    if not _PREFIX.fullmatch(prefix) or ".." in prefix or prefix.startswith("/") or "//" in prefix:
+        raise InvalidArgument(f"invalid adapter name prefix {prefix!r}", param="prefix")
+    return prefix
+
+
+def check_file_name(path: str) -> str:
+    """A file of a version: a plain name (no folders), never the manifest itself."""
+    if not _FILE.fullmatch(path) or ".." in path or path == MANIFEST_FILE:
+        raise InvalidArgument(f"invalid file path {path!r}: a plain file name of A-Z a-z 0-9 . _ -")
+    return path
+
+
+def check_sha256(path: str, digest: str) -> str:
+    if not _SHA256.fullmatch(digest):
+        raise InvalidArgument(f"file {path!r}: sha256 must be 64 lower-case hex digits, got {digest!r}")
+    return digest
+
+
+def check_version(version: int, *, field: str = "version", allow_zero: bool = True) -> int:
+    if version < 0 or (version == 0 and not allow_zero):
+        least = 0 if allow_zero else 1
+        raise InvalidArgument(f"{field} must be >= {least}, got {version}", param=field)
+    return version
+
+
+def adapter_prefix(name: str) -> str:
+    return f"{ROOT}{name}/"
+
+
+def record_key(name: str) -> str:
+    return f"{ROOT}{name}/{RECORD_FILE}"
+
+
+def versions_prefix(name: str) -> str:
+    return f"{ROOT}{name}/versions/"
+
+
+def version_prefix(name: str, version: int) -> str:
+    return f"{ROOT}{name}/versions/{version}/"
+
+
+def file_key(name: str, version: int, path: str) -> str:
+    return f"{ROOT}{name}/versions/{version}/{path}"
+
+
+def manifest_key(name: str, version: int) -> str:
+    return file_key(name, version, MANIFEST_FILE)
+
+
+class KeyInfo(NamedTuple):
+    """An object key under ``adapters/`` taken apart."""
+
+    name: str
+    #: The version folder the object is in; None for objects beside the record.
+    version: int | None
+    #: File name inside the version folder, or the path below the adapter's folder.
+    file: str
+
+
+def parse_key(key: str) -> KeyInfo | None:
+    """The parts of a key of an adapter's folder; None for keys outside any adapter's folder."""
+    parts = key.removeprefix(ROOT).split("/")
+    if not key.startswith(ROOT) or len(parts) < 3:
+        return None
+    name = f"{parts[0]}/{parts[1]}"
+    if len(parts) == 5 and parts[2] == "versions" and parts[3].isdigit():
+        return KeyInfo(name, int(parts[3]), parts[4])
+    return KeyInfo(name, None, "/".join(parts[2:]))

@@ -1,0 +1,121 @@
+"""The storage core's own types and their JSON form in the object store (no gRPC here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+#: Version of the JSON layout of records and manifests.
+FORMAT = 1
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int
+    alpha: int
+    target_modules: tuple[str, ...] = ()
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """``adapter.json``. ``last_version`` is the highest number ever handed out (never handed out again);
+    ``pending`` is the version a write has reserved but not committed yet (0: none). The record is the commit
+    point: a version is visible only once a record write has cleared ``pending`` for it."""
+
+    name: str
+    base_model: str
+    lora: LoraSpec
+    created_at: datetime
+    head: int = 0
+    tags: dict[str, int] = field(default_factory=dict)
+    last_version: int = 0
+    pending: int = 0
+
+    def is_committed(self, version: int) -> bool:
+        return 1 <= version <= self.last_version and version != self.pending
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["created_at"] = self.created_at.isoformat()
+        return json.dumps({"format": FORMAT, **body}, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AdapterRecord:
+        body = json.loads(data)
+        body.pop("format", None)
+        lora = body.pop("lora")
+        return cls(
+            **body | {"created_at": datetime.fromisoformat(body["created_at"])},
+            lora=LoraSpec(**lora | {"target_modules": tuple(lora["target_modules"])}),
+        )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """``manifest.json``. ``lineage`` is the JSON form of the ``Lineage`` message (what made this version)."""
+
+    name: str
+    version: int
+    parent_version: int
+    files: tuple[FileEntry, ...]
+    lineage: dict[str, Any]
+    created_at: datetime
+
+    def public(self, include_private: bool, private: frozenset[str]) -> VersionInfo:
+        """The manifest as a caller may see it: private files only when asked for."""
+        if include_private:
+            return self
+        files = tuple(f for f in self.files if f.path not in private)
+        return VersionInfo(self.name, self.version, self.parent_version, files, self.lineage, self.created_at)
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["created_at"] = self.created_at.isoformat()
+        return json.dumps({"format": FORMAT, **body}, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> VersionInfo:
+        body = json.loads(data)
+        body.pop("format", None)
+        files = tuple(FileEntry(**f) for f in body.pop("files"))
+        return cls(**body | {"created_at": datetime.fromisoformat(body["created_at"])}, files=files)
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """First item of a version upload."""
+
+    name: str
+    parent_version: int
+    files: tuple[FileEntry, ...]
+    lineage: dict[str, Any]
+    set_head: bool = True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    path: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HeadEvent:
+    name: str
+    head: int
+    previous: int
+    deleted: bool = False

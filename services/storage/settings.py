@@ -1,0 +1,34 @@
+"""Settings of the storage service (``CLAAS_*`` environment variables).
+
+Storage is the single writer of its object store: run exactly one replica (one process) per store. Every
+change of an adapter is serialised by a lock inside that process, and its adapter index lives there too; a
+second writer on the same store could commit two versions with the same number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.objectstore import ObjectStoreSettings
+from services.common.settings import CommonSettings
+
+
+class StorageSettings(CommonSettings, ObjectStoreSettings):
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    max_version_mb: int = Field(
+        2048, ge=1, description="Largest sum of file sizes of one version, MiB (RESOURCE_EXHAUSTED above)."
+    )
+    spool_memory_mb: int = Field(
+        64,
+        ge=0,
+        description="An uploaded file larger than this, MiB, waits for its commit on disk instead of in memory.",
+    )
+    spool_dir: Path | None = Field(
+        None, description="Folder of upload spool files; empty means the system's temporary folder."
+    )
+    list_page_size: int = Field(100, ge=1, le=1000, description="ListAdapters page size when the caller sets none.")
+    watch_queue_size: int = Field(
+        1000, ge=1, description="Head events a watcher may have pending before it is ended as too slow."
+    )
