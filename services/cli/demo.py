@@ -71,7 +71,9 @@ class DemoClient:
 
     def create(self, name: str) -> str:
         lora = common_pb2.LoraSpec(rank=16, alpha=32)
-        return self._call(self.adapters.Create, proxy_pb2.AdaptersServiceCreateRequest(name=name, lora=lora)).adapter.name
+        return self._call(
+            self.adapters.Create, proxy_pb2.AdaptersServiceCreateRequest(name=name, lora=lora)
+        ).adapter.name
 
     def chat(self, model: str, prompt: str, *, temperature: float, max_tokens: int, seed: int):
         messages = [
@@ -123,7 +125,11 @@ def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: a
         for i in range(args.rollouts):
             prompt = rng.choice(preference.train_prompts)
             reply = client.chat(
-                run.adapter, prompt, temperature=1.0, max_tokens=args.max_tokens, seed=args.seed * 1000 + round_no * 10 + i
+                run.adapter,
+                prompt,
+                temperature=1.0,
+                max_tokens=args.max_tokens,
+                seed=args.seed * 1000 + round_no * 10 + i,
             )
             completion_ids.append(reply.completion_id)
         job = client.give_feedback(completion_ids, run.feedback, config)
@@ -185,9 +191,7 @@ def _run_demo(args: argparse.Namespace, started: float) -> int:
         control = _summary(runs["control"])
         result["control"] = {
             **control,
-            "real_minus_control": {
-                k: real["final"][k] - control["final"][k] for k in ("pass_rate", "signal")
-            },
+            "real_minus_control": {k: real["final"][k] - control["final"][k] for k in ("pass_rate", "signal")},
         }
         print(f"control ({CONTROL_FEEDBACK!r}): signal {control['baseline']['signal']:.4f} -> "
               f"{control['final']['signal']:.4f}; real minus control {result['control']['real_minus_control']}")  # fmt: skip

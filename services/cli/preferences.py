@@ -46,7 +46,12 @@ IDENTITY = Preference(
 CONCISE = Preference(
     name="concise",
     feedback="Be more concise: answer in one or two short sentences.",
-    train_prompts=("Explain what a computer is.", "Why is the sky blue?", "What is photosynthesis?", "How do bees fly?"),
+    train_prompts=(
+        "Explain what a computer is.",
+        "Why is the sky blue?",
+        "What is photosynthesis?",
+        "How do bees fly?",
+    ),
     held_out=("What is gravity?", "Explain how rain forms.", "What does a heart do?"),
     signal_prefixes=("It is a force that pulls things together.", "Rain forms when water vapour cools."),
     signal_token="<eot>",

@@ -132,6 +132,7 @@ async def test_request_id_is_logged_and_sigterm_lets_in_flight_call_finish(tmp_p
         if process.poll() is None:
             process.kill()
             process.wait()
+        process.stderr.close()
 
 
 def test_wrong_setting_fails_start_naming_the_variable(tmp_path):
