@@ -193,8 +193,9 @@ def _run_demo(args: argparse.Namespace, started: float) -> int:
             **control,
             "real_minus_control": {k: real["final"][k] - control["final"][k] for k in ("pass_rate", "signal")},
         }
+        delta = result["control"]["real_minus_control"]
         print(f"control ({CONTROL_FEEDBACK!r}): signal {control['baseline']['signal']:.4f} -> "
-              f"{control['final']['signal']:.4f}; real minus control {result['control']['real_minus_control']}")  # fmt: skip
+              f"{control['final']['signal']:.4f}; real minus control {delta}")  # fmt: skip
     if args.json:
         print(json.dumps(result))
     return 0

@@ -73,7 +73,8 @@ def _up(args: argparse.Namespace) -> int:
         "ready:\n"
         f"  gRPC (proxy)   {info['addresses']['proxy']}\n"
         f"  OpenAI HTTP    {info['http_url']}/v1\n"
-        f"  API key        {info['api_key']}   (tenant '{info['tenant']}'; also in {stack.config.data_dir}/stack.json)\n"
+        f"  API key        {info['api_key']}   (tenant '{info['tenant']}')\n"
+        f"  stack file     {stack.config.data_dir / 'stack.json'}\n"
         "Ctrl-C stops everything.",
         flush=True,
     )
