@@ -1,0 +1,26 @@
+"""The versioned adapter name the teacher and the proxy both use on a vLLM server."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.common.errors import InvalidArgument
+from services.common.naming import vllm_lora_name
+
+
+def test_versioned_name_keeps_tenant_adapter_and_version():
+    assert vllm_lora_name("acme/support-bot", 12) == "acme--support-bot--v12"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "version", "message"),
+    [
+        ("no-tenant", 1, "tenant/adapter"),
+        ("a/b/c", 1, "tenant/adapter"),
+        ("/b", 1, "tenant/adapter"),
+        ("a/b", 0, ">= 1, got 0"),
+    ],
+)
+def test_bad_names_and_unresolved_versions_are_refused(adapter, version, message):
+    with pytest.raises(InvalidArgument, match=message):
+        vllm_lora_name(adapter, version)
