@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from services.common.logs import configure_logging
+from services.common.net import free_port, free_port_block
 
 configure_logging("console", "warning")
 
-
-def free_port() -> int:
-    """A port free right now on loopback (for processes that must be told their port up front)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive ports that are all free right now."""
-    for _ in range(200):
-        first = free_port()
-        if first + count > 65535:
-            continue
-        try:
-            socks = []
-            for port in range(first, first + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no block of {count} free ports found")
+__all__ = ["free_port", "free_port_block"]
 
 
 @pytest.fixture(scope="session")

@@ -137,15 +137,15 @@ class Stack:
             )
         self._on_event(role, "started")
 
-    def start_role(self, role: str) -> None:
-        """Start one role (also used to restart a role that was stopped)."""
+    def start_role(self, role: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start one role (also used to restart a role that was stopped), optionally with more settings."""
         assert self.secrets is not None
         if role == "vllm":
             options = self._vllm_options()
-            self._spawn(role, options.command(), options.environment())
+            self._spawn(role, options.command(), {**options.environment(), **(extra_env or {})})
         else:
             env = _service_env(self.config, role, self.secrets.internal_token)
-            self._spawn(role, [sys.executable, "-m", f"services.{role}"], env)
+            self._spawn(role, [sys.executable, "-m", f"services.{role}"], {**env, **(extra_env or {})})
 
     def _vllm_options(self) -> VllmOptions:
         return VllmOptions(

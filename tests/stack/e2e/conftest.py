@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, free_port_block
+from services.common.net import free_port, free_port_block
 
 
 def claas(*args: str, data_dir: Path, timeout: float = 900) -> dict:
