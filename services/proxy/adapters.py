@@ -1,0 +1,103 @@
+"""The public face of storage, scoped to the caller's tenant: create, list, inspect, roll back, delete,
+export. A name of another tenant is answered like a missing one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+from claas.v1 import common_pb2, storage_pb2
+
+from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied
+from services.proxy.loras import LoraManager
+from services.proxy.tenancy import not_found, qualify
+
+log = structlog.get_logger("claas.proxy.adapters")
+
+#: The files of a version anyone may take away (PEFT's layout); the optimizer state never leaves.
+EXPORTED_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors"})
+
+
+class AdapterStore(Protocol):
+    async def get_adapter(self, name: str) -> storage_pb2.Adapter: ...
+
+    async def list_adapters(self, prefix: str = "") -> list[storage_pb2.Adapter]: ...
+
+    async def list_versions(self, name: str) -> list[storage_pb2.Version]: ...
+
+    async def set_head(self, name: str, expected: int, version: int) -> storage_pb2.Adapter: ...
+
+    async def delete_adapter(self, name: str) -> bool: ...
+
+    async def read_version(
+        self, name: str, version: int = 0, *, include_optimizer: bool = False
+    ) -> tuple[storage_pb2.Version, dict[str, bytes]]: ...
+
+
+class AdapterFactory(Protocol):
+    async def init_adapter(self, name: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter: ...
+
+
+class Adapters:
+    def __init__(self, *, storage: AdapterStore, trainer: AdapterFactory, loras: LoraManager) -> None:
+        self._storage = storage
+        self._trainer = trainer
+        self._loras = loras
+
+    async def create(self, tenant: str, name: str, lora: common_pb2.LoraSpec | None = None) -> storage_pb2.Adapter:
+        """A new adapter at version 1, which answers exactly like the base model."""
+        owner, slash, _ = name.strip().partition("/")
+        if slash and owner != tenant:
+            raise PermissionDenied("adapters can only be created in your own tenant", param="name")
+        full = qualify(tenant, name)
+        adapter = await self._trainer.init_adapter(full, lora or common_pb2.LoraSpec())
+        log.info("adapter_created", adapter=full, version=adapter.head_version)
+        return adapter
+
+    async def list(self, tenant: str) -> list[storage_pb2.Adapter]:
+        return await self._storage.list_adapters(prefix=f"{tenant}/")
+
+    async def get(self, tenant: str, name: str) -> storage_pb2.Adapter:
+        full = qualify(tenant, name)
+        try:
+            return await self._storage.get_adapter(full)
+        except NotFound:
+            raise not_found(name) from None
+
+    async def versions(self, tenant: str, name: str) -> list[storage_pb2.Version]:
+        adapter = await self.get(tenant, name)
+        return await self._storage.list_versions(adapter.name)
+
+    async def rollback(self, tenant: str, name: str, version: int) -> storage_pb2.Adapter:
+        """Point the head at an earlier (or any committed) version; the next chat is served by it."""
+        if version < 1:
+            raise InvalidArgument(f"version must be >= 1, got {version}", param="version")
+        adapter = await self.get(tenant, name)
+        if adapter.head_version != version:
+            adapter = await self._storage.set_head(adapter.name, adapter.head_version, version)
+            log.info("adapter_rolled_back", adapter=adapter.name, version=version)
+        try:
+            await self._loras.preload(adapter.name, adapter.head_version)
+        except ClaasError as exc:
+            log.warning("preload_failed", adapter=adapter.name, error=exc.message)
+        return adapter
+
+    async def delete(self, tenant: str, name: str) -> bool:
+        full = qualify(tenant, name)
+        deleted = await self._storage.delete_adapter(full)
+        await self._loras.forget(full)
+        log.info("adapter_deleted", adapter=full, deleted=deleted)
+        return deleted
+
+    async def export(self, tenant: str, name: str, version: int = 0) -> tuple[storage_pb2.Version, dict[str, bytes]]:
+        """The version's PEFT files (0 = head), never its optimizer state."""
+        if version < 0:
+            raise InvalidArgument(f"version must be >= 0, got {version}", param="version")
+        adapter = await self.get(tenant, name)
+        header, files = await self._storage.read_version(adapter.name, version, include_optimizer=False)
+        kept = [entry for entry in header.files if entry.path in EXPORTED_FILES]
+        exported = storage_pb2.Version()
+        exported.CopyFrom(header)
+        del exported.files[:]
+        exported.files.extend(kept)
+        return exported, {entry.path: files[entry.path] for entry in kept}

@@ -1,0 +1,169 @@
+"""The proxy's core: inference, feedback and adapters over storage, trainer and vLLM, plus the background
+work that keeps it honest (vLLM health, head changes, rollout retention). Both transports — the gRPC
+servicers and the OpenAI HTTP routes — call this and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from claas.v1 import storage_pb2
+from prometheus_client import Gauge
+
+from services.common.errors import ClaasError
+from services.common.objectstore import ObjectStore
+from services.proxy.adapters import AdapterFactory, Adapters, AdapterStore
+from services.proxy.feedback import Feedback, JobRunner
+from services.proxy.inference import Inference
+from services.proxy.limits import ChatLimits
+from services.proxy.loras import LoraManager
+from services.proxy.rollouts import RolloutStore
+from services.proxy.settings import ProxySettings
+from services.proxy.types import ModelInfo
+from services.proxy.vllm import VllmClient
+
+log = structlog.get_logger("claas.proxy")
+
+VLLM_UP = Gauge("claas_proxy_vllm_up", "1 while vLLM answers its health check.")
+
+
+class Storage(AdapterStore, Protocol):
+    async def download_version(self, name: str, version: int, dest: Path) -> storage_pb2.Version: ...
+
+    def watch_heads(
+        self, prefix: str = "", *, send_initial: bool = True
+    ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]: ...
+
+
+class Trainer(JobRunner, AdapterFactory, Protocol):
+    pass
+
+
+#: Told whether vLLM is up, each time that changes.
+HealthListener = Callable[[bool], Awaitable[None]]
+
+
+async def _ignore(up: bool) -> None:
+    pass
+
+
+class ProxyCore:
+    def __init__(
+        self, settings: ProxySettings, *, storage: Storage, trainer: Trainer, vllm: VllmClient, store: ObjectStore
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.vllm = vllm
+        self.rollouts = RolloutStore(
+            store, cache_size=settings.rollout_cache_size, retention_days=settings.rollout_retention_days
+        )
+        self.loras = LoraManager(vllm, self._fetch, settings.adapter_dir, settings.max_loaded_adapters)
+        limits = ChatLimits(
+            default_max_tokens=settings.default_max_tokens,
+            max_tokens_cap=settings.max_tokens_cap,
+            max_messages=settings.max_messages,
+            max_request_bytes=settings.max_request_bytes,
+        )
+        self.inference = Inference(
+            storage=storage,
+            loras=self.loras,
+            vllm=vllm,
+            rollouts=self.rollouts,
+            limits=limits,
+            base_model=settings.base_model,
+        )
+        self.feedback = Feedback(
+            rollouts=self.rollouts,
+            trainer=trainer,
+            storage=storage,
+            loras=self.loras,
+            max_feedback_chars=settings.max_feedback_chars,
+            max_completions=settings.max_feedback_completions,
+            wait_timeout_s=settings.feedback_wait_timeout_s,
+        )
+        self.adapters = Adapters(storage=storage, trainer=trainer, loras=self.loras)
+        self.vllm_up = False
+        self._on_health: HealthListener = _ignore
+        self._tasks: list[asyncio.Task] = []
+
+    async def models(self, tenant: str) -> list[ModelInfo]:
+        """What the caller can chat with: the base model, then its adapters that have a version."""
+        models = [ModelInfo(id=self.settings.base_model, created=0, owned_by="claas")]
+        for adapter in await self.adapters.list(tenant):
+            if adapter.head_version > 0:
+                created = adapter.created_at.seconds if adapter.HasField("created_at") else 0
+                models.append(ModelInfo(adapter.name, created, tenant, adapter.head_version))
+        return models
+
+    async def start(self, on_health: HealthListener) -> None:
+        """Probe vLLM once (so health is right from the start), then keep doing the background work."""
+        self._on_health = on_health
+        await self.check_vllm()
+        loops = [self._probe_loop(), self._sweep_loop()]
+        if self.settings.watch_heads:
+            loops.append(self._watch_loop())
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _fetch(self, adapter: str, version: int, dest: Path) -> None:
+        await self.storage.download_version(adapter, version, dest)
+
+    async def check_vllm(self) -> bool:
+        """Probe vLLM's health now; tell the listener when it changed."""
+        up = await self.vllm.healthy()
+        if up == self.vllm_up:
+            return up
+        if up:
+            # A vLLM that comes (back) up knows none of the adapters loaded into an earlier run.
+            self.loras.invalidate_all()
+        self.vllm_up = up
+        VLLM_UP.set(int(up))
+        log.info("vllm_health", up=up, url=self.vllm.base_url)
+        await self._on_health(up)
+        return up
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.vllm_health_interval_s)
+            await self.check_vllm()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.rollouts.sweep()
+            except ClaasError as exc:
+                log.warning("rollout_sweep_failed", error=exc.message)
+            await asyncio.sleep(self.settings.rollout_sweep_interval_s)
+
+    async def _watch_loop(self) -> None:
+        """Follow head changes from storage; reconnect with back-off when storage goes away."""
+        backoff = 1.0
+        while True:
+            try:
+                async for event in self.storage.watch_heads("", send_initial=True):
+                    backoff = 1.0
+                    await self._on_head(event)
+            except ClaasError as exc:
+                log.warning("watch_heads_lost", error=exc.message, retry_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _on_head(self, event: storage_pb2.WatchHeadsResponse) -> None:
+        if event.deleted:
+            await self.loras.forget(event.name)
+        elif event.head_version > 0 and self.loras.tracks(event.name):
+            try:
+                await self.loras.preload(event.name, event.head_version)
+            except ClaasError as exc:
+                log.warning("prefetch_failed", adapter=event.name, version=event.head_version, error=exc.message)

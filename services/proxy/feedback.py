@@ -1,0 +1,186 @@
+"""Feedback: completions of one adapter plus a line of text become a training job of that adapter.
+
+With ``wait`` the answer comes once the job has ended, and by then vLLM serves the new head, so the
+next chat with the adapter is answered by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import structlog
+from claas.v1 import common_pb2, storage_pb2, trainer_pb2
+from prometheus_client import Counter
+
+from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound
+from services.proxy.loras import LoraManager
+from services.proxy.rollouts import Rollout, RolloutStore
+from services.proxy.tenancy import owns
+
+log = structlog.get_logger("claas.proxy.feedback")
+
+FEEDBACK = Counter("claas_proxy_feedback_total", "Feedback submitted, by how its job ended.", ["outcome"])
+
+TERMINAL = frozenset({common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED})
+
+
+class JobRunner(Protocol):
+    async def submit_job(
+        self,
+        adapter: str,
+        samples: list[trainer_pb2.TrainSample],
+        config: common_pb2.SdpoConfig | None,
+        idempotency_key: str,
+    ) -> common_pb2.JobStatus: ...
+
+    def watch_job(self, job_id: str) -> AsyncIterator[common_pb2.JobStatus]: ...
+
+    async def get_job(self, job_id: str) -> common_pb2.JobStatus: ...
+
+
+class HeadReader(Protocol):
+    async def get_adapter(self, name: str) -> storage_pb2.Adapter: ...
+
+
+class Feedback:
+    def __init__(
+        self,
+        *,
+        rollouts: RolloutStore,
+        trainer: JobRunner,
+        storage: HeadReader,
+        loras: LoraManager,
+        max_feedback_chars: int,
+        max_completions: int,
+        wait_timeout_s: float,
+    ) -> None:
+        self._rollouts = rollouts
+        self._trainer = trainer
+        self._storage = storage
+        self._loras = loras
+        self._max_chars = max_feedback_chars
+        self._max_completions = max_completions
+        self._wait_timeout = wait_timeout_s
+
+    async def submit(
+        self,
+        tenant: str,
+        completion_ids: list[str],
+        feedback: str,
+        config: common_pb2.SdpoConfig | None = None,
+        *,
+        wait: bool = False,
+        idempotency_key: str = "",
+    ) -> common_pb2.JobStatus:
+        text = self._check_text(feedback)
+        ids = self._check_ids(completion_ids)
+        rollouts = [await self._rollouts.get(tenant, cid) for cid in ids]
+        adapter = _one_adapter(rollouts)
+        samples = [_sample(r, text) for r in rollouts]
+        key = job_key(tenant, idempotency_key, ids, text, config)
+        job = await self._trainer.submit_job(adapter, samples, config, key)
+        log.info("feedback_submitted", adapter=adapter, job_id=job.job_id, completions=len(ids))
+        if not wait:
+            return job
+        try:
+            async with asyncio.timeout(self._wait_timeout):
+                job = await self._follow(job)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"job {job.job_id} still running after {self._wait_timeout:.0f}s; follow it with Watch"
+            ) from None
+        FEEDBACK.labels(common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()).inc()
+        return job
+
+    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[common_pb2.JobStatus]:
+        """The job's states until it ends; a job of another tenant's adapter is ``NotFound``."""
+        job = await self._trainer.get_job(job_id)
+        if not owns(tenant, job.adapter):
+            raise NotFound(f"job '{job_id}' not found", param="job_id")
+        async for status in self._trainer.watch_job(job_id):
+            if status.state == common_pb2.JOB_STATE_SUCCEEDED:
+                await self._serve_head(status.adapter)
+            yield status
+
+    async def _follow(self, job: common_pb2.JobStatus) -> common_pb2.JobStatus:
+        if job.state not in TERMINAL:
+            async for status in self._trainer.watch_job(job.job_id):
+                job = status
+                if job.state in TERMINAL:
+                    break
+            else:
+                job = await self._trainer.get_job(job.job_id)
+        if job.state == common_pb2.JOB_STATE_SUCCEEDED:
+            await self._serve_head(job.adapter)
+        return job
+
+    async def _serve_head(self, adapter: str) -> None:
+        """Load the adapter's head into vLLM now. The job is done either way: a failure here only means
+        the next chat loads it itself."""
+        try:
+            head = (await self._storage.get_adapter(adapter)).head_version
+            await self._loras.preload(adapter, head)
+        except ClaasError as exc:
+            log.warning("preload_failed", adapter=adapter, error=exc.message)
+
+    def _check_text(self, feedback: str) -> str:
+        text = feedback.strip()
+        if not text:
+            raise InvalidArgument("'feedback' must not be empty", param="feedback")
+        if len(text) > self._max_chars:
+            raise InvalidArgument(
+                f"feedback is {len(text)} characters, at most {self._max_chars} allowed", param="feedback"
+            )
+        return text
+
+    def _check_ids(self, completion_ids: list[str]) -> list[str]:
+        ids = list(dict.fromkeys(c.strip() for c in completion_ids if c.strip()))
+        if not ids:
+            raise InvalidArgument("'completion_ids' must name at least one completion", param="completion_ids")
+        if len(ids) > self._max_completions:
+            raise InvalidArgument(
+                f"{len(ids)} completions, at most {self._max_completions} per feedback", param="completion_ids"
+            )
+        return ids
+
+
+def _one_adapter(rollouts: list[Rollout]) -> str:
+    base = [r.completion_id for r in rollouts if not r.adapter]
+    if base:
+        raise InvalidArgument(
+            f"completion '{base[0]}' was answered by the base model; feedback trains an adapter",
+            param="completion_ids",
+        )
+    adapters = sorted({r.adapter for r in rollouts})
+    if len(adapters) > 1:
+        raise InvalidArgument(f"completions of one adapter only, got {', '.join(adapters)}", param="completion_ids")
+    return adapters[0]
+
+
+def _sample(rollout: Rollout, feedback: str) -> trainer_pb2.TrainSample:
+    return trainer_pb2.TrainSample(
+        completion_id=rollout.completion_id,
+        messages=[common_pb2.ChatMessage(role=m.role, content=m.content) for m in rollout.messages],
+        prompt_ids=rollout.prompt_ids,
+        response_ids=rollout.response_ids,
+        sampled_logprobs=rollout.logprobs,
+        feedback=feedback,
+        served_version=rollout.version,
+    )
+
+
+def job_key(
+    tenant: str, given: str, completion_ids: list[str], feedback: str, config: common_pb2.SdpoConfig | None
+) -> str:
+    """The trainer's idempotency key: the caller's own key, or one derived from what was asked; scoped to
+    the tenant either way, so two tenants' keys never meet."""
+    if given:
+        parts = [tenant, "key", given]
+    else:
+        settings = config.SerializeToString(deterministic=True).hex() if config is not None else ""
+        parts = [tenant, "derived", *sorted(completion_ids), feedback, settings]
+    return "fb-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]

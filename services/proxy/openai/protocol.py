@@ -1,0 +1,230 @@
+"""Request and response bodies of the OpenAI-compatible surface, in the OpenAI docs' field order.
+
+Fields that OpenAI does not define are ours and marked ``# extension``. Clients written for OpenAI ignore
+them; the official ``openai`` client exposes them as attributes of its response objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.common.errors import InvalidArgument
+from services.proxy.types import ChatRequest, ChatResult, Message, ModelInfo, Sampling
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageParam(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Fields OpenAI defines that the proxy does not implement are ignored, as OpenAI-compatible servers do.
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessageParam]
+    model: str
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
+    n: int = Field(1, description="Only 1 is supported.")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+    strip_thinking: bool = Field(  # extension
+        False, description="Remove <think>...</think> blocks from the answer (the rollout keeps them)."
+    )
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    def to_core(self) -> ChatRequest:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        messages = []
+        for index, message in enumerate(self.messages):
+            if message.role == "developer":  # OpenAI's newer name for system instructions
+                message = message.model_copy(update={"role": "system"})
+            if not isinstance(message.content, str) and not message.content:
+                raise InvalidArgument(f"messages[{index}].content is empty", param="messages")
+            messages.append(Message(role=message.role, content=message.text()))
+        return ChatRequest(
+            model=self.model,
+            messages=tuple(messages),
+            sampling=Sampling(
+                max_tokens=self.max_completion_tokens or self.max_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=self.seed,
+                stop=tuple(stop),
+            ),
+            strip_thinking=self.strip_thinking,
+        )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, result: ChatResult) -> Usage:
+        return cls(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        )
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    choices: list[Choice]
+    created: int
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    usage: Usage
+    adapter: str | None = Field(None, description="Full name of the adapter that answered.")  # extension
+    adapter_version: int = Field(0, description="Adapter version that answered; 0 for the base model.")  # extension
+
+    @classmethod
+    def of(cls, result: ChatResult) -> ChatCompletion:
+        return cls(
+            id=result.completion_id,
+            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
+            created=result.created,
+            model=result.model,
+            usage=Usage.of(result),
+            adapter=result.adapter or None,
+            adapter_version=result.version,
+        )
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    choices: list[ChunkChoice]
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+    adapter: str | None = None  # extension
+    adapter_version: int = 0  # extension
+
+
+class ModelCard(BaseModel):
+    id: str
+    created: int
+    object: Literal["model"] = "model"
+    owned_by: str
+    adapter_version: int = Field(0, description="Head version of an adapter; 0 for the base model.")  # extension
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> ModelCard:
+        return cls(id=info.id, created=info.created, owned_by=info.owned_by, adapter_version=info.version)
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# The proxy's own routes (no OpenAI counterpart): feedback and adapters.
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    completion_ids: list[str]
+    feedback: str
+    config: dict[str, Any] | None = Field(None, description="SDPO overrides, field names as in SdpoConfig.")
+    wait: bool = False
+    idempotency_key: str = ""
+
+
+class JobResponse(BaseModel):
+    job: dict[str, Any]
+
+
+class AdapterCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    lora: dict[str, Any] | None = Field(None, description="rank, alpha, target_modules, dropout.")
+
+
+class AdapterResponse(BaseModel):
+    adapter: dict[str, Any]
+
+
+class AdapterListResponse(BaseModel):
+    adapters: list[dict[str, Any]]
+
+
+class VersionListResponse(BaseModel):
+    versions: list[dict[str, Any]]
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+
+
+class DeleteResponse(BaseModel):
+    deleted: bool

@@ -1,0 +1,212 @@
+"""The OpenAI-compatible HTTP surface and its feedback/adapters twins: thin routes over the proxy core."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.auth import Authenticator, bearer_from_header
+from services.common.errors import ClaasError, NotFound
+from services.proxy import convert
+from services.proxy.core import ProxyCore
+from services.proxy.openai import protocol as p
+from services.proxy.openai.errors import RequestGate, install_error_handlers, sse_error
+from services.proxy.tenancy import tenant_of
+from services.proxy.types import ChatResult, Started
+
+log = structlog.get_logger("claas.proxy.http")
+
+ERRORS = {status: {"model": p.ErrorResponse} for status in (400, 401, 404, 413, 503)}
+
+
+def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], bool]) -> FastAPI:
+    app = FastAPI(title="CLaaS proxy", version="1", docs_url=None, redoc_url=None, responses=ERRORS)
+    app.state.core = core
+    app.state.auth = auth
+    install_error_handlers(app)
+    app.add_middleware(RequestGate, max_body_bytes=core.settings.max_request_bytes)
+    for router in (openai_router, feedback_router, adapters_router):
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        ok = serving()
+        return Response(b"serving\n" if ok else b"not serving\n", status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _core(request: Request) -> ProxyCore:
+    return request.app.state.core
+
+
+async def _tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """Every public route needs an API key; the key names the caller's tenant."""
+    auth: Authenticator = request.app.state.auth
+    return tenant_of(auth.authenticate(bearer_from_header(authorization)))
+
+
+Core = Annotated[ProxyCore, Depends(_core)]
+Tenant = Annotated[str, Depends(_tenant)]
+
+openai_router = APIRouter(prefix="/v1")
+
+
+@openai_router.post("/chat/completions", response_model=p.ChatCompletion)
+async def chat_completions(
+    body: p.ChatCompletionRequest, core: Core, tenant: Tenant
+) -> p.ChatCompletion | StreamingResponse:
+    request = body.to_core()
+    if not body.stream:
+        return p.ChatCompletion.of(await core.inference.chat(tenant, request))
+    events = core.inference.chat_stream(tenant, request)
+    try:
+        started = await anext(events)  # failures before the first byte keep their HTTP status
+    except BaseException:
+        await events.aclose()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(started, events, include_usage),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+@openai_router.get("/models", response_model=p.ModelList)
+async def list_models(core: Core, tenant: Tenant) -> p.ModelList:
+    return p.ModelList(data=[p.ModelCard.of(m) for m in await core.models(tenant)])
+
+
+@openai_router.get("/models/{model:path}", response_model=p.ModelCard)
+async def get_model(model: str, core: Core, tenant: Tenant) -> p.ModelCard:
+    for info in await core.models(tenant):
+        if model in (info.id, f"{tenant}/{model}"):
+            return p.ModelCard.of(info)
+    raise NotFound(f"model '{model}' not found", param="model")
+
+
+async def _sse(started: Started, events: AsyncIterator[object], include_usage: bool) -> AsyncIterator[str]:
+    def chunk(delta: p.Delta, finish: str | None = None, usage: p.Usage | None = None, final: bool = False) -> str:
+        body = p.ChatCompletionChunk(
+            id=started.completion_id,
+            choices=[] if final else [p.ChunkChoice(delta=delta, finish_reason=finish)],
+            created=started.created,
+            model=started.model,
+            usage=usage,
+            adapter=started.adapter or None,
+            adapter_version=started.version,
+        )
+        return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+
+    try:
+        yield chunk(p.Delta(role="assistant", content=""))
+        async for event in events:
+            if isinstance(event, str):
+                yield chunk(p.Delta(content=event))
+            elif isinstance(event, ChatResult):
+                # The rollout is written by now: the answer is complete and can take feedback.
+                yield chunk(p.Delta(), finish=event.finish_reason)
+                if include_usage:
+                    yield chunk(p.Delta(), usage=p.Usage.of(event), final=True)
+    except ClaasError as exc:
+        log.warning("stream_failed", error=exc.message)
+        yield sse_error(exc)
+    except Exception as exc:
+        log.exception("stream_failed")
+        yield sse_error(ClaasError(f"internal error: {type(exc).__name__}"))
+    finally:
+        await events.aclose()
+    yield "data: [DONE]\n\n"
+
+
+feedback_router = APIRouter(prefix="/v1/feedback")
+
+
+@feedback_router.post("", response_model=p.JobResponse)
+async def submit_feedback(body: p.FeedbackRequest, core: Core, tenant: Tenant) -> p.JobResponse:
+    job = await core.feedback.submit(
+        tenant,
+        body.completion_ids,
+        body.feedback,
+        convert.sdpo_config(body.config),
+        wait=body.wait,
+        idempotency_key=body.idempotency_key,
+    )
+    return p.JobResponse(job=convert.to_json(job))
+
+
+@feedback_router.get("/jobs/{job_id}", response_model=p.JobResponse)
+async def get_job(job_id: str, core: Core, tenant: Tenant) -> p.JobResponse:
+    """The job's current state (the first event of gRPC Feedback.Watch)."""
+    events = core.feedback.watch(tenant, job_id)
+    try:
+        return p.JobResponse(job=convert.to_json(await anext(events)))
+    finally:
+        await events.aclose()
+
+
+# Names may be "adapter" or "tenant/adapter": the routes with a suffix come first, so that the catch-all
+# {name:path} does not swallow ".../versions".
+adapters_router = APIRouter(prefix="/v1/adapters")
+
+
+@adapters_router.post("", response_model=p.AdapterResponse)
+async def create_adapter(body: p.AdapterCreateRequest, core: Core, tenant: Tenant) -> p.AdapterResponse:
+    adapter = await core.adapters.create(tenant, body.name, convert.lora_spec(body.lora))
+    return p.AdapterResponse(adapter=convert.to_json(adapter))
+
+
+@adapters_router.get("", response_model=p.AdapterListResponse)
+async def list_adapters(core: Core, tenant: Tenant) -> p.AdapterListResponse:
+    return p.AdapterListResponse(adapters=[convert.to_json(a) for a in await core.adapters.list(tenant)])
+
+
+@adapters_router.get("/{name:path}/versions", response_model=p.VersionListResponse)
+async def list_versions(name: str, core: Core, tenant: Tenant) -> p.VersionListResponse:
+    versions = await core.adapters.versions(tenant, name)
+    return p.VersionListResponse(versions=[convert.to_json(v) for v in versions])
+
+
+@adapters_router.post("/{name:path}/rollback", response_model=p.AdapterResponse)
+async def rollback_adapter(name: str, body: p.RollbackRequest, core: Core, tenant: Tenant) -> p.AdapterResponse:
+    return p.AdapterResponse(adapter=convert.to_json(await core.adapters.rollback(tenant, name, body.version)))
+
+
+@adapters_router.get(
+    "/{name:path}/export", response_class=Response, responses={200: {"content": {"application/zip": {}}}}
+)
+async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0) -> Response:
+    """The version's PEFT files (0 = head) as a zip archive; never the optimizer state."""
+    header, files = await core.adapters.export(tenant, name, version)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    filename = f"{header.name.replace('/', '--')}--v{header.version}.zip"
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@adapters_router.get("/{name:path}", response_model=p.AdapterResponse)
+async def get_adapter(name: str, core: Core, tenant: Tenant) -> p.AdapterResponse:
+    return p.AdapterResponse(adapter=convert.to_json(await core.adapters.get(tenant, name)))
+
+
+@adapters_router.delete("/{name:path}", response_model=p.DeleteResponse)
+async def delete_adapter(name: str, core: Core, tenant: Tenant) -> p.DeleteResponse:
+    return p.DeleteResponse(deleted=await core.adapters.delete(tenant, name))

@@ -1,0 +1,171 @@
+"""Wiring of the proxy role: clients of storage, trainer and vLLM, the core, the gRPC services and the
+OpenAI HTTP server — both servers in the one asyncio loop, over the one core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+import uvicorn
+from claas.v1 import proxy_pb2, proxy_pb2_grpc
+from fastapi import FastAPI
+
+from services.common.auth import Authenticator
+from services.common.errors import Unavailable
+from services.common.objectstore import open_object_store
+from services.common.server import ServiceServer
+from services.proxy.clients import TrainerClient
+from services.proxy.core import ProxyCore, Storage, Trainer
+from services.proxy.openai.routes import build_app
+from services.proxy.servicer import AdaptersServicer, FeedbackServicer, InferenceServicer
+from services.proxy.settings import ProxySettings
+from services.proxy.tenancy import KeysFileAuth
+from services.proxy.vllm import VllmClient
+from services.storage.client import StorageClient
+
+log = structlog.get_logger("claas.proxy.server")
+
+T = TypeVar("T")
+
+SERVICE_NAMES = [
+    proxy_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("InferenceService", "FeedbackService", "AdaptersService")
+]
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn inside a loop it does not own: signals belong to the role's ``run_server``."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+
+class ProxyServer(ServiceServer):
+    """gRPC and HTTP together over one core. Health is SERVING only while the role is ready *and* vLLM
+    answers. The core and its clients are made in ``start_core``, inside the running event loop (gRPC
+    channels belong to the loop they were made in); calls before that are ``UNAVAILABLE``."""
+
+    def __init__(self, settings: ProxySettings, auth: Authenticator, make_core: Callable[[], ProxyCore]) -> None:
+        def register(server: grpc.aio.Server) -> None:
+            proxy_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self._current), server)
+            proxy_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(self._current), server)
+            proxy_pb2_grpc.add_AdaptersServiceServicer_to_server(AdaptersServicer(self._current), server)
+
+        self._core: ProxyCore | None = None
+        self._make_core = make_core
+        self._auth = auth
+        super().__init__(settings, service_names=SERVICE_NAMES, register=register, authenticator=auth)
+        self.http_port = 0
+        self._ready = False
+        self._http: _HttpServer | None = None
+        self._http_task: asyncio.Task | None = None
+
+    @property
+    def core(self) -> ProxyCore:
+        return self._current()
+
+    def _current(self) -> ProxyCore:
+        if self._core is None:
+            raise Unavailable("the proxy is starting")
+        return self._core
+
+    def serving(self) -> bool:
+        return self._ready and self._core is not None and self._core.vllm_up
+
+    async def set_serving(self, serving: bool) -> None:
+        self._ready = serving
+        await super().set_serving(self.serving())
+
+    async def vllm_health_changed(self, up: bool) -> None:
+        await super().set_serving(self.serving())
+
+    async def start_core(self) -> None:
+        """Make the core, open the HTTP server over it, probe vLLM and start the background work."""
+        self._core = self._make_core()
+        await self._start_http(build_app(self._core, self._auth, serving=self.serving))
+        await self._core.start(self.vllm_health_changed)
+
+    async def stop_core(self) -> None:
+        """End the background work (after ``stop``: no request is running any more)."""
+        if self._core is not None:
+            await self._core.stop()
+
+    async def _start_http(self, app: FastAPI) -> None:
+        settings: ProxySettings = self.settings  # type: ignore[assignment]
+        config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(settings.grace_period_s)),
+        )
+        self._http = _HttpServer(config)
+        sock = config.bind_socket()
+        self.http_port = sock.getsockname()[1]
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        listening = asyncio.create_task(self._http.listening.wait())
+        await asyncio.wait({listening, self._http_task}, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if not self._http.listening.is_set():
+            raise OSError(f"HTTP server did not start on {settings.http_host}:{settings.http_port}")
+        log.info("http_listening", host=settings.http_host, port=self.http_port)
+
+    async def stop(self) -> None:
+        """Both servers stop taking requests at once; in-flight ones get the grace period."""
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await asyncio.gather(super().stop(), self._http_task)
+            self._http = self._http_task = None
+        else:
+            await super().stop()
+
+
+def build_server(
+    settings: ProxySettings,
+    *,
+    storage: Storage | None = None,
+    trainer: Trainer | None = None,
+    vllm: VllmClient | None = None,
+) -> tuple[ProxyServer, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """The server, its ready hook (clients and core made, HTTP up, vLLM probed, background work started)
+    and its stop hook. ``storage``, ``trainer`` and ``vllm`` replace the clients the settings name (tests
+    pass doubles)."""
+    owned: list[StorageClient | TrainerClient | VllmClient] = []
+
+    def own(client: T) -> T:
+        owned.append(client)  # type: ignore[arg-type]
+        return client
+
+    def make_core() -> ProxyCore:
+        token = settings.internal_token
+        return ProxyCore(
+            settings,
+            storage=storage or own(StorageClient.connect(settings.storage_addr, token=token)),
+            trainer=trainer or own(TrainerClient.connect(settings.trainer_addr, token=token)),
+            vllm=vllm or own(VllmClient(settings.vllm_url, timeout_s=settings.vllm_timeout_s)),
+            store=open_object_store(settings),
+        )
+
+    server = ProxyServer(settings, KeysFileAuth(settings.api_keys_file), make_core)
+
+    async def stop() -> None:
+        await server.stop_core()
+        for client in owned:
+            await client.close()
+
+    return server, server.start_core, stop

@@ -1,0 +1,60 @@
+"""Settings of the proxy, read from ``CLAAS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from services.common.model import PACKAGED_MODEL
+from services.common.objectstore import ObjectStoreSettings
+from services.common.settings import CommonSettings, default_data_dir
+
+
+class ProxySettings(CommonSettings, ObjectStoreSettings):
+    """The public door: gRPC on ``port``, the OpenAI-compatible HTTP surface on ``http_port``."""
+
+    port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    http_host: str = Field("127.0.0.1", description="Address the OpenAI-compatible HTTP server binds to.")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
+    storage_addr: str = Field("127.0.0.1:50051", description="Storage service, host:port.")
+    trainer_addr: str = Field("127.0.0.1:50053", description="Trainer service, host:port.")
+    vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM OpenAI server the proxy uses.")
+    base_model: str = Field(
+        PACKAGED_MODEL, description="Name under which vLLM serves the base model (its --served-model-name)."
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description='JSON file {"sha256:<hex of key>": "<tenant>"}; re-read when it changes. '
+        "Without it every public call is refused.",
+    )
+    adapter_dir: Path = Field(
+        default_factory=lambda: default_data_dir() / "proxy-adapters",
+        description="Folder where adapter versions are unpacked for vLLM to load (a volume vLLM can read).",
+    )
+    max_loaded_adapters: int = Field(
+        4, ge=1, le=1024, description="Adapter versions kept loaded in vLLM (LRU); match vLLM's --max-cpu-loras."
+    )
+    vllm_timeout_s: float = Field(300.0, gt=0, description="Deadline of one request to vLLM (whole answer).")
+    vllm_health_interval_s: float = Field(
+        2.0, gt=0, description="How often vLLM's /health is probed; the proxy's health follows it."
+    )
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that sets none.")
+    max_tokens_cap: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest HTTP body, and largest total message text of a chat, bytes."
+    )
+    max_feedback_chars: int = Field(4000, ge=1, description="Longest feedback text.")
+    max_feedback_completions: int = Field(64, ge=1, description="Most completion ids in one feedback.")
+    feedback_wait_timeout_s: float = Field(
+        1800.0, gt=0, description="How long a feedback with wait follows its training job."
+    )
+    rollout_cache_size: int = Field(1024, ge=0, description="Rollouts kept in memory in front of the object store.")
+    rollout_retention_days: int = Field(
+        30, ge=1, description="Rollouts (prompts and answers: tenant data) older than this are deleted."
+    )
+    rollout_sweep_interval_s: float = Field(3600.0, gt=0, description="How often expired rollouts are swept.")
+    watch_heads: bool = Field(
+        True, description="Follow storage's head changes to preload new versions of adapters in use."
+    )

@@ -1,0 +1,72 @@
+"""Who may touch what: adapter names are ``tenant/adapter`` and a caller reaches only its own tenant.
+
+An adapter of another tenant is reported exactly like one that does not exist, so a caller cannot learn
+which names other tenants use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from services.common.auth import ApiKeyAuth, Principal
+from services.common.errors import InvalidArgument, NotFound, Unauthenticated
+
+
+def tenant_of(principal: Principal) -> str:
+    """The tenant a public call acts for."""
+    if not principal.tenant:
+        raise Unauthenticated("an API key of a tenant is required")
+    return principal.tenant
+
+
+def qualify(tenant: str, name: str) -> str:
+    """The full ``tenant/adapter`` name of ``name`` ("adapter" or "tenant/adapter") for the caller's tenant."""
+    name = name.strip()
+    if not name:
+        raise InvalidArgument("an adapter name is required", param="name")
+    owner, sep, adapter = name.partition("/")
+    if not sep:
+        return f"{tenant}/{name}"
+    if owner != tenant or not adapter:
+        raise not_found(name)
+    return name
+
+
+def not_found(name: str) -> NotFound:
+    """The one answer for a name the caller cannot see, whether or not it exists."""
+    return NotFound(f"adapter '{name}' not found", param="model")
+
+
+def owns(tenant: str, full_name: str) -> bool:
+    return full_name.partition("/")[0] == tenant
+
+
+class KeysFileAuth:
+    """API keys from a keys file, re-read when the file changes (keys added while the proxy runs count)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._auth = ApiKeyAuth({})
+        self._lock = threading.Lock()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._path is None:
+            return
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            self._stamp, self._auth = None, ApiKeyAuth({})
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                self._auth = ApiKeyAuth.from_file(self._path)
+                self._stamp = stamp
+
+    def authenticate(self, bearer: str | None) -> Principal:
+        self._refresh()
+        return self._auth.authenticate(bearer)

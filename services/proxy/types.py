@@ -1,0 +1,72 @@
+"""The proxy core's own types: what a chat asks for and what it answers (no gRPC, no HTTP here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """``None`` means vLLM's default (max_tokens: the proxy's default)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    #: An adapter ("tenant/adapter" or "adapter" in the caller's tenant) or the base model's name.
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    #: Remove <think>...</think> from the text the caller sees; the rollout keeps every token.
+    strip_thinking: bool = False
+
+
+@dataclass(frozen=True)
+class Started:
+    """First event of a streamed chat: vLLM accepted the request."""
+
+    completion_id: str
+    model: str
+    adapter: str
+    version: int
+    created: int
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    completion_id: str
+    #: What the caller asked for, as resolved: the full adapter name or the base model's name.
+    model: str
+    text: str
+    #: Full adapter name; empty for the base model.
+    adapter: str
+    #: Adapter version that answered; 0 for the base model.
+    version: int
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    created: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a caller can chat with: the base model or one of its adapters."""
+
+    id: str
+    created: int
+    owned_by: str
+    #: Head version of an adapter; 0 for the base model.
+    version: int = 0

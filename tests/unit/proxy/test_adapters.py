@@ -1,0 +1,79 @@
+"""Adapters through the proxy: scoped to the caller's tenant, rollback served at once, export without
+optimizer state."""
+
+from __future__ import annotations
+
+import pytest
+from claas.v1 import common_pb2
+
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.proxy.core import ProxyCore
+from services.proxy.types import ChatRequest, Message
+from tests.unit.proxy.fakes import BASE, FakeStorage, FakeVllm
+
+ASK = (Message("user", "Hi"),)
+
+
+async def test_create_makes_version_one_in_the_callers_tenant(core: ProxyCore, storage: FakeStorage) -> None:
+    adapter = await core.adapters.create("acme", "helper", common_pb2.LoraSpec(rank=4))
+    assert (adapter.name, adapter.head_version) == ("acme/helper", 1)
+    assert (await core.adapters.create("acme", "acme/second")).name == "acme/second"
+    with pytest.raises(PermissionDenied, match="your own tenant"):
+        await core.adapters.create("acme", "beta/helper")
+    assert "beta/helper" not in storage.adapters
+
+
+async def test_list_and_models_show_only_the_callers_adapters(core: ProxyCore) -> None:
+    assert [a.name for a in await core.adapters.list("acme")] == ["acme/bot"]
+    assert [(m.id, m.version) for m in await core.models("beta")] == [(BASE, 0), ("beta/secret", 1)]
+
+
+@pytest.mark.parametrize("name", ["beta/secret", "missing"])
+async def test_foreign_and_missing_adapters_are_not_found_alike(
+    core: ProxyCore, storage: FakeStorage, name: str
+) -> None:
+    for call in (
+        core.adapters.get("acme", name),
+        core.adapters.versions("acme", name),
+        core.adapters.rollback("acme", name, 1),
+        core.adapters.export("acme", name),
+    ):
+        with pytest.raises(NotFound) as caught:
+            await call
+        assert caught.value.message == f"adapter '{name}' not found"
+    with pytest.raises(NotFound):
+        await core.adapters.delete("acme", "beta/secret")
+    assert "beta/secret" in storage.adapters
+
+
+async def test_rollback_moves_the_head_and_vllm_serves_it_next(
+    core: ProxyCore, storage: FakeStorage, vllm: FakeVllm
+) -> None:
+    storage.commit("acme/bot")
+    assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 2
+
+    adapter = await core.adapters.rollback("acme", "bot", 1)
+
+    assert adapter.head_version == 1 and storage.adapters["acme/bot"].head_version == 1
+    assert list(vllm.loaded) == ["acme--bot--v1"]
+    assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
+    with pytest.raises(InvalidArgument, match="version must be >= 1"):
+        await core.adapters.rollback("acme", "bot", 0)
+    with pytest.raises(NotFound, match="no version 9"):
+        await core.adapters.rollback("acme", "bot", 9)
+
+
+async def test_export_gives_the_peft_files_and_never_the_optimizer(core: ProxyCore) -> None:
+    header, files = await core.adapters.export("acme", "bot")
+    assert sorted(files) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(f.path for f in header.files) == sorted(files)
+    assert (header.name, header.version) == ("acme/bot", 1)
+
+
+async def test_delete_removes_the_adapter_and_unloads_it(core: ProxyCore, storage: FakeStorage, vllm: FakeVllm) -> None:
+    await core.inference.chat("acme", ChatRequest("bot", ASK))
+    assert await core.adapters.delete("acme", "bot") is True
+    assert await core.adapters.delete("acme", "bot") is False
+    assert vllm.loaded == {} and "acme/bot" not in storage.adapters
+    with pytest.raises(NotFound):
+        await core.inference.chat("acme", ChatRequest("bot", ASK))

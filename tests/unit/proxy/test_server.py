@@ -1,0 +1,391 @@
+"""The proxy's two transports on real sockets (gRPC and uvicorn in one loop) over test doubles: auth,
+status codes and details, the OpenAI envelope, streaming, health."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import openai
+import pytest
+from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.proxy.server import ProxyServer, build_server
+from services.proxy.settings import ProxySettings
+from services.proxy.vllm import VllmClient
+from tests.unit.proxy.fakes import FakeStorage, FakeTrainer, FakeVllm
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+@dataclass
+class Proxy:
+    server: ProxyServer
+    http: httpx.AsyncClient
+    channel: grpc.aio.Channel
+    keys: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    def auth(self, tenant: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[tenant]}"}
+
+    def metadata(self, tenant: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.keys[tenant]}"),)
+
+    def openai(self, tenant: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=self.keys[tenant], max_retries=0)
+
+
+@pytest.fixture
+async def proxy(
+    settings: ProxySettings, storage: FakeStorage, trainer: FakeTrainer, vllm: FakeVllm, keys: dict[str, str]
+) -> AsyncIterator[Proxy]:
+    server, ready, stop = build_server(
+        settings, storage=storage, trainer=trainer, vllm=VllmClient(settings.vllm_url, **vllm.client_kwargs())
+    )
+    port = await server.start()
+    try:
+        await ready()
+        await server.set_serving(True)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as http,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            yield Proxy(server, http, channel, keys)
+    finally:
+        await server.stop()
+        await stop()
+
+
+def sse_events(body: str) -> list[dict | str]:
+    events = [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+# --- HTTP -------------------------------------------------------------------------------------------
+
+
+async def test_openai_client_gets_plain_and_streamed_answers_from_an_adapter(proxy: Proxy) -> None:
+    client = proxy.openai("acme")
+    plain = await client.chat.completions.create(model="bot", messages=MESSAGES, temperature=0)
+    stream = await client.chat.completions.create(
+        model="bot", messages=MESSAGES, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+
+    assert plain.choices[0].message.content == "Hello world!"
+    assert (plain.model, plain.adapter, plain.adapter_version) == ("acme/bot", "acme/bot", 1)
+    assert plain.usage.completion_tokens == 4
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id != plain.id
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["smollm2-135m", "acme/bot"]
+    await client.close()
+
+
+async def test_every_route_needs_a_valid_key(proxy: Proxy) -> None:
+    for method, path in [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/adapters")]:
+        for headers in ({}, {"authorization": "Bearer nope"}):
+            response = await proxy.http.request(method, path, headers=headers, json={})
+            assert response.status_code == 401, path
+            assert response.json()["error"]["type"] == "authentication_error"
+    response = await proxy.http.get("/v1/models", headers={"authorization": "Basic abc"})
+    assert response.json()["error"] == {
+        "message": "missing API key: send 'authorization: Bearer <key>'",
+        "type": "authentication_error",
+        "param": None,
+        "code": "unauthenticated",
+    }
+
+
+async def test_malformed_json_and_invalid_fields_get_the_openai_envelope(proxy: Proxy) -> None:
+    headers = {**proxy.auth("acme"), "content-type": "application/json"}
+    broken = await proxy.http.post("/v1/chat/completions", headers=headers, content=b'{"model": "bot",')
+    missing = await proxy.http.post("/v1/chat/completions", headers=headers, json={"model": "bot"})
+    two = await proxy.http.post(
+        "/v1/chat/completions", headers=headers, json={"model": "bot", "messages": MESSAGES, "n": 2}
+    )
+
+    assert broken.status_code == 400 and broken.json()["error"]["message"].startswith("malformed JSON body")
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+    assert two.status_code == 400 and "only n=1" in two.json()["error"]["message"]
+
+
+async def test_oversized_requests_get_413(proxy: Proxy, vllm: FakeVllm) -> None:
+    big = {"model": "bot", "messages": [{"role": "user", "content": "x" * 5000}]}
+    declared = await proxy.http.post("/v1/chat/completions", headers=proxy.auth("acme"), json=big)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield json.dumps(big).encode()
+
+    undeclared = await proxy.http.post("/v1/chat/completions", headers=proxy.auth("acme"), content=chunked())
+    tokens = await proxy.http.post(
+        "/v1/chat/completions",
+        headers=proxy.auth("acme"),
+        json={"model": "bot", "messages": MESSAGES, "max_tokens": 9999},
+    )
+
+    for response in (declared, undeclared, tokens):
+        assert response.status_code == 413
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "over the limit of 4096 bytes" in declared.json()["error"]["message"]
+    assert tokens.json()["error"]["param"] == "max_tokens"
+    assert vllm.chats == []
+
+
+async def test_unknown_routes_and_foreign_models_are_404(proxy: Proxy, vllm: FakeVllm) -> None:
+    route = await proxy.http.get("/v1/nothing", headers=proxy.auth("acme"))
+    assert route.status_code == 404 and route.json()["error"]["type"] == "not_found_error"
+    client = proxy.openai("acme")
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError, match="adapter 'beta/secret' not found"):
+            await client.chat.completions.create(model="beta/secret", messages=MESSAGES, stream=stream)
+    await client.close()
+    assert vllm.chats == []
+
+
+async def test_a_failure_mid_stream_ends_it_with_an_error_event(proxy: Proxy, vllm: FakeVllm) -> None:
+    vllm.break_stream_after = 1
+    body = {"model": "bot", "messages": MESSAGES, "stream": True}
+    response = await proxy.http.post("/v1/chat/completions", headers=proxy.auth("acme"), json=body)
+
+    events = sse_events(response.text)
+    assert response.status_code == 200
+    assert events[1]["choices"][0]["delta"] == {"content": "Hello"}
+    assert events[-2]["error"]["code"] == "unavailable" and "vLLM unreachable" in events[-2]["error"]["message"]
+    assert events[-1] == "[DONE]"
+
+
+async def test_vllm_down_gives_503_and_not_serving(proxy: Proxy, vllm: FakeVllm) -> None:
+    health = health_pb2_grpc.HealthStub(proxy.channel)
+    assert (await proxy.http.get("/healthz")).status_code == 200
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+
+    vllm.up = False
+    assert await proxy.server.core.check_vllm() is False
+
+    chat = await proxy.http.post(
+        "/v1/chat/completions", headers=proxy.auth("acme"), json={"model": "bot", "messages": MESSAGES}
+    )
+    assert chat.status_code == 503 and chat.json()["error"]["type"] == "service_unavailable"
+    assert (await proxy.http.get("/healthz")).status_code == 503
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+    vllm.up = True
+    assert await proxy.server.core.check_vllm() is True
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_feedback_over_http(proxy: Proxy) -> None:
+    client = proxy.openai("acme")
+    completion = await client.chat.completions.create(model="bot", messages=MESSAGES)
+    await client.close()
+    body = {"completion_ids": [completion.id], "feedback": "Shorter.", "config": {"steps": 1}, "wait": True}
+
+    done = await proxy.http.post("/v1/feedback", headers=proxy.auth("acme"), json=body)
+    job = done.json()["job"]
+    status = await proxy.http.get(f"/v1/feedback/jobs/{job['job_id']}", headers=proxy.auth("acme"))
+    foreign = await proxy.http.post("/v1/feedback", headers=proxy.auth("beta"), json=body)
+    bad_config = await proxy.http.post("/v1/feedback", headers=proxy.auth("acme"), json={**body, "config": {"nope": 1}})
+    empty = await proxy.http.post("/v1/feedback", headers=proxy.auth("acme"), json={**body, "feedback": ""})
+
+    assert done.status_code == 200
+    assert (job["state"], job["new_version"], job["adapter"]) == ("JOB_STATE_SUCCEEDED", 2, "acme/bot")
+    assert status.json()["job"]["job_id"] == job["job_id"]
+    assert (
+        foreign.status_code == 404 and foreign.json()["error"]["message"] == f"completion '{completion.id}' not found"
+    )
+    assert bad_config.status_code == 400 and bad_config.json()["error"]["param"] == "config"
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "feedback"
+
+
+async def test_adapters_over_http(proxy: Proxy, storage: FakeStorage) -> None:
+    auth = proxy.auth("acme")
+    created = await proxy.http.post("/v1/adapters", headers=auth, json={"name": "helper", "lora": {"rank": 4}})
+    storage.commit("acme/helper")
+    listed = await proxy.http.get("/v1/adapters", headers=auth)
+    got = await proxy.http.get("/v1/adapters/acme/helper", headers=auth)
+    versions = await proxy.http.get("/v1/adapters/helper/versions", headers=auth)
+    rolled = await proxy.http.post("/v1/adapters/helper/rollback", headers=auth, json={"version": 1})
+    export = await proxy.http.get("/v1/adapters/helper/export", headers=auth, params={"version": 2})
+    foreign = await proxy.http.get("/v1/adapters/beta/secret/export", headers=auth)
+    deleted = await proxy.http.delete("/v1/adapters/helper", headers=auth)
+
+    assert created.json()["adapter"]["name"] == "acme/helper"
+    assert [a["name"] for a in listed.json()["adapters"]] == ["acme/bot", "acme/helper"]
+    assert got.json()["adapter"]["head_version"] == 2
+    assert [v["version"] for v in versions.json()["versions"]] == [1, 2]
+    assert rolled.json()["adapter"]["head_version"] == 1
+    assert export.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(export.content))
+    assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert archive.read("adapter_model.safetensors") == b"v2"
+    assert foreign.status_code == 404 and foreign.json()["error"]["message"] == "adapter 'beta/secret' not found"
+    assert deleted.json() == {"deleted": True}
+
+
+async def test_metrics_and_request_ids(proxy: Proxy) -> None:
+    response = await proxy.http.get("/v1/models", headers={**proxy.auth("acme"), "x-request-id": "req-42"})
+    metrics = await proxy.http.get("/metrics")
+    assert response.headers["x-request-id"] == "req-42"
+    assert 'claas_proxy_http_requests_total{code="200",method="GET"}' in metrics.text
+
+
+# --- gRPC -------------------------------------------------------------------------------------------
+
+
+async def test_grpc_calls_without_a_key_are_unauthenticated(proxy: Proxy) -> None:
+    calls = [
+        proxy_pb2_grpc.InferenceServiceStub(proxy.channel).Chat(proxy_pb2.ChatRequest(model="bot")),
+        proxy_pb2_grpc.FeedbackServiceStub(proxy.channel).Submit(proxy_pb2.FeedbackServiceSubmitRequest()),
+        proxy_pb2_grpc.AdaptersServiceStub(proxy.channel).List(proxy_pb2.AdaptersServiceListRequest()),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_grpc_chat_and_stream(proxy: Proxy) -> None:
+    stub = proxy_pb2_grpc.InferenceServiceStub(proxy.channel)
+    messages = [common_pb2.ChatMessage(**m) for m in MESSAGES]
+    sampling = proxy_pb2.SamplingParams(max_tokens=16, temperature=0)
+
+    plain = await stub.Chat(
+        proxy_pb2.ChatRequest(model="bot", messages=messages, sampling=sampling), metadata=proxy.metadata("acme")
+    )
+    stream = stub.ChatStream(
+        proxy_pb2.ChatStreamRequest(model="bot", messages=messages, sampling=sampling), metadata=proxy.metadata("acme")
+    )
+    events = [event async for event in stream]
+
+    assert (plain.text, plain.adapter, plain.version, plain.usage.completion_tokens) == (
+        "Hello world!",
+        "acme/bot",
+        1,
+        4,
+    )
+    assert [e.delta for e in events[:-1]] == ["Hello", " world", "!"]
+    assert events[-1].final.text == plain.text and events[-1].final.completion_id.startswith("cmpl-")
+
+
+async def test_grpc_errors_carry_their_status_and_details(proxy: Proxy, vllm: FakeVllm) -> None:
+    inference = proxy_pb2_grpc.InferenceServiceStub(proxy.channel)
+    feedback = proxy_pb2_grpc.FeedbackServiceStub(proxy.channel)
+    messages = [common_pb2.ChatMessage(**m) for m in MESSAGES]
+    too_long = proxy_pb2.SamplingParams(max_tokens=9999)
+    chats = [
+        (proxy_pb2.ChatRequest(model="beta/secret", messages=messages), "NOT_FOUND", "adapter 'beta/secret' not found"),
+        (proxy_pb2.ChatRequest(model="bot"), "INVALID_ARGUMENT", "'messages' must hold at least one message"),
+        (
+            proxy_pb2.ChatRequest(model="bot", messages=messages, sampling=too_long),
+            "INVALID_ARGUMENT",
+            "max_tokens 9999 is over the limit of 512",
+        ),
+    ]
+    submit = proxy_pb2.FeedbackServiceSubmitRequest
+    feedbacks = [
+        (["cmpl-x"], "f", "NOT_FOUND", "completion 'cmpl-x' not found"),
+        (["cmpl-x"], " ", "INVALID_ARGUMENT", "'feedback' must not be empty"),
+    ]
+    calls = [(inference.Chat(r, metadata=proxy.metadata("acme")), code, text) for r, code, text in chats]
+    calls += [
+        (feedback.Submit(submit(completion_ids=ids, feedback=f), metadata=proxy.metadata("acme")), code, text)
+        for ids, f, code, text in feedbacks
+    ]
+    for call, code, details in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert (caught.value.code().name, caught.value.details()) == (code, details)
+    vllm.up = False
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.Chat(proxy_pb2.ChatRequest(model="bot", messages=messages), metadata=proxy.metadata("acme"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_grpc_feedback_and_adapters(proxy: Proxy, storage: FakeStorage) -> None:
+    meta = proxy.metadata("acme")
+    inference = proxy_pb2_grpc.InferenceServiceStub(proxy.channel)
+    feedback = proxy_pb2_grpc.FeedbackServiceStub(proxy.channel)
+    adapters = proxy_pb2_grpc.AdaptersServiceStub(proxy.channel)
+    messages = [common_pb2.ChatMessage(**m) for m in MESSAGES]
+    answer = await inference.Chat(proxy_pb2.ChatRequest(model="bot", messages=messages), metadata=meta)
+
+    submitted = await feedback.Submit(
+        proxy_pb2.FeedbackServiceSubmitRequest(completion_ids=[answer.completion_id], feedback="Shorter.", wait=True),
+        metadata=meta,
+    )
+    assert (submitted.job.state, submitted.job.new_version) == (common_pb2.JOB_STATE_SUCCEEDED, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in feedback.Watch(
+            proxy_pb2.FeedbackServiceWatchRequest(job_id=submitted.job.job_id), metadata=proxy.metadata("beta")
+        ):
+            pass
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    export = [m async for m in adapters.Export(proxy_pb2.AdaptersServiceExportRequest(name="bot"), metadata=meta)]
+    assert export[0].header.version == 2
+    assert sorted(f.path for f in export[0].header.files) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert {m.chunk.path: m.chunk.data for m in export[1:]}["adapter_model.safetensors"] == b"v2"
+    listed = await adapters.List(proxy_pb2.AdaptersServiceListRequest(), metadata=proxy.metadata("beta"))
+    assert [a.name for a in listed.adapters] == ["beta/secret"]
+    rolled = await adapters.Rollback(proxy_pb2.AdaptersServiceRollbackRequest(name="bot", version=1), metadata=meta)
+    assert rolled.adapter.head_version == 1
+    again = await inference.Chat(proxy_pb2.ChatRequest(model="bot", messages=messages), metadata=meta)
+    assert again.version == 1
+
+
+def test_a_server_built_before_its_event_loop_runs_works_in_it(settings: ProxySettings, vllm: FakeVllm, keys) -> None:
+    """As ``python -m services.proxy`` does: build first, then ``asyncio.run``. The gRPC clients must belong
+    to the loop that serves (a storage that is down is then UNAVAILABLE, not an INTERNAL loop error)."""
+    dead = settings.model_copy(update={"storage_addr": "127.0.0.1:9", "trainer_addr": "127.0.0.1:9"})
+    server, ready, stop = build_server(dead, vllm=VllmClient(dead.vllm_url, **vllm.client_kwargs()))
+
+    async def scenario() -> httpx.Response:
+        await server.start()
+        try:
+            await ready()
+            await server.set_serving(True)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http:
+                body = {"model": "bot", "messages": MESSAGES}
+                return await http.post(
+                    "/v1/chat/completions", headers={"authorization": f"Bearer {keys['acme']}"}, json=body
+                )
+        finally:
+            await server.stop()
+            await stop()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+
+
+async def test_a_client_leaving_mid_stream_cancels_the_vllm_request(proxy: Proxy, vllm: FakeVllm) -> None:
+    vllm.hold = asyncio.Event()  # generation stalls after "Hello" until the client is gone
+    body = {"model": "bot", "messages": MESSAGES, "stream": True}
+    async with proxy.http.stream("POST", "/v1/chat/completions", headers=proxy.auth("acme"), json=body) as response:
+        async for line in response.aiter_lines():
+            if "Hello" in line:
+                break
+    await asyncio.wait_for(vllm.stream_cancelled.wait(), timeout=10)
+
+    vllm.stream_cancelled.clear()
+    stub = proxy_pb2_grpc.InferenceServiceStub(proxy.channel)
+    request = proxy_pb2.ChatStreamRequest(model="bot", messages=[common_pb2.ChatMessage(**m) for m in MESSAGES])
+    call = stub.ChatStream(request, metadata=proxy.metadata("acme"))
+    assert (await call.read()).delta == "Hello"
+    call.cancel()
+    await asyncio.wait_for(vllm.stream_cancelled.wait(), timeout=10)
