@@ -1,0 +1,323 @@
+"""The warm model: base weights loaded once, LoRA slots whose weights are swapped per job.
+
+One PEFT model wraps the base model for the life of the process. Each LoRA shape (rank, alpha, targets,
+dropout) gets its own named adapter in it (a "slot"); a job copies its version's weights into the slot of
+its shape, restores the optimizer state saved beside the version, runs its steps (``batching.Session``)
+and exports the new weights. Every method here blocks: the core calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import safetensors.torch
+import structlog
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.common.errors import DataLoss, InvalidArgument
+from services.common.model import resolve_base_model, tokenizer_fingerprint
+from services.trainer.batching import Session
+from services.trainer.config import SdpoConfig
+from services.trainer.domain import LoraShape
+from services.trainer.settings import TrainerSettings
+
+log = structlog.get_logger("claas.trainer.engine")
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+OPTIMIZER_STATE = "optimizer.safetensors"
+_OPTIMIZER_FORMAT = "claas.adamw.v1"
+
+
+@dataclass
+class Slot:
+    """One named PEFT adapter of the model; ``params`` maps PEFT's file keys to the live parameters."""
+
+    name: str
+    shape: LoraShape
+    params: dict[str, torch.nn.Parameter]
+
+
+@dataclass(frozen=True)
+class _Cached:
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor] | None
+
+
+class Engine:
+    """The base model and its LoRA slots on one device."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        model_id: str,
+        device: str,
+        max_lora_rank: int = 16,
+        cache_size: int = 4,
+        seed: int = 0,
+        micro_batch_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = device
+        self.max_lora_rank = max_lora_rank
+        self.micro_batch_size = micro_batch_size
+        self.fingerprint = tokenizer_fingerprint(tokenizer)
+        self.vocab_size = int(model.config.vocab_size)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.linear_modules = _linear_module_names(model)
+        self._seed = seed
+        self._peft: PeftModel | None = None
+        self._slots: dict[LoraShape, Slot] = {}
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+
+    @classmethod
+    def load(cls, settings: TrainerSettings) -> Engine:
+        """Load the base model once (fp32 on CPU by default), frozen, in eval mode."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        path = resolve_base_model(settings.base_model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, settings.dtype))
+        model.to(settings.device).eval().requires_grad_(False)
+        log.info("model_loaded", model=settings.base_model, device=settings.device)
+        return cls(
+            model,
+            tokenizer,
+            model_id=settings.base_model,
+            device=settings.device,
+            max_lora_rank=settings.max_lora_rank,
+            cache_size=settings.adapter_cache_size,
+            seed=settings.seed,
+            micro_batch_size=settings.micro_batch_size,
+        )
+
+    # -- LoRA shapes and version files -------------------------------------------------------------
+
+    def resolve_lora(self, shape: LoraShape) -> LoraShape:
+        """The shape with its targets made explicit; InvalidArgument names what the model or vLLM refuses."""
+        if not 1 <= shape.rank <= self.max_lora_rank:
+            raise InvalidArgument(
+                f"LoRA rank must be in [1, {self.max_lora_rank}] (the serving limit), got {shape.rank}", param="rank"
+            )
+        if shape.alpha <= 0:
+            raise InvalidArgument(f"LoRA alpha must be > 0, got {shape.alpha}", param="alpha")
+        if not (0.0 <= shape.dropout < 1.0 and math.isfinite(shape.dropout)):
+            raise InvalidArgument(f"LoRA dropout must be in [0, 1), got {shape.dropout}", param="dropout")
+        unknown = sorted(set(shape.targets) - set(self.linear_modules))
+        if unknown:
+            raise InvalidArgument(
+                f"unknown LoRA target modules {unknown}; this model has {list(self.linear_modules)}",
+                param="target_modules",
+            )
+        targets = tuple(sorted(set(shape.targets))) or self.linear_modules
+        return LoraShape(rank=shape.rank, alpha=shape.alpha, targets=targets, dropout=float(shape.dropout))
+
+    def init_files(self, shape: LoraShape) -> dict[str, bytes]:
+        """Version 1 of a new adapter: PEFT's own initialisation (A random, B = 0: the base model's answers)."""
+        slot = self._slot(shape)
+        # A job may hold this slot between its steps (InitAdapter runs between them): put its weights back.
+        held = {key: p.detach().clone() for key, p in slot.params.items()}
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self._seed)
+            for module in self._peft.modules():
+                if isinstance(module, LoraLayer) and slot.name in module.lora_A:
+                    module.reset_lora_parameters(slot.name, True)
+            weights = {key: p.detach().to("cpu").clone() for key, p in slot.params.items()}
+            for key, param in slot.params.items():
+                param.copy_(held[key])
+        return {ADAPTER_CONFIG: self.adapter_config(shape), ADAPTER_WEIGHTS: _save(weights)}
+
+    def adapter_config(self, shape: LoraShape) -> bytes:
+        """adapter_config.json as PEFT writes it (what vLLM and PeftModel.from_pretrained read)."""
+        config = _lora_config(shape).to_dict()
+        config.update(base_model_name_or_path=self.model_id, target_modules=list(shape.targets), inference_mode=True)
+        return json.dumps(config, indent=2, sort_keys=True, default=_jsonable).encode()
+
+    def cached(self, key: str) -> bool:
+        return key in self._cache
+
+    # -- jobs -----------------------------------------------------------------------------------------
+
+    def open(self, key: str, shape: LoraShape, files: dict[str, bytes] | None, config: SdpoConfig) -> Session:
+        """Put version ``key`` into its slot and return a training session on it.
+
+        ``files`` are the version's files (weights, optionally the optimizer state); None takes them from the
+        cache, which ``Session.keep`` fills with committed versions.
+        """
+        slot = self._slot(shape)
+        cached = self._cache.get(key) if files is None else _Cached(*_read_files(files))
+        if cached is None:
+            raise KeyError(f"version {key} is not cached")
+        self._cache_put(key, cached)
+        _check_keys(slot, cached.weights, "adapter weights")
+        with torch.no_grad():
+            for name, param in slot.params.items():
+                param.copy_(cached.weights[name])
+        optimizer = torch.optim.AdamW(
+            list(slot.params.values()),
+            lr=config.learning_rate,
+            betas=(config.beta1, config.beta2),
+            weight_decay=config.weight_decay,
+        )
+        if cached.optimizer is not None:
+            _restore_optimizer(optimizer, slot, cached.optimizer)
+        return Session(self, slot, optimizer, config)
+
+    def export(self, slot: Slot, optimizer: torch.optim.Optimizer) -> tuple[_Cached, dict[str, bytes]]:
+        """The slot's state as a cache entry and as version files."""
+        weights, state, weight_bytes, state_bytes = _save_state(slot, optimizer)
+        files = {ADAPTER_CONFIG: self.adapter_config(slot.shape), ADAPTER_WEIGHTS: weight_bytes}
+        files[OPTIMIZER_STATE] = state_bytes
+        return _Cached(weights, state), files
+
+    def remember(self, key: str, entry: _Cached) -> None:
+        self._cache_put(key, entry)
+
+    def body_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The transformer body (LoRA layers injected in place) and the LM head."""
+        return self.model.model, self.model.get_output_embeddings()
+
+    def adapter_disabled(self):
+        """Context in which the model is the plain base model (for the k3 KL's pi_0)."""
+        return self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
+
+    def activate(self, slot: Slot) -> None:
+        """Make ``slot`` the adapter the model runs (and the one whose parameters train)."""
+        if self._peft.active_adapter != slot.name:
+            self._peft.set_adapter(slot.name)
+
+    def _slot(self, shape: LoraShape) -> Slot:
+        slot = self._slots.get(shape)
+        if slot is None:
+            slot = self._new_slot(shape)
+            self._slots[shape] = slot
+        self.activate(slot)
+        return slot
+
+    def _new_slot(self, shape: LoraShape) -> Slot:
+        name = f"slot{len(self._slots)}"
+        config = _lora_config(shape)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            if self._peft is None:
+                self._peft = get_peft_model(self.model, config, adapter_name=name)
+            else:
+                self._peft.add_adapter(name, config)
+        marker = f".{name}."
+        params = {n.replace(marker, "."): p for n, p in self._peft.named_parameters() if marker in n}
+        expected = set(get_peft_model_state_dict(self._peft, adapter_name=name))
+        if set(params) != expected:  # our keys must be PEFT's file keys, or vLLM would not load our files
+            raise RuntimeError(f"LoRA parameter names differ from PEFT's: {sorted(set(params) ^ expected)[:4]}")
+        log.info("lora_slot", slot=name, rank=shape.rank, alpha=shape.alpha, targets=list(shape.targets))
+        return Slot(name=name, shape=shape, params=params)
+
+    def _cache_put(self, key: str, entry: _Cached) -> None:
+        if self._cache_size <= 0:
+            return
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+def _linear_module_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """Leaf names of the body's linear projections (q_proj, ..., down_proj), the default LoRA targets."""
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    return tuple(sorted(names))
+
+
+def _lora_config(shape: LoraShape) -> LoraConfig:
+    return LoraConfig(
+        r=shape.rank,
+        lora_alpha=shape.alpha,
+        target_modules=list(shape.targets),
+        lora_dropout=shape.dropout,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    return safetensors.torch.save(
+        {k: v.contiguous() for k, v in tensors.items()}, metadata=metadata or {"format": "pt"}
+    )
+
+
+def _read_files(files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    if ADAPTER_WEIGHTS not in files:
+        raise DataLoss(f"version has no {ADAPTER_WEIGHTS}")
+    weights = safetensors.torch.load(files[ADAPTER_WEIGHTS])
+    optimizer = safetensors.torch.load(files[OPTIMIZER_STATE]) if OPTIMIZER_STATE in files else None
+    return weights, optimizer
+
+
+def _check_keys(slot: Slot, tensors: dict[str, torch.Tensor], what: str) -> None:
+    if set(tensors) != set(slot.params):
+        diff = sorted(set(tensors) ^ set(slot.params))[:4]
+        raise DataLoss(f"{what} do not match the adapter's LoRA shape (differing keys, e.g. {diff})")
+    for name, param in slot.params.items():
+        if tensors[name].shape != param.shape:
+            raise DataLoss(f"{what}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(param.shape)}")
+
+
+def _save_state(slot: Slot, optimizer: torch.optim.Optimizer) -> tuple[dict, dict, bytes, bytes]:
+    """The slot's weights and AdamW state as tensors (for the cache) and as safetensors bytes.
+
+    The optimizer file holds "<peft key>:<state name>" tensors (step, exp_avg, exp_avg_sq); its metadata
+    holds the hyperparameters of the job that wrote it, for the record only: a job always applies its own.
+    """
+    weights = {key: p.detach().to("cpu").clone() for key, p in slot.params.items()}
+    state: dict[str, torch.Tensor] = {}
+    for key, param in slot.params.items():
+        for name, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, torch.Tensor):
+                state[f"{key}:{name}"] = value.detach().to("cpu").clone()
+    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    metadata = {"format": _OPTIMIZER_FORMAT, "param_group": json.dumps(group, default=str)}
+    return weights, state, _save(weights), _save(state, metadata)
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, slot: Slot, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved AdamW moments back on the live parameters (hyperparameters stay the job's)."""
+    by_param: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        key, _, entry = name.rpartition(":")
+        by_param.setdefault(key, {})[entry] = value
+    if not by_param:
+        return
+    _check_keys(slot, {k: v["exp_avg"] for k, v in by_param.items() if "exp_avg" in v}, "optimizer state")
+    for key, param in slot.params.items():
+        entries = by_param[key]
+        # AdamW keeps "step" on the CPU (unless capturable) and the moments beside the parameter.
+        optimizer.state[param] = {
+            name: value if name == "step" else value.to(param.device, param.dtype) for name, value in entries.items()
+        }

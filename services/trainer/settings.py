@@ -1,0 +1,57 @@
+"""Settings of the trainer (``CLAAS_*`` environment variables)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.model import PACKAGED_MODEL
+from services.common.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    """The trainer: one warm base model per device, a bounded job queue, commits through storage."""
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    base_model: str = Field(
+        PACKAGED_MODEL, description="Model id or folder of the base model (the built-in name is prepared on demand)."
+    )
+    device: str = Field("cpu", description='Torch device of the model, e.g. "cpu" or "cuda:0".')
+    storage_addr: str = Field("127.0.0.1:50051", description="host:port of the storage service.")
+    teacher_addr: str = Field("127.0.0.1:50052", description="host:port of the teacher service.")
+    max_lora_rank: int = Field(
+        16, ge=1, le=256, description="Largest LoRA rank accepted; must not exceed vLLM's --max-lora-rank."
+    )
+    default_lora_rank: int = Field(16, ge=1, le=256, description="Rank of InitAdapter when the request gives none.")
+    default_lora_alpha: int = Field(32, ge=1, description="LoRA alpha of InitAdapter when the request gives none.")
+    max_queue: int = Field(64, ge=1, le=100_000, description="Jobs that may wait; more is RESOURCE_EXHAUSTED.")
+    max_job_records: int = Field(
+        10_000, ge=10, description="Finished job records kept in memory (oldest dropped first) for GetJob/WatchJob."
+    )
+    max_samples_per_job: int = Field(32, ge=1, description="Samples one SubmitJob may carry.")
+    max_batch_samples: int = Field(
+        32, ge=1, description="Largest batch that merging queued jobs of one adapter may build."
+    )
+    micro_batch_size: int = Field(
+        4, ge=1, description="Sequences per forward/backward pass; gradients accumulate over a batch."
+    )
+    max_response_tokens: int = Field(2048, ge=1, description="Longest response (tokens) a sample may carry.")
+    max_sequence_tokens: int = Field(8192, ge=2, description="Longest prompt + response (tokens) a sample may carry.")
+    max_feedback_chars: int = Field(2000, ge=1, description="Longest feedback text accepted.")
+    commit_retries: int = Field(
+        3, ge=0, le=20, description="Re-runs of a job on the new head when another writer moved it (ABORTED)."
+    )
+    adapter_cache_size: int = Field(
+        4, ge=0, description="Adapter versions (weights + optimizer state) kept in memory, least recently used out."
+    )
+    seed: int = Field(0, description="Seed of LoRA initialisation and dropout: same inputs, same adapter.")
+    teacher_timeout_s: float = Field(300.0, gt=0, description="Deadline of one teacher Score call.")
+    storage_timeout_s: float = Field(120.0, gt=0, description="Deadline of one storage call.")
+    dependency_wait_s: float = Field(
+        300.0, ge=0, description="At start, how long to wait for the teacher to answer Info before giving up."
+    )
+    torch_threads: int = Field(0, ge=0, description="Torch CPU threads; 0 keeps torch's default.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weights dtype of the base model (float32 on CPU; bfloat16 on GPUs that have it)."
+    )
