@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from services.cli.connection import Connection, connection
 from services.cli.output import fail
-from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference
+from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference, degenerate
 from services.cli.stack import Stack, StackError
 from services.cli.up_cmd import add_stack_arguments, stack_config
 from services.common.model import resolve_base_model
@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="teach an adapter a preference through feedback and measure the change")
     demo.add_argument("--preference", choices=sorted(PREFERENCES), default="identity")
     demo.add_argument("--feedback", default=None, help="any feedback text (default: the preference's own)")
-    demo.add_argument("--rounds", type=int, default=6, help="rounds of chat -> feedback")
+    demo.add_argument("--rounds", type=int, default=5, help="rounds of chat -> feedback")
     demo.add_argument("--rollouts", type=int, default=4, help="chats per round that the feedback is given on")
     demo.add_argument("--steps", type=int, default=4, help="SDPO steps per feedback")
-    demo.add_argument("--lr", type=float, default=3e-4)
+    demo.add_argument("--lr", type=float, default=2e-4)
     demo.add_argument("--alpha", type=float, default=0.0, help="0 = KL(teacher||student), learned best at 135M")
     demo.add_argument("--max-tokens", type=int, default=40, help="length of the rollouts")
     demo.add_argument("--seed", type=int, default=0)
@@ -112,7 +112,13 @@ def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, 
         version = client.export(adapter, Path(tmp))
         signal = prober.signal(preference, Path(tmp))
     passed = sum(preference.passes(a) for a in answers)
-    return {"version": version, "pass_rate": passed / len(answers), "signal": signal, "answers": answers}
+    return {
+        "version": version,
+        "pass_rate": passed / len(answers),
+        "signal": signal,
+        "degenerate_rate": sum(map(degenerate, answers)) / len(answers),
+        "answers": answers,
+    }
 
 
 def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: argparse.Namespace, label: str) -> None:
@@ -141,7 +147,7 @@ def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: a
 
 
 def _summary(run: Run) -> dict:
-    keep = ("pass_rate", "signal")
+    keep = ("pass_rate", "signal", "degenerate_rate")
     return {
         "adapter": run.adapter,
         "feedback": run.feedback,
@@ -186,7 +192,8 @@ def _run_demo(args: argparse.Namespace, started: float) -> int:
     real = _summary(runs["real"])
     result = {"preference": preference.name, **real, "seconds": round(time.monotonic() - started, 1)}
     print(f"\n{preference.name}: pass rate {real['baseline']['pass_rate']:.2f} -> {real['final']['pass_rate']:.2f}, "
-          f"signal {real['baseline']['signal']:.4f} -> {real['final']['signal']:.4f}")  # fmt: skip
+          f"signal {real['baseline']['signal']:.4f} -> {real['final']['signal']:.4f}, "
+          f"degenerate answers {real['final']['degenerate_rate']:.2f}")  # fmt: skip
     if "control" in runs:
         control = _summary(runs["control"])
         result["control"] = {

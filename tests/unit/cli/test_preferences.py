@@ -1,0 +1,28 @@
+"""The demo's verifiers and degeneration check."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.cli.preferences import CONCISE, IDENTITY, NO_EMOJI, degenerate
+
+
+@pytest.mark.parametrize(
+    ("preference", "answer", "expected"),
+    [
+        (IDENTITY, "Hi, I'm Kuro. How can I help?", True),
+        (IDENTITY, "I'm SmolLM, trained by Hugging Face.", False),
+        (CONCISE, "Gravity pulls masses together.", True),
+        (CONCISE, "word " * 41, False),
+        (NO_EMOJI, "Good morning!", True),
+        (NO_EMOJI, "Good morning! \U0001f600", False),
+    ],
+)
+def test_verifiers(preference, answer, expected):
+    assert preference.passes(answer) is expected
+
+
+def test_degeneration_flags_repetition_and_symbol_runs_only():
+    assert degenerate("and I'm Kuro, and I'm Kuro, and I'm Kuro, and I'm Kuro")
+    assert degenerate("Great!!!!!!!!!!")
+    assert not degenerate("I'm Kuro, a helpful assistant. I'm glad to help you today.")
