@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--steps", type=int, default=4, help="SDPO steps per feedback")
     demo.add_argument("--lr", type=float, default=2e-4)
     demo.add_argument("--alpha", type=float, default=0.0, help="0 = KL(teacher||student), learned best at 135M")
+    demo.add_argument(
+        "--contrastive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract the teacher's shift under a neutral follow-up (keeps unrelated feedback from moving the model)",
+    )
     demo.add_argument("--max-tokens", type=int, default=40, help="length of the rollouts")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--control", action="store_true", help="also run the unrelated-feedback control")
@@ -123,7 +129,9 @@ def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, 
 
 def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: argparse.Namespace, label: str) -> None:
     rng = random.Random(args.seed)
-    config = common_pb2.SdpoConfig(steps=args.steps, learning_rate=args.lr, alpha=args.alpha)
+    config = common_pb2.SdpoConfig(
+        steps=args.steps, learning_rate=args.lr, alpha=args.alpha, contrastive=args.contrastive
+    )
     print(f"\n[{label}] {run.adapter} before feedback:")
     run.baseline = _evaluate(client, prober, preference, run.adapter, show=True)
     for round_no in tqdm(range(args.rounds), desc=f"{label} rounds", unit="round"):

@@ -60,6 +60,8 @@ class _Micro:
     teacher_tokens: torch.Tensor | None = None
     neutral_support: torch.Tensor | None = None
     neutral_tokens: torch.Tensor | None = None
+    anchor_support: torch.Tensor | None = None
+    anchor_tokens: torch.Tensor | None = None
     base_tokens: torch.Tensor | None = None
 
     @property
@@ -107,6 +109,12 @@ class Session:
                 _, micro.neutral_support, micro.neutral_tokens = _stack(
                     [t.neutral for t in chunk_targets], horizon, micro.mask.device
                 )
+                # The contrastive target is built on the student as the job found it (see losses).
+                with torch.no_grad():
+                    logits = self._logits(micro)
+                    support, tail = student_support_logprobs(logits, micro.support_ids)
+                    micro.anchor_support = with_tail(support, tail)
+                    micro.anchor_tokens = _token_logprobs(logits, micro.response)
             if self._config.kl_coef > 0:
                 with torch.no_grad(), self._engine.adapter_disabled():
                     micro.base_tokens = _token_logprobs(self._logits(micro), micro.response)
@@ -214,6 +222,8 @@ class Session:
             mask=micro.mask,
             neutral_support=micro.neutral_support,
             neutral_tokens=micro.neutral_tokens,
+            anchor_support=micro.anchor_support,
+            anchor_tokens=micro.anchor_tokens,
             base_tokens=micro.base_tokens,
         )
 

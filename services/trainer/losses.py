@@ -43,6 +43,8 @@ class SdpoBatch:
     teacher_tokens: [B, T] log pi_T(y_t).
     mask: [B, T] true on real response tokens.
     neutral_support / neutral_tokens: the teacher under the neutral follow-up (contrastive only).
+    anchor_support / anchor_tokens: the student's log-probs when the job's targets were set, before its
+        first step (contrastive only): the contrastive target is built on them, not on the live student.
     base_tokens: [B, T] log pi_0(y_t) of the base model (KL penalty and its metric).
     """
 
@@ -54,6 +56,8 @@ class SdpoBatch:
     mask: torch.Tensor
     neutral_support: torch.Tensor | None = None
     neutral_tokens: torch.Tensor | None = None
+    anchor_support: torch.Tensor | None = None
+    anchor_tokens: torch.Tensor | None = None
     base_tokens: torch.Tensor | None = None
 
 
@@ -172,6 +176,10 @@ def contrastive_teacher_logprobs(
     """The contrastive target: the feedback's shift over a neutral follow-up, applied to the student.
 
     target ∝ exp(sg[log p_S] + (log p_T - log p_N)), renormalised over the K+1 buckets.
+    ``student`` must be the student *as the job found it* (its anchor), not the live student: built on
+    the live student the target moves with every step and the update never converges, so several steps
+    on one batch keep pushing by the same shift (measured: degenerate answers after 20 steps at lr 1e-4).
+    Anchored, the steps converge to the student moved by exactly the feedback's shift.
     Any hindsight block shifts log-probs (≈ -0.14 nats/token at 135M, even an unrelated follow-up), and
     plain SDPO teaches that shift whatever the feedback said. The neutral teacher sees the same block
     with a neutral follow-up instead of the feedback, so the shared shift cancels in log p_T - log p_N.
@@ -284,9 +292,11 @@ def _teachers(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, torch
         return batch.teacher_support, batch.teacher_tokens
     if batch.neutral_support is None or batch.neutral_tokens is None:
         raise ConfigError("contrastive", "contrastive=True needs the neutral teacher's log-probs")
+    if batch.anchor_support is None or batch.anchor_tokens is None:
+        raise ConfigError("contrastive", "contrastive=True needs the student's log-probs at the job's start")
     support = contrastive_teacher_logprobs(
-        teacher=batch.teacher_support, neutral=batch.neutral_support, student=batch.student_support
+        teacher=batch.teacher_support, neutral=batch.neutral_support, student=batch.anchor_support
     )
     shift = batch.teacher_tokens - batch.neutral_tokens
-    tokens = (batch.student_tokens + shift).detach()
+    tokens = (batch.anchor_tokens + shift).detach()
     return support, tokens

@@ -366,7 +366,13 @@ def test_feedback_no_better_than_neutral_gives_no_update(loss_kind: str) -> None
     mask = torch.ones(2, 3, dtype=torch.bool)
     plain, logits = _batch(12, mask)
     config = SdpoConfig(loss=loss_kind, contrastive=True)
-    gated = dataclasses.replace(plain, neutral_support=plain.teacher_support, neutral_tokens=plain.teacher_tokens)
+    gated = dataclasses.replace(
+        plain,
+        neutral_support=plain.teacher_support,
+        neutral_tokens=plain.teacher_tokens,
+        anchor_support=plain.student_support.detach(),
+        anchor_tokens=plain.student_tokens.detach(),
+    )
     loss, _ = sdpo_loss(gated, config)
     (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
     plain_loss, _ = sdpo_loss(plain, config.with_overrides(contrastive=False))
@@ -374,6 +380,35 @@ def test_feedback_no_better_than_neutral_gives_no_update(loss_kind: str) -> None
     assert plain_grad.abs().max().item() > 1e-3
     assert abs(loss.item()) < 1e-12
     assert grad.abs().max().item() < 1e-12
+
+
+def test_contrastive_target_is_anchored_at_the_jobs_start_not_the_live_student() -> None:
+    """Several steps on one batch converge: the target does not follow the student as it moves."""
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    anchor, _ = _batch(14, mask)
+    moved, _ = _batch(15, mask)
+    shifted = dict(neutral_support=anchor.teacher_support - 0.3, neutral_tokens=anchor.teacher_tokens - 0.3)
+    anchors = dict(anchor_support=anchor.student_support.detach(), anchor_tokens=anchor.student_tokens.detach())
+    config = SdpoConfig(contrastive=True)
+    at_start, _ = sdpo_loss(dataclasses.replace(anchor, **shifted, **anchors), config)
+    later, _ = sdpo_loss(dataclasses.replace(moved, teacher_support=anchor.teacher_support,
+                                             teacher_tokens=anchor.teacher_tokens, **shifted, **anchors), config)  # fmt: skip
+    target = contrastive_teacher_logprobs(
+        teacher=anchor.teacher_support, neutral=shifted["neutral_support"], student=anchor.student_support
+    )
+    # The target equals the anchor moved by the (uniform) shift, i.e. the anchor itself: loss 0 at the start,
+    # and a moved student is pulled back towards it rather than given a new target.
+    torch.testing.assert_close(target, anchor.student_support.detach(), rtol=0, atol=1e-6)
+    assert abs(at_start.item()) < 1e-6
+    assert later.item() > 1e-3
+
+
+def test_contrastive_without_anchor_logprobs_is_a_config_error() -> None:
+    batch, _ = _batch(13, torch.ones(1, 2, dtype=torch.bool))
+    batch = dataclasses.replace(batch, neutral_support=batch.teacher_support, neutral_tokens=batch.teacher_tokens)
+    with pytest.raises(ConfigError, match="the student's log-probs at the job's start") as caught:
+        sdpo_loss(batch, SdpoConfig(contrastive=True))
+    assert caught.value.param == "contrastive"
 
 
 def test_contrastive_without_neutral_logprobs_is_a_config_error() -> None:
