@@ -110,9 +110,11 @@ class JobManager:
             self._worker = None
 
     def find(self, adapter: str, idempotency_key: str) -> JobView | None:
-        """The job an earlier submit with this key made, if this process still knows it."""
+        """The job an earlier submit with this key made, if this process still knows it and it did not fail
+        or get cancelled: a retry after a failure is meant to run again."""
         job_id = self._keys.get((adapter, idempotency_key)) if idempotency_key else None
-        return self._jobs[job_id].view if job_id else None
+        view = self._jobs[job_id].view if job_id else None
+        return None if view is None or view.state in (JobState.FAILED, JobState.CANCELLED) else view
 
     def submit(self, request: JobRequest) -> JobView:
         """Queue a validated job; the same idempotency key returns the same job."""

@@ -223,6 +223,21 @@ async def test_a_failing_teacher_fails_the_job_and_leaves_the_head(trainer: Trai
     assert (await trainer.storage.get_adapter(ADAPTER)).head_version == 1
 
 
+async def test_a_retry_of_a_failed_job_with_the_same_key_runs_again(trainer: Trainer) -> None:
+    from services.common.errors import Unavailable
+
+    await init_adapter(trainer.stub)
+    trainer.teacher.fail_with = Unavailable("teacher is down")
+    failed = (await trainer.stub.SubmitJob(job(sample(1), key="retry"))).job
+    assert (await events(trainer.stub, failed.job_id))[-1].state == S.JOB_STATE_FAILED
+
+    trainer.teacher.fail_with = None
+    retried = (await trainer.stub.SubmitJob(job(sample(1), key="retry"))).job
+    final = (await events(trainer.stub, retried.job_id))[-1]
+    assert retried.job_id != failed.job_id
+    assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2)
+
+
 class _RacingStorage:
     """Storage whose head another writer moves just before each of the first ``races`` job commits."""
 
