@@ -109,8 +109,8 @@ class Session:
                 _, micro.neutral_support, micro.neutral_tokens = _stack(
                     [t.neutral for t in chunk_targets], horizon, micro.mask.device
                 )
-                # The contrastive target is built on the student as the job found it (see losses).
-                with torch.no_grad():
+                # The contrastive target is built on the base policy, adapter off (see losses).
+                with torch.no_grad(), self._engine.adapter_disabled():
                     logits = self._logits(micro)
                     support, tail = student_support_logprobs(logits, micro.support_ids)
                     micro.anchor_support = with_tail(support, tail)

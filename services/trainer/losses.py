@@ -43,8 +43,8 @@ class SdpoBatch:
     teacher_tokens: [B, T] log pi_T(y_t).
     mask: [B, T] true on real response tokens.
     neutral_support / neutral_tokens: the teacher under the neutral follow-up (contrastive only).
-    anchor_support / anchor_tokens: the student's log-probs when the job's targets were set, before its
-        first step (contrastive only): the contrastive target is built on them, not on the live student.
+    anchor_support / anchor_tokens: the base policy's log-probs (adapter off) on the student's context
+        (contrastive only): the contrastive target is built on them, not on the live student.
     base_tokens: [B, T] log pi_0(y_t) of the base model (KL penalty and its metric).
     """
 
@@ -170,29 +170,27 @@ def token_policy_loss(
     return loss, clip_active
 
 
-def contrastive_teacher_logprobs(
-    *, teacher: torch.Tensor, neutral: torch.Tensor, student: torch.Tensor
-) -> torch.Tensor:
-    """The contrastive target: the feedback's shift over a neutral follow-up, applied to the student.
+def contrastive_teacher_logprobs(*, teacher: torch.Tensor, neutral: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """The contrastive target: the feedback's shift over a neutral follow-up, applied to an anchor policy.
 
-    target ∝ exp(sg[log p_S] + (log p_T - log p_N)), renormalised over the K+1 buckets.
-    ``student`` must be the student *as the job found it* (its anchor), not the live student: built on
-    the live student the target moves with every step and the update never converges, so several steps
-    on one batch keep pushing by the same shift (measured: degenerate answers after 20 steps at lr 1e-4).
-    Anchored, the steps converge to the student moved by exactly the feedback's shift.
+    target ∝ exp(log p_A + (log p_T - log p_N)), renormalised over the K+1 buckets, with p_A the base
+    policy (adapter off) on the student's context. The anchor must not move with training: built on the
+    live student the target moves with every step, and built on the student as each job found it, every
+    job adds the whole shift again; both compound without bound (measured at 135M: repeated-name spam
+    after 20 steps at lr 1e-4 either way). On the base policy the target is a fixed distribution, and
+    feedback no more informative than the neutral follow-up pulls the adapter back to the base model.
     Any hindsight block shifts log-probs (≈ -0.14 nats/token at 135M, even an unrelated follow-up), and
     plain SDPO teaches that shift whatever the feedback said. The neutral teacher sees the same block
     with a neutral follow-up instead of the feedback, so the shared shift cancels in log p_T - log p_N.
-    If the feedback says no more than the neutral follow-up, the target equals the student and the loss
-    is ~0: a relevance gate. All three must be on the same support (the student's, or the teacher's
+    If the feedback says no more than the neutral follow-up, the target equals the anchor: a relevance gate. All three must be on the same support (the student's, or the teacher's
     ids gathered by both teachers) with the tail last.
 
     Args:
-        teacher, neutral, student: [B, T, K+1] log-probs. Returns: [B, T, K+1] detached log-probs.
+        teacher, neutral, anchor: [B, T, K+1] log-probs. Returns: [B, T, K+1] detached log-probs.
     For the ``token`` loss the same idea is advantage = log pi_T(y) - log pi_N(y) (``sdpo_loss``).
     """
     shift = teacher.clamp(LOGPROB_FLOOR, 0.0) - neutral.clamp(LOGPROB_FLOOR, 0.0)
-    return F.log_softmax(student.detach().clamp_min(LOGPROB_FLOOR) + shift, dim=-1).detach()
+    return F.log_softmax(anchor.detach().clamp_min(LOGPROB_FLOOR) + shift, dim=-1).detach()
 
 
 def importance_weights(*, student_logprobs: torch.Tensor, old_logprobs: torch.Tensor, is_clip: float) -> torch.Tensor:
@@ -293,9 +291,9 @@ def _teachers(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, torch
     if batch.neutral_support is None or batch.neutral_tokens is None:
         raise ConfigError("contrastive", "contrastive=True needs the neutral teacher's log-probs")
     if batch.anchor_support is None or batch.anchor_tokens is None:
-        raise ConfigError("contrastive", "contrastive=True needs the student's log-probs at the job's start")
+        raise ConfigError("contrastive", "contrastive=True needs the base policy's log-probs (the anchor)")
     support = contrastive_teacher_logprobs(
-        teacher=batch.teacher_support, neutral=batch.neutral_support, student=batch.anchor_support
+        teacher=batch.teacher_support, neutral=batch.neutral_support, anchor=batch.anchor_support
     )
     shift = batch.teacher_tokens - batch.neutral_tokens
     tokens = (batch.anchor_tokens + shift).detach()

@@ -349,7 +349,7 @@ def test_contrastive_target_applies_the_feedback_shift_to_the_student() -> None:
     student = _log([0.5, 0.3, 0.2]).view(1, 1, 3)
     neutral = _log([0.2, 0.4, 0.4]).view(1, 1, 3)
     teacher = _log([0.4, 0.4, 0.2]).view(1, 1, 3)  # shift: x2, x1, x0.5
-    target = contrastive_teacher_logprobs(teacher=teacher, neutral=neutral, student=student)
+    target = contrastive_teacher_logprobs(teacher=teacher, neutral=neutral, anchor=student)
     unnormalised = np.array([0.5 * 2, 0.3 * 1, 0.2 * 0.5])
     np.testing.assert_allclose(target.exp().view(-1).numpy(), unnormalised / unnormalised.sum())
 
@@ -357,7 +357,7 @@ def test_contrastive_target_applies_the_feedback_shift_to_the_student() -> None:
 def test_a_shift_shared_by_every_bucket_cancels() -> None:
     student = _log([0.5, 0.3, 0.2]).view(1, 1, 3)
     neutral = _log([0.2, 0.4, 0.4]).view(1, 1, 3)
-    target = contrastive_teacher_logprobs(teacher=neutral - 0.14, neutral=neutral, student=student)
+    target = contrastive_teacher_logprobs(teacher=neutral - 0.14, neutral=neutral, anchor=student)
     torch.testing.assert_close(target, student, rtol=0, atol=1e-12)
 
 
@@ -382,7 +382,7 @@ def test_feedback_no_better_than_neutral_gives_no_update(loss_kind: str) -> None
     assert grad.abs().max().item() < 1e-12
 
 
-def test_contrastive_target_is_anchored_at_the_jobs_start_not_the_live_student() -> None:
+def test_contrastive_target_is_anchored_not_the_live_student() -> None:
     """Several steps on one batch converge: the target does not follow the student as it moves."""
     mask = torch.ones(2, 3, dtype=torch.bool)
     anchor, _ = _batch(14, mask)
@@ -394,7 +394,7 @@ def test_contrastive_target_is_anchored_at_the_jobs_start_not_the_live_student()
     later, _ = sdpo_loss(dataclasses.replace(moved, teacher_support=anchor.teacher_support,
                                              teacher_tokens=anchor.teacher_tokens, **shifted, **anchors), config)  # fmt: skip
     target = contrastive_teacher_logprobs(
-        teacher=anchor.teacher_support, neutral=shifted["neutral_support"], student=anchor.student_support
+        teacher=anchor.teacher_support, neutral=shifted["neutral_support"], anchor=anchor.student_support
     )
     # The target equals the anchor moved by the (uniform) shift, i.e. the anchor itself: loss 0 at the start,
     # and a moved student is pulled back towards it rather than given a new target.
@@ -406,7 +406,7 @@ def test_contrastive_target_is_anchored_at_the_jobs_start_not_the_live_student()
 def test_contrastive_without_anchor_logprobs_is_a_config_error() -> None:
     batch, _ = _batch(13, torch.ones(1, 2, dtype=torch.bool))
     batch = dataclasses.replace(batch, neutral_support=batch.teacher_support, neutral_tokens=batch.teacher_tokens)
-    with pytest.raises(ConfigError, match="the student's log-probs at the job's start") as caught:
+    with pytest.raises(ConfigError, match="the base policy's log-probs") as caught:
         sdpo_loss(batch, SdpoConfig(contrastive=True))
     assert caught.value.param == "contrastive"
 
