@@ -182,8 +182,9 @@ def contrastive_teacher_logprobs(*, teacher: torch.Tensor, neutral: torch.Tensor
     Any hindsight block shifts log-probs (≈ -0.14 nats/token at 135M, even an unrelated follow-up), and
     plain SDPO teaches that shift whatever the feedback said. The neutral teacher sees the same block
     with a neutral follow-up instead of the feedback, so the shared shift cancels in log p_T - log p_N.
-    If the feedback says no more than the neutral follow-up, the target equals the anchor: a relevance gate. All three must be on the same support (the student's, or the teacher's
-    ids gathered by both teachers) with the tail last.
+    If the feedback says no more than the neutral follow-up, the target equals the anchor: a relevance
+    gate. All three must be on the same support (the student's, or the teacher's ids gathered by both
+    teachers) with the tail last.
 
     Args:
         teacher, neutral, anchor: [B, T, K+1] log-probs. Returns: [B, T, K+1] detached log-probs.

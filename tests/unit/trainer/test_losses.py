@@ -391,8 +391,8 @@ def test_contrastive_target_is_anchored_not_the_live_student() -> None:
     anchors = dict(anchor_support=anchor.student_support.detach(), anchor_tokens=anchor.student_tokens.detach())
     config = SdpoConfig(contrastive=True)
     at_start, _ = sdpo_loss(dataclasses.replace(anchor, **shifted, **anchors), config)
-    later, _ = sdpo_loss(dataclasses.replace(moved, teacher_support=anchor.teacher_support,
-                                             teacher_tokens=anchor.teacher_tokens, **shifted, **anchors), config)  # fmt: skip
+    teachers = dict(teacher_support=anchor.teacher_support, teacher_tokens=anchor.teacher_tokens)
+    later, _ = sdpo_loss(dataclasses.replace(moved, **teachers, **shifted, **anchors), config)
     target = contrastive_teacher_logprobs(
         teacher=anchor.teacher_support, neutral=shifted["neutral_support"], anchor=anchor.student_support
     )
