@@ -9,7 +9,10 @@ forced), the drift (mean per-token KL(base || adapted) on the base model's greed
 prompts) and degeneration flags (repeated 3-grams or symbol runs in greedy held-out answers).
 
 Judge real minus control: target real >= 3x its start, control <= 1.5x, drift <= 0.1 nats/token.
-Takes several minutes on 2 CPU cores:  python scripts/learning_check.py --contrastive both
+About 5 minutes per run on 2 CPU cores (four runs by default: real and control, with and without the
+contrastive baseline):  python scripts/learning_check.py [--contrastive both] [--lr 1e-4] [--control TEXT]
+Sampling uses the script's own copy of the model (base + the version's LoRA weights), not vLLM, so the check
+needs no vLLM server; the rollouts are the exact ids and log-probs of that copy, as the proxy would record.
 """
 
 from __future__ import annotations
@@ -209,7 +212,7 @@ async def run_one(label: str, feedback: str, contrastive: bool, args, trainer, s
         m = final.metrics[-1]
         print(
             f"{label:>22} job {number:2d}  p(K)={result.p_k[-1]:.4f}  drift={result.drift[-1]:.4f}  "
-            f"loss={m.loss:.4f}  gap={m.teacher_student_gap:+.3f}  rho={m.mean_is_ratio:.3f}  tokens={m.tokens}",
+            f"loss={m.loss:.4f}  gap={m.teacher_student_gap:+.3f}  grad={m.grad_norm:.2e}  tokens={m.tokens}",
             flush=True,
         )
     result.answers = student.answers()
@@ -245,7 +248,9 @@ async def main(args) -> None:
         try:
             for contrastive in modes:
                 suffix = "contrastive" if contrastive else "plain"
-                for kind, feedback in (("real", FEEDBACK), ("control", CONTROL)):
+                for kind, feedback in (("real", FEEDBACK), ("control", args.control)):
+                    if args.only not in ("both", kind):
+                        continue
                     results.append(
                         await run_one(f"{kind}-{suffix}", feedback, contrastive, args, trainer, storage, model_dir)
                     )
@@ -292,12 +297,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rollouts", type=int, default=4, help="on-policy rollouts per job")
     parser.add_argument("--steps", type=int, default=1, help="SDPO steps per job")
     parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--loss-alpha", type=float, default=0.0, help="alpha of the JSD loss (0: forward KL)")
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--alpha", type=int, default=32, help="LoRA alpha")
     parser.add_argument("--contrastive", choices=["off", "on", "both"], default="both")
+    parser.add_argument(
+        "--control",
+        default=CONTROL,
+        help="unrelated feedback of the control runs; the default equals the contrastive neutral follow-up, "
+        "which makes the contrastive control trivially zero: pass another text to test the gate itself",
+    )
+    parser.add_argument("--only", choices=["real", "control", "both"], default="both", help="runs to make")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args()

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--rounds", type=int, default=5, help="rounds of chat -> feedback")
     demo.add_argument("--rollouts", type=int, default=4, help="chats per round that the feedback is given on")
     demo.add_argument("--steps", type=int, default=4, help="SDPO steps per feedback")
-    demo.add_argument("--lr", type=float, default=2e-4)
+    demo.add_argument("--lr", type=float, default=1e-4)
     demo.add_argument("--alpha", type=float, default=0.0, help="0 = KL(teacher||student), learned best at 135M")
     demo.add_argument(
         "--contrastive",

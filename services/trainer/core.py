@@ -208,11 +208,13 @@ class TrainerCore:
         return self.jobs.submit(JobRequest(adapter, samples, config, idempotency_key))
 
     def config_from(self, overrides: dict[str, object]) -> SdpoConfig:
+        info = self._teacher_info
+        # The contrastive baseline is on unless asked otherwise, where the teacher can serve it (hf).
+        contrastive = self._settings.default_contrastive and (info is None or info.backend == "hf")
         try:
-            config = SdpoConfig().with_overrides(**overrides)
+            config = SdpoConfig(contrastive=contrastive).with_overrides(**overrides)
         except ConfigError as exc:
             raise InvalidArgument(str(exc), param=exc.param) from None
-        info = self._teacher_info
         if info is not None and info.max_top_k and config.top_k > info.max_top_k:
             raise InvalidArgument(
                 f"top_k must be at most {info.max_top_k} with this teacher, got {config.top_k}", param="top_k"

@@ -68,6 +68,7 @@ class Engine:
         cache_size: int = 4,
         seed: int = 0,
         micro_batch_size: int = 4,
+        adam_epsilon: float = 1e-6,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -75,6 +76,7 @@ class Engine:
         self.device = device
         self.max_lora_rank = max_lora_rank
         self.micro_batch_size = micro_batch_size
+        self.adam_epsilon = adam_epsilon
         self.fingerprint = tokenizer_fingerprint(tokenizer)
         self.vocab_size = int(model.config.vocab_size)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -104,6 +106,7 @@ class Engine:
             cache_size=settings.adapter_cache_size,
             seed=settings.seed,
             micro_batch_size=settings.micro_batch_size,
+            adam_epsilon=settings.adam_epsilon,
         )
 
     # -- LoRA shapes and version files -------------------------------------------------------------
@@ -163,8 +166,8 @@ class Engine:
         cached = self._cache.get(key) if files is None else _Cached(*_read_files(files))
         if cached is None:
             raise KeyError(f"version {key} is not cached")
-        self._cache_put(key, cached)
         _check_keys(slot, cached.weights, "adapter weights")
+        self._cache_put(key, cached)
         with torch.no_grad():
             for name, param in slot.params.items():
                 param.copy_(cached.weights[name])
@@ -173,6 +176,7 @@ class Engine:
             lr=config.learning_rate,
             betas=(config.beta1, config.beta2),
             weight_decay=config.weight_decay,
+            eps=self.adam_epsilon,
         )
         if cached.optimizer is not None:
             _restore_optimizer(optimizer, slot, cached.optimizer)
@@ -317,7 +321,9 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, slot: Slot, tensors: di
     _check_keys(slot, {k: v["exp_avg"] for k, v in by_param.items() if "exp_avg" in v}, "optimizer state")
     for key, param in slot.params.items():
         entries = by_param[key]
-        # AdamW keeps "step" on the CPU (unless capturable) and the moments beside the parameter.
+        # Copies: AdamW updates its state in place, and these tensors may be the cache's entry of the parent.
+        # "step" stays on the CPU (AdamW keeps it there unless capturable), the moments beside the parameter.
         optimizer.state[param] = {
-            name: value if name == "step" else value.to(param.device, param.dtype) for name, value in entries.items()
+            name: value.clone() if name == "step" else value.to(param.device, param.dtype, copy=True)
+            for name, value in entries.items()
         }

@@ -63,9 +63,9 @@ def trainer_settings(storage_addr: str, teacher_addr: str, **fields: object) -> 
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir: Path, storage_addr: str, teacher_addr: str) -> Engine:
+def engine(model_dir: Path) -> Engine:
     """One warm engine the tests share (each job loads its own adapter version into it)."""
-    return Engine.load(trainer_settings(storage_addr, teacher_addr))
+    return Engine.load(TrainerSettings())
 
 
 @asynccontextmanager

@@ -14,8 +14,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from services.common.errors import Unavailable
+from services.trainer.batching import Distributions, Targets
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import LoraShape
+from services.trainer.domain import LoraShape, Message, Sample
 from services.trainer.engine import Engine
 from tests.model.trainer.conftest import rollout, trainer, trainer_settings
 from tests.unit.trainer.helpers import events
@@ -207,3 +208,30 @@ def test_initialising_adapters_between_a_jobs_steps_leaves_the_job_alone(engine:
     exported = _weights(session.export())
     assert exported.keys() == trained.keys()
     assert all(torch.equal(exported[k], trained[k]) for k in trained)
+
+
+def test_a_job_does_not_change_the_cached_version_it_started_from(engine: Engine) -> None:
+    """A failed or cancelled job leaves nothing behind: the next job from that version starts the same."""
+    shape = engine.resolve_lora(LoraShape(rank=4, alpha=8, targets=("q_proj", "v_proj")))
+    sample = Sample("c", (Message("user", "hi"),), (1, 2, 3), (4, 5), (-1.0, -1.0), "be brief")
+    uniform = Distributions(
+        ids=torch.arange(8).repeat(2, 1),
+        logprobs=torch.full((2, 8), -2.2),
+        sampled=torch.full((2,), -1.0),
+        tail=torch.full((2,), -2.2),
+    )
+
+    def trained(session) -> None:
+        session.set_targets([sample], [Targets(uniform)])
+        session.step(1)
+
+    first = engine.open("acme/cache@1", shape, engine.init_files(shape), SdpoConfig(learning_rate=1e-2))
+    trained(first)
+    version_2 = first.export()
+    trained(engine.open("acme/cache@2", shape, version_2, SdpoConfig(learning_rate=1e-2)))  # a job that failed
+    assert engine.cached("acme/cache@2")
+    again = engine.open("acme/cache@2", shape, None, SdpoConfig()).export()
+
+    for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+        before, after = safetensors.torch.load(version_2[name]), safetensors.torch.load(again[name])
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name

@@ -48,7 +48,11 @@ class Trainer:
 async def trainer_service(
     storage: object, *, engine: FakeEngine, teacher: FakeTeacher, ready: bool = True, **fields: object
 ) -> AsyncIterator[tuple[trainer_pb2_grpc.TrainerServiceStub, ServiceServer, object]]:
-    """The trainer's real server and core in this process; ``storage`` is any object with StorageClient's calls."""
+    """The trainer's real server and core in this process; ``storage`` is any object with StorageClient's calls.
+
+    Jobs are plain (not contrastive) unless a test says so, to keep one teacher call per job.
+    """
+    fields = {"default_contrastive": False, **fields}
     settings = TrainerSettings(port=0, grace_period_s=1, dependency_wait_s=0, **fields)
     server, start, stop = build_server(settings, engine=lambda: engine, storage=storage, teacher=teacher)
     port = await server.start()

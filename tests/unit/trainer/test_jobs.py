@@ -72,6 +72,18 @@ async def test_the_teacher_gets_the_conversation_feedback_response_and_mode(trai
     assert not item.neutral_followup
 
 
+async def test_jobs_are_contrastive_by_default_with_an_hf_teacher(storage) -> None:
+    engine, teacher = FakeEngine(), FakeTeacher(backend="hf")
+    async with trainer_service(storage, engine=engine, teacher=teacher, default_contrastive=True) as (stub, _, _):
+        await init_adapter(stub)
+        submitted = (await stub.SubmitJob(job(sample(1)))).job
+        assert (await events(stub, submitted.job_id))[-1].state == S.JOB_STATE_SUCCEEDED
+    _, neutral = teacher.requests
+    assert neutral.items[0].feedback == "By the way, what is 27*4?"
+    (targets,) = engine.targets
+    assert targets[0].neutral is not None
+
+
 async def test_contrastive_with_teacher_support_scores_the_followup_on_the_feedbacks_ids(trainer: Trainer) -> None:
     await init_adapter(trainer.stub)
     submitted = (await trainer.stub.SubmitJob(job(sample(1), contrastive=True, top_k=5))).job
