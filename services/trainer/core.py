@@ -91,8 +91,17 @@ class Engine(Protocol):
 
 
 class TrainerCore:
-    def __init__(self, engine: Engine, storage: Storage, teacher: Teacher, settings: TrainerSettings) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        storage: Storage,
+        teacher: Teacher,
+        settings: TrainerSettings,
+        *,
+        reload_engine: Callable[[], Engine] | None = None,
+    ) -> None:
         self._engine = engine
+        self._reload_engine = reload_engine
         self._storage = storage
         self._teacher = teacher
         self._settings = settings
@@ -264,6 +273,9 @@ class TrainerCore:
             raise FailedPrecondition(f"adapter {run.adapter} has no version yet; call InitAdapter first")
         shape = self._adapter_shape(adapter)
         run.update(state=JobState.SCORING, base_version=head, step=0, total_steps=config.steps, metrics=())
+        if self._reload_engine is not None:
+            # The benchmarks' baseline: the base model loaded from disk for every job, as the anchor does.
+            self._engine = await self._on_engine(self._reload_engine)
         session = await self._open(adapter, head, shape, config)
         metrics.PHASE_SECONDS.labels(phase="fetch").observe(time.perf_counter() - started)
         run.checkpoint()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -75,12 +76,12 @@ class TrainerRuntime:
 
     async def ready(self) -> None:
         settings = self.settings
-        if self._engine is None:
+        load_engine = self._engine
+        if load_engine is None:
             from services.trainer.engine import Engine as TorchEngine
 
-            engine = await asyncio.to_thread(TorchEngine.load, settings)
-        else:
-            engine = await asyncio.to_thread(self._engine)
+            load_engine = functools.partial(TorchEngine.load, settings)
+        engine = await asyncio.to_thread(load_engine)
         storage, teacher = self._storage, self._teacher
         if storage is None:
             from services.storage.client import StorageClient
@@ -92,7 +93,8 @@ class TrainerRuntime:
                 settings.teacher_addr, token=settings.internal_token, timeout_s=settings.teacher_timeout_s
             )
             self._owned.append(teacher)
-        core = TrainerCore(engine, storage, teacher, settings)
+        reload = load_engine if settings.reload_model_per_job else None
+        core = TrainerCore(engine, storage, teacher, settings, reload_engine=reload)
         await core.start()
         self._core = core
 

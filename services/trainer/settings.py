@@ -60,6 +60,11 @@ class TrainerSettings(CommonSettings):
         "move it.",
     )
     seed: int = Field(0, description="Seed of LoRA initialisation and dropout: same inputs, same adapter.")
+    reload_model_per_job: bool = Field(
+        False,
+        description="Load the base model from disk for every job (the anchor system's way). For benchmarks "
+        "only: it makes every job slower by the load time.",
+    )
     teacher_timeout_s: float = Field(300.0, gt=0, description="Deadline of one teacher Score call.")
     storage_timeout_s: float = Field(120.0, gt=0, description="Deadline of one storage call.")
     dependency_wait_s: float = Field(

@@ -9,8 +9,10 @@ import threading
 
 import grpc
 import pytest
-from claas.v1 import common_pb2, trainer_pb2
+from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
+from services.trainer.server import build_server
+from services.trainer.settings import TrainerSettings
 from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
 from tests.unit.trainer.helpers import (
     ADAPTER,
@@ -317,3 +319,30 @@ async def test_unknown_jobs_are_not_found(trainer: Trainer) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await events(trainer.stub, "nope")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reload_model_per_job_loads_the_engine_for_every_job(storage) -> None:
+    loads: list[FakeEngine] = []
+
+    def load() -> FakeEngine:
+        loads.append(FakeEngine())
+        return loads[-1]
+
+    teacher = FakeTeacher()
+    settings = TrainerSettings(port=0, grace_period_s=1, dependency_wait_s=0, reload_model_per_job=True)
+    server, start, stop = build_server(settings, engine=load, storage=storage, teacher=teacher)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        await start()
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        await init_adapter(stub)
+        for index in (1, 2):
+            submitted = (await stub.SubmitJob(job(sample(index), key=f"reload-{index}"))).job
+            assert (await events(stub, submitted.job_id))[-1].state == S.JOB_STATE_SUCCEEDED
+    finally:
+        await channel.close()
+        await server.stop()
+        await stop()
+    assert len(loads) == 3  # at start, then once per job
+    assert loads[1].steps and loads[2].steps
