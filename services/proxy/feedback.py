@@ -16,7 +16,7 @@ import structlog
 from claas.v1 import common_pb2, storage_pb2, trainer_pb2
 from prometheus_client import Counter
 
-from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound
+from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import Rollout, RolloutStore
 from services.proxy.tenancy import owns
@@ -101,14 +101,32 @@ class Feedback:
         job = await self._trainer.get_job(job_id)
         if not owns(tenant, job.adapter):
             raise NotFound(f"job '{job_id}' not found", param="job_id")
-        async for status in self._trainer.watch_job(job_id):
+        async for status in self._statuses(job):
             if status.state == common_pb2.JOB_STATE_SUCCEEDED:
                 await self._serve_head(status.adapter)
             yield status
 
+    async def _statuses(self, job: common_pb2.JobStatus) -> AsyncIterator[common_pb2.JobStatus]:
+        """The trainer's events of a job; losing the trainer mid-job ends the job as FAILED: the trainer
+        keeps jobs in memory, so a job whose trainer went away will never finish, and its head never moved."""
+        last = job
+        try:
+            async for status in self._trainer.watch_job(job.job_id):
+                last = status
+                yield status
+        except Unavailable as exc:
+            if last.state in TERMINAL:
+                return
+            log.warning("trainer_lost", job_id=job.job_id, error=exc.message)
+            failed = common_pb2.JobStatus()
+            failed.CopyFrom(last)
+            failed.state = common_pb2.JOB_STATE_FAILED
+            failed.error = f"the trainer went away during the job ({exc.message}); the adapter is unchanged: resubmit"
+            yield failed
+
     async def _follow(self, job: common_pb2.JobStatus) -> common_pb2.JobStatus:
         if job.state not in TERMINAL:
-            async for status in self._trainer.watch_job(job.job_id):
+            async for status in self._statuses(job):
                 job = status
                 if job.state in TERMINAL:
                     break

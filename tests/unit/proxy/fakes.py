@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from claas.v1 import common_pb2, storage_pb2, trainer_pb2
 
-from services.common.errors import Aborted, NotFound
+from services.common.errors import Aborted, NotFound, Unavailable
 
 BASE = "smollm2-135m"
 PEFT = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"weights"}
@@ -104,6 +104,8 @@ class FakeTrainer:
         self.keys: dict[str, str] = {}
         self.submitted: list[trainer_pb2.SubmitJobRequest] = []
         self.fail = False
+        #: The trainer process dies while a job runs: its event stream breaks with UNAVAILABLE.
+        self.lost = False
 
     async def init_adapter(self, name: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter:
         return self.storage.add(name)
@@ -136,6 +138,10 @@ class FakeTrainer:
         yield job
         if job.state != common_pb2.JOB_STATE_QUEUED:
             return
+        if self.lost:
+            job.state = common_pb2.JOB_STATE_TRAINING
+            yield job
+            raise Unavailable("Socket closed")
         if self.fail:
             job.state, job.error = common_pb2.JOB_STATE_FAILED, "injected failure"
         else:

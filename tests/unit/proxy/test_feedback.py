@@ -62,6 +62,16 @@ async def test_a_failed_job_is_reported_and_the_head_stays(
     assert storage.adapters["acme/bot"].head_version == 1
 
 
+async def test_losing_the_trainer_mid_job_reports_the_job_failed(
+    core: ProxyCore, trainer: FakeTrainer, storage: FakeStorage
+) -> None:
+    trainer.lost = True
+    job = await core.feedback.submit("acme", [await chat(core)], "Shorter.", wait=True)
+    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert "the trainer went away during the job" in job.error and "resubmit" in job.error
+    assert storage.adapters["acme/bot"].head_version == 1
+
+
 async def test_a_retried_submit_is_the_same_job(core: ProxyCore, trainer: FakeTrainer) -> None:
     completion = await chat(core)
     first = await core.feedback.submit("acme", [completion], "Shorter.")

@@ -329,6 +329,11 @@ async def test_grpc_feedback_and_adapters(proxy: Proxy, storage: FakeStorage) ->
         metadata=meta,
     )
     assert (submitted.job.state, submitted.job.new_version) == (common_pb2.JOB_STATE_SUCCEEDED, 2)
+    watched = [
+        e.job
+        async for e in feedback.Watch(proxy_pb2.FeedbackServiceWatchRequest(job_id=submitted.job.job_id), metadata=meta)
+    ]
+    assert watched[-1].state == common_pb2.JOB_STATE_SUCCEEDED and watched[-1].new_version == 2
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in feedback.Watch(
             proxy_pb2.FeedbackServiceWatchRequest(job_id=submitted.job.job_id), metadata=proxy.metadata("beta")
