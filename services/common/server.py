@@ -8,8 +8,9 @@ in-flight calls finish within the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import structlog
@@ -20,7 +21,8 @@ from prometheus_client import start_http_server
 
 from services.common.auth import Authenticator
 from services.common.interceptors import ServerInterceptor
-from services.common.settings import CommonSettings
+from services.common.logs import configure_logging
+from services.common.settings import CommonSettings, load_settings
 
 log = structlog.get_logger("claas.server")
 
@@ -125,3 +127,30 @@ def _write_atomically(path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+Built = tuple[ServiceServer, Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[None]] | None]
+
+
+def serve_main(settings_cls: type[CommonSettings], build: Callable[[CommonSettings], Built]) -> None:
+    """The body of every role's ``__main__``: settings from the environment, logging, serve until SIGTERM."""
+    settings = load_settings(settings_cls)
+    configure_logging(settings.log_format, settings.log_level)
+    server, ready, on_stop = build(settings)
+    asyncio.run(run_server(server, ready=ready, on_stop=on_stop))
+
+
+@contextlib.asynccontextmanager
+async def serving(built: Built) -> AsyncIterator[ServiceServer]:
+    """Run a role in this process (tests, benchmarks): started, ready and SERVING inside the block."""
+    server, ready, on_stop = built
+    await server.start()
+    try:
+        if ready is not None:
+            await ready()
+        await server.set_serving(True)
+        yield server
+    finally:
+        await server.stop()
+        if on_stop is not None:
+            await on_stop()

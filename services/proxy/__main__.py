@@ -1,22 +1,8 @@
 """``python -m services.proxy``: the public door (gRPC and OpenAI-compatible HTTP)."""
 
-from __future__ import annotations
-
-import asyncio
-
-from services.common.logs import configure_logging
-from services.common.server import run_server
-from services.common.settings import load_settings
+from services.common.server import serve_main
 from services.proxy.server import build_server
 from services.proxy.settings import ProxySettings
 
-
-def main() -> None:
-    settings = load_settings(ProxySettings)
-    configure_logging(settings.log_format, settings.log_level)
-    server, ready, on_stop = build_server(settings)
-    asyncio.run(run_server(server, ready=ready, on_stop=on_stop))
-
-
 if __name__ == "__main__":
-    main()
+    serve_main(ProxySettings, build_server)

@@ -1,22 +1,8 @@
 """``python -m services.storage``: the adapter store service."""
 
-from __future__ import annotations
-
-import asyncio
-
-from services.common.logs import configure_logging
-from services.common.server import run_server
-from services.common.settings import load_settings
+from services.common.server import serve_main
 from services.storage.server import build_server
 from services.storage.settings import StorageSettings
 
-
-def main() -> None:
-    settings = load_settings(StorageSettings)
-    configure_logging(settings.log_format, settings.log_level)
-    server, ready, on_stop = build_server(settings)
-    asyncio.run(run_server(server, ready=ready, on_stop=on_stop))
-
-
 if __name__ == "__main__":
-    main()
+    serve_main(StorageSettings, build_server)

@@ -7,14 +7,13 @@ any stack test; the end-to-end tests of ``claas up`` start processes of their ow
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, serving
 from services.proxy.keys import add_api_key
 from services.proxy.server import ProxyServer
 from services.proxy.server import build_server as build_proxy
@@ -25,24 +24,6 @@ from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
-
-Hook = Callable[[], Awaitable[None]] | None
-
-
-@asynccontextmanager
-async def serving(built: tuple[ServiceServer, Hook, Hook]) -> AsyncIterator[ServiceServer]:
-    """Start a role's server as ``run_server`` would (bind, ready, SERVING); stop it and its hook after."""
-    server, ready, stop = built
-    await server.start()
-    try:
-        if ready is not None:
-            await ready()
-        await server.set_serving(True)
-        yield server
-    finally:
-        await server.stop()
-        if stop is not None:
-            await stop()
 
 
 def address(server: ServiceServer) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
+from services.common.server import serving
 from services.storage.client import StorageClient
 from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
@@ -45,15 +46,8 @@ async def teacher_addr(
     settings = TeacherSettings(
         port=0, storage_addr=storage_addr, adapter_dir=tmp_path_factory.mktemp("teacher"), grace_period_s=1
     )
-    server, ready, stop = build_teacher(settings)
-    port = await server.start()
-    try:
-        await ready()
-        await server.set_serving(True)
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop()
-        await stop()
+    async with serving(build_teacher(settings)) as server:
+        yield f"127.0.0.1:{server.port}"
 
 
 def trainer_settings(storage_addr: str, teacher_addr: str, **fields: object) -> TrainerSettings:

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, serving
 from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
@@ -25,14 +25,8 @@ ADAPTER = "acme/bot"
 async def storage_service(folder: Path) -> AsyncIterator[str]:
     """The real storage service on a local folder; yields its address."""
     settings = StorageSettings(port=0, store_url=str(folder), grace_period_s=1)
-    server, ready, _ = build_storage(settings)
-    port = await server.start()
-    try:
-        await ready()
-        await server.set_serving(True)
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop()
+    async with serving(build_storage(settings)) as server:
+        yield f"127.0.0.1:{server.port}"
 
 
 @dataclass
