@@ -6,6 +6,7 @@ in the task that runs the RPC, for streaming RPCs too.
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -90,6 +91,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(self, method: str, public: bool, behavior: Callable) -> Callable:
+        if not inspect.isasyncgenfunction(behavior):
+            # A streaming handler that sends with ``await context.write`` (the health service's Watch)
+            # is a plain coroutine: wrapped like a unary one.
+            return self._wrap_unary(method, public, behavior)
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:

@@ -45,6 +45,18 @@ async def test_health_is_serving_only_once_ready(server):
     assert await _health(target) == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_health_watch_streams_the_change_to_serving(server):
+    srv, target = server
+    async with grpc.aio.insecure_channel(target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        await srv.set_serving(True)
+        second = await watch.read()
+        watch.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert second.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_reflection_lists_the_service(server):
     _, target = server
     async with grpc.aio.insecure_channel(target) as channel:
