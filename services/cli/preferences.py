@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-CONTROL_FEEDBACK = "By the way, what is 27*4?"
+#: The unrelated follow-up of the control run. Not the trainer's neutral follow-up ("By the way, what is
+#: 27*4?"): with the contrastive baseline that text would cancel itself exactly and prove nothing.
+CONTROL_FEEDBACK = "Thanks! Can you also tell me a joke about cats?"
 
 EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff]")
 
