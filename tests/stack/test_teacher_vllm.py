@@ -65,11 +65,16 @@ def agreement(hf, vllm) -> tuple[float, float]:
 
 async def test_hf_and_vllm_backends_agree(teachers, answer):
     hf, vllm = teachers
-    item = ScoreItem(CONVERSATION, "Keep it under ten words.", answer, neutral_followup="What is 27*4?")
-    [a] = await hf.score(ScoreRequest(items=(item,), top_k=K))
-    [b] = await vllm.score(ScoreRequest(items=(item,), top_k=K))
+    # The vllm backend scores each text on its own top-K (it cannot gather the neutral at the feedback's
+    # ids), so the neutral follow-up is compared as an item of its own.
+    items = (
+        ScoreItem(CONVERSATION, "Keep it under ten words.", answer),
+        ScoreItem(CONVERSATION, "What is 27*4?", answer),
+    )
+    a, a_neutral = await hf.score(ScoreRequest(items=items, top_k=K))
+    b, b_neutral = await vllm.score(ScoreRequest(items=items, top_k=K))
     assert a.teacher_prompt == b.teacher_prompt
-    for label, x, y in (("feedback", a.teacher, b.teacher), ("neutral", a.neutral, b.neutral)):
+    for label, x, y in (("feedback", a.teacher, b.teacher), ("neutral", a_neutral.teacher, b_neutral.teacher)):
         same, gap = agreement(x, y)
         tail_gap = float(np.abs(np.exp(x.tail_logprobs) - np.exp(y.tail_logprobs)).max())
         print(
