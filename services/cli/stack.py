@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,7 @@ class Stack:
 
     def up(self, timeout_s: float = 600.0) -> None:
         """Start everything; return once every health check says SERVING."""
+        self._check_ports_free()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.secrets = _load_or_create_secrets(self.config)
         resolve_base_model(self.config.base_model)  # prepare the packaged model once, before four processes need it
@@ -168,6 +170,19 @@ class Stack:
         self.start_role("proxy")
         self.wait_healthy("proxy", timeout_s)
         self._write_stack_file()
+
+    def _check_ports_free(self) -> None:
+        """Refuse to start over another process: its health checks would pass for ours."""
+        ports = {role: int(addr.rsplit(":", 1)[1]) for role, addr in self.config.addresses.items()}
+        ports |= {"proxy (HTTP)": self.config.http_port, "vllm": self.config.vllm_port}
+        for role, port in ports.items():
+            if not port_is_free(self.config.host, port):
+                raise StackError(
+                    role,
+                    f"cannot start: port {port} is already in use (another stack? pick other ports with "
+                    "--port-base/--http-port/--vllm-port)",
+                    self.config.log_path(role),
+                )
 
     def wait_healthy(self, role: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -252,6 +267,15 @@ class StackError(RuntimeError):
         tail = log_tail(log_path)
         super().__init__(f"{role} {what}; last lines of {log_path}:\n{tail}")
         self.role = role
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
