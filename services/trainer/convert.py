@@ -123,27 +123,22 @@ def score_request(
     config: SdpoConfig,
     adapter: common_pb2.AdapterRef,
     support: list[torch.Tensor] | None = None,
-    *,
-    feedback: str | None = None,
-    neutral: bool = True,
 ) -> teacher_pb2.ScoreRequest:
-    """The teacher's request: one item per sample.
+    """The teacher's request: one item per sample, with the neutral follow-up when the config is contrastive.
 
-    ``support``: per sample [T, K] ids to score at instead of the teacher's top-K. ``feedback`` replaces every
-    sample's feedback (to score the neutral follow-up on a given support). ``neutral``: ask for the neutral
-    follow-up too when the config is contrastive.
+    ``support``: per sample [T, K] ids to score at instead of the teacher's top-K.
     """
     items = []
     for i, sample in enumerate(samples):
         item = teacher_pb2.ScoreItem(
             messages=[common_pb2.ChatMessage(role=m.role, content=m.content) for m in sample.messages],
-            feedback=sample.feedback if feedback is None else feedback,
+            feedback=sample.feedback,
             response_ids=list(sample.response_ids),
         )
         if support is not None:
             item.support_ids.extend(support[i].reshape(-1).tolist())
             item.support_k = int(support[i].shape[1])
-        if config.contrastive and neutral:
+        if config.contrastive:
             item.neutral_followup = config.neutral_followup
         items.append(item)
     return teacher_pb2.ScoreRequest(

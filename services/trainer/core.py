@@ -7,7 +7,6 @@ test can hand in doubles (a fake teacher, a fake engine) and the model tests the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -301,24 +300,14 @@ class TrainerCore:
     async def _score(
         self, samples: tuple[Sample, ...], config: SdpoConfig, ref: common_pb2.AdapterRef, session: Session
     ) -> list[Any]:
-        """The teacher's targets for every sample, on one support per position.
-
-        The teacher scores a neutral follow-up on the support it is given, or else on its own top-K under the
-        follow-up, which differs from the feedback's. So with the teacher's support the contrastive baseline
-        takes two calls: the feedback's top-K first, then the follow-up gathered on those ids.
-        """
+        """The teacher's targets for every sample, on one support per position (the student's top-K, or the
+        teacher's own). The teacher scores the neutral follow-up of the contrastive baseline on the very ids
+        of the feedback's distribution, so one call serves both."""
+        support = None
         if config.support == "student":
             support = await self._on_engine(session.student_support, samples, config.top_k)
-            response = await self._teacher.score(convert.score_request(samples, config, ref, support))
-            return convert.targets(response, samples, config.contrastive)
-        first = await self._teacher.score(convert.score_request(samples, config, ref, neutral=False))
-        targets = convert.targets(first, samples, contrastive=False)
-        if not config.contrastive:
-            return targets
-        support = [t.teacher.ids for t in targets]
-        request = convert.score_request(samples, config, ref, support, feedback=config.neutral_followup, neutral=False)
-        neutral = convert.targets(await self._teacher.score(request), samples, contrastive=False)
-        return [dataclasses.replace(t, neutral=n.teacher) for t, n in zip(targets, neutral, strict=True)]
+        response = await self._teacher.score(convert.score_request(samples, config, ref, support))
+        return convert.targets(response, samples, config.contrastive)
 
     async def _open(self, adapter: storage_pb2.Adapter, head: int, shape: LoraShape, config: SdpoConfig) -> Session:
         key = _version_key(adapter, head)

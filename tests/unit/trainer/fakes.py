@@ -40,8 +40,8 @@ class FakeTeacher:
         results = []
         for item in request.items:
             result = teacher_pb2.ScoreResult(teacher=_uniform(item, request.top_k, 0), teacher_prompt="prompt")
-            if item.neutral_followup:
-                result.neutral.CopyFrom(_uniform(item, request.top_k, 1))
+            if item.neutral_followup:  # scored on the feedback's ids, like the real teacher
+                result.neutral.CopyFrom(_uniform(item, request.top_k, 0))
             results.append(result)
         return teacher_pb2.ScoreResponse(results=results)
 

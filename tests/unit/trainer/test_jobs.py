@@ -80,8 +80,8 @@ async def test_jobs_are_contrastive_by_default_with_an_hf_teacher(storage) -> No
         await init_adapter(stub)
         submitted = (await stub.SubmitJob(job(sample(1)))).job
         assert (await events(stub, submitted.job_id))[-1].state == S.JOB_STATE_SUCCEEDED
-    _, neutral = teacher.requests
-    assert neutral.items[0].feedback == "By the way, what is 27*4?"
+    (request,) = teacher.requests
+    assert request.items[0].neutral_followup == "By the way, what is 27*4?"
     (targets,) = engine.targets
     assert targets[0].neutral is not None
 
@@ -91,10 +91,9 @@ async def test_contrastive_with_teacher_support_scores_the_followup_on_the_feedb
     submitted = (await trainer.stub.SubmitJob(job(sample(1), contrastive=True, top_k=5))).job
     assert (await events(trainer.stub, submitted.job_id))[-1].state == S.JOB_STATE_SUCCEEDED
 
-    first, second = trainer.teacher.requests
-    assert first.items[0].feedback == "Be more concise." and not first.items[0].neutral_followup
-    assert second.items[0].feedback == "By the way, what is 27*4?"
-    assert second.items[0].support_k == 5 and list(second.items[0].support_ids) == list(range(5)) * 3
+    (request,) = trainer.teacher.requests
+    assert request.items[0].feedback == "Be more concise."
+    assert request.items[0].neutral_followup == "By the way, what is 27*4?" and request.top_k == 5
     (targets,) = trainer.engine.targets
     assert targets[0].neutral is not None and targets[0].neutral.ids.tolist() == targets[0].teacher.ids.tolist()
 
