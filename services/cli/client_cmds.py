@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
+from claas.v1.storage_pb2 import Version
 from google.protobuf.json_format import MessageToDict
 
 from services.cli.connection import HINTS, Connection, add_connection_arguments, connection
@@ -182,9 +183,13 @@ def _delete(args: argparse.Namespace, conn: Connection) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, conn: Connection) -> int:
-    request = proxy_pb2.AdaptersServiceExportRequest(name=args.name, version=args.version)
-    args.out.mkdir(parents=True, exist_ok=True)
+class ExportError(Exception):
+    """An export that arrived incomplete or corrupted; nothing was written."""
+
+
+def export_version(conn: Connection, name: str, version: int, out: Path) -> Version:
+    """Download a version's PEFT files into ``out``, each checked by SHA-256 before anything is written."""
+    request = proxy_pb2.AdaptersServiceExportRequest(name=name, version=version)
     header, contents = None, {}
     for part in _adapters(conn).Export(request, metadata=conn.metadata, timeout=conn.timeout):
         if part.HasField("header"):
@@ -192,13 +197,21 @@ def _export(args: argparse.Namespace, conn: Connection) -> int:
         else:
             contents.setdefault(part.chunk.path, bytearray()).extend(part.chunk.data)
     if header is None:
-        return fail("the proxy sent no version header")
+        raise ExportError("the proxy sent no version header")
     for entry in header.files:
-        data = bytes(contents.get(entry.path, b""))
-        if hashlib.sha256(data).hexdigest() != entry.sha256:
-            return fail(f"{entry.path}: checksum mismatch, nothing written", hint="run the export again")
+        if hashlib.sha256(bytes(contents.get(entry.path, b""))).hexdigest() != entry.sha256:
+            raise ExportError(f"{entry.path}: checksum mismatch, nothing written")
+    out.mkdir(parents=True, exist_ok=True)
     for entry in header.files:
-        (args.out / Path(entry.path).name).write_bytes(bytes(contents[entry.path]))
+        (out / Path(entry.path).name).write_bytes(bytes(contents[entry.path]))
+    return header
+
+
+def _export(args: argparse.Namespace, conn: Connection) -> int:
+    try:
+        header = export_version(conn, args.name, args.version, args.out)
+    except ExportError as exc:
+        return fail(str(exc), hint="run the export again")
     files = [f.path for f in header.files]
     human = f"v{header.version}: {', '.join(files)} -> {args.out}"
     emit({"version": header.version, "files": files, "out": str(args.out)}, as_json=args.json, human=human)

@@ -17,6 +17,7 @@ from pathlib import Path
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from tqdm import tqdm
 
+from services.cli.client_cmds import export_version
 from services.cli.connection import Connection, connection
 from services.cli.output import fail
 from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference, degenerate
@@ -96,15 +97,7 @@ class DemoClient:
         return self._call(self.feedback.Submit, request).job
 
     def export(self, name: str, dest: Path) -> int:
-        header = None
-        request = proxy_pb2.AdaptersServiceExportRequest(name=name)
-        for part in self.adapters.Export(request, metadata=self.conn.metadata, timeout=self.conn.timeout):
-            if part.HasField("header"):
-                header = part.header
-            else:
-                with (dest / Path(part.chunk.path).name).open("ab") as handle:
-                    handle.write(part.chunk.data)
-        return header.version
+        return export_version(self.conn, name, 0, dest).version
 
 
 def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, show: bool) -> dict:
