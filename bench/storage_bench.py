@@ -21,8 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-from claas.v1 import common_pb2
-
+from services.common.domain import Lineage, LoraSpec
 from services.common.objectstore import ObjectStoreSettings, open_object_store
 from services.storage.client import StorageClient
 from services.storage.dev_s3 import dev_s3_server
@@ -69,8 +68,8 @@ async def bench_backend(label: str, fields: dict[str, str], workdir: Path, size:
     with storage_process(fields, workdir) as target:
         client = StorageClient.connect(target, token=TOKEN)
         try:
-            await client.create_adapter("bench/adapter", "smollm2-135m", common_pb2.LoraSpec(rank=16, alpha=32))
-            lineage = common_pb2.Lineage(job_id="bench")
+            await client.create_adapter("bench/adapter", "smollm2-135m", LoraSpec(rank=16, alpha=32))
+            lineage = Lineage(job_id="bench")
             service_put = await _rate(rounds, size, lambda i: client.upload_version("bench/adapter", i, files, lineage))
             service_get = await _rate(rounds, size, lambda i: client.read_version("bench/adapter", i + 1))
         finally:

@@ -3,13 +3,16 @@ for ``UNAVAILABLE`` on idempotent methods only (from the channel's service confi
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, ClassVar, Self
 
 import grpc
 import structlog
 
 from services.common.auth import AUTH_METADATA_KEY
+from services.common.errors import from_rpc_error
 from services.common.logs import REQUEST_ID_KEY
 
 #: Deadline of a unary call that does not set its own.
@@ -102,3 +105,47 @@ def open_channel(
             kind(token, default_timeout_s) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
         ],
     )
+
+
+@contextlib.contextmanager
+def rpc_errors() -> Iterator[None]:
+    """A failed outgoing call raises the ``services.common.errors`` class of its status, with its details, so a
+    dependency's status reaches our own callers unchanged. The one place that maps a call's failure."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
+class ServiceClient:
+    """Base of every service's ``client.py``: one channel, created once and reused; every call's failure is one
+    of our errors. A subclass names its service and the methods safe to retry on ``UNAVAILABLE``."""
+
+    SERVICE: ClassVar[str]
+    IDEMPOTENT: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+
+    @classmethod
+    def connect(cls, target: str, *, token: str = "", max_message_mb: int = 16, **kwargs: Any) -> Self:
+        """A client over a new channel to ``target`` ("host:port") carrying ``token``."""
+        idempotent = [(cls.SERVICE, method) for method in cls.IDEMPOTENT]
+        return cls(open_channel(target, token=token, idempotent=idempotent, max_message_mb=max_message_mb), **kwargs)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _unary(self, method: Callable[..., Any], request: Any, *, timeout: float | None = None) -> Any:
+        with rpc_errors():
+            return await method(request, timeout=timeout)
+
+    async def _stream(self, method: Callable[..., Any], request: Any, *, timeout: float | None = None) -> AsyncIterator:
+        """The messages of a server stream; the call is cancelled when the caller stops reading."""
+        call = method(request, timeout=timeout)
+        try:
+            with rpc_errors():
+                async for message in call:
+                    yield message
+        finally:
+            call.cancel()

@@ -11,61 +11,52 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import grpc
 from claas.v1 import common_pb2, storage_pb2, storage_pb2_grpc
 
-from services.common.client import open_channel
-from services.common.errors import DataLoss, from_rpc_error
-from services.storage.layout import CHUNK_BYTES
+from services.common.client import ServiceClient, rpc_errors
+from services.common.convert import lora_to_proto
+from services.common.domain import Lineage, LoraSpec
+from services.common.errors import DataLoss
+from services.storage import convert
+from services.storage.domain import Adapter, Chunk, FileEntry, HeadEvent, UploadHeader, Version
+from services.storage.layout import chunks
 
-_SERVICE = "claas.v1.AdapterStoreService"
-#: Safe to retry on UNAVAILABLE: reads, and the delete (idempotent by contract).
-IDEMPOTENT = tuple((_SERVICE, m) for m in ("GetAdapter", "ListAdapters", "GetVersion", "ListVersions", "DeleteAdapter"))
 #: Deadline of a whole upload or download stream.
 TRANSFER_TIMEOUT_S = 600.0
 
-T = TypeVar("T")
 
+class StorageClient(ServiceClient):
+    """Storage as its callers see it: one method per RPC, storage's domain types in and out, every transfer
+    checked against the sizes and SHA-256 of its manifest. Create one per process and reuse it."""
 
-class StorageClient:
-    def __init__(self, channel: grpc.aio.Channel, *, transfer_timeout_s: float = TRANSFER_TIMEOUT_S) -> None:
-        self.channel = channel
+    SERVICE = "claas.v1.AdapterStoreService"
+    #: Safe to retry on UNAVAILABLE: reads, and the delete (idempotent by contract).
+    IDEMPOTENT = ("GetAdapter", "ListAdapters", "GetVersion", "ListVersions", "DeleteAdapter")
+
+    def __init__(self, channel, *, transfer_timeout_s: float = TRANSFER_TIMEOUT_S) -> None:
+        super().__init__(channel)
         self._stub = storage_pb2_grpc.AdapterStoreServiceStub(channel)
         self._transfer_timeout = transfer_timeout_s
 
-    @classmethod
-    def connect(cls, target: str, *, token: str = "", **kwargs: Any) -> StorageClient:
-        """A client over a new channel to ``target`` ("host:port") carrying the internal ``token``."""
-        return cls(open_channel(target, token=token, idempotent=IDEMPOTENT), **kwargs)
+    async def create_adapter(self, name: str, base_model: str, lora: LoraSpec) -> Adapter:
+        request = storage_pb2.CreateAdapterRequest(name=name, base_model=base_model, lora=lora_to_proto(lora))
+        return convert.adapter_from_proto((await self._unary(self._stub.CreateAdapter, request)).adapter)
 
-    async def close(self) -> None:
-        await self.channel.close()
+    async def get_adapter(self, name: str) -> Adapter:
+        response = await self._unary(self._stub.GetAdapter, storage_pb2.GetAdapterRequest(name=name))
+        return convert.adapter_from_proto(response.adapter)
 
-    async def _unary(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return await method(request)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    async def create_adapter(self, name: str, base_model: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter:
-        request = storage_pb2.CreateAdapterRequest(name=name, base_model=base_model, lora=lora)
-        return (await self._unary(self._stub.CreateAdapter, request)).adapter
-
-    async def get_adapter(self, name: str) -> storage_pb2.Adapter:
-        return (await self._unary(self._stub.GetAdapter, storage_pb2.GetAdapterRequest(name=name))).adapter
-
-    async def list_adapters(self, prefix: str = "", *, page_size: int = 0) -> list[storage_pb2.Adapter]:
+    async def list_adapters(self, prefix: str = "", *, page_size: int = 0) -> list[Adapter]:
         """Every adapter whose name starts with ``prefix``, following the pages."""
-        adapters: list[storage_pb2.Adapter] = []
+        adapters: list[Adapter] = []
         token = ""
         while True:
             request = storage_pb2.ListAdaptersRequest(prefix=prefix, page_size=page_size, page_token=token)
             page = await self._unary(self._stub.ListAdapters, request)
-            adapters.extend(page.adapters)
+            adapters.extend(convert.adapter_from_proto(a) for a in page.adapters)
             token = page.next_page_token
             if not token:
                 return adapters
@@ -74,27 +65,27 @@ class StorageClient:
         """True when something was deleted."""
         return (await self._unary(self._stub.DeleteAdapter, storage_pb2.DeleteAdapterRequest(name=name))).deleted
 
-    async def list_versions(self, name: str) -> list[storage_pb2.Version]:
+    async def list_versions(self, name: str) -> list[Version]:
         """Committed versions, oldest first."""
         response = await self._unary(self._stub.ListVersions, storage_pb2.ListVersionsRequest(name=name))
-        return list(response.versions)
+        return [convert.version_from_proto(v) for v in response.versions]
 
-    async def set_head(self, name: str, expected: int, version: int) -> storage_pb2.Adapter:
+    async def set_head(self, name: str, expected: int, version: int) -> Adapter:
         """Move the head from ``expected`` to ``version`` (rollback); ``errors.Aborted`` if it moved."""
         request = storage_pb2.SetHeadRequest(name=name, expected_head=expected, version=version)
-        return (await self._unary(self._stub.SetHead, request)).adapter
+        return convert.adapter_from_proto((await self._unary(self._stub.SetHead, request)).adapter)
 
-    async def set_tag(self, name: str, tag: str, version: int) -> storage_pb2.Adapter:
+    async def set_tag(self, name: str, tag: str, version: int) -> Adapter:
         """Point ``tag`` at ``version``; version 0 removes the tag."""
         request = storage_pb2.SetTagRequest(name=name, tag=tag, version=version)
-        return (await self._unary(self._stub.SetTag, request)).adapter
+        return convert.adapter_from_proto((await self._unary(self._stub.SetTag, request)).adapter)
 
-    async def get_version(self, name: str, version: int = 0) -> storage_pb2.Version:
+    async def get_version(self, name: str, version: int = 0) -> Version:
         """The version's header only (0 = head), without its bytes."""
         request = storage_pb2.GetVersionRequest(name=name, version=version, header_only=True)
-        header: storage_pb2.Version | None = None
+        header: Version | None = None
         async for item in self._download(request):
-            if isinstance(item, storage_pb2.Version):
+            if isinstance(item, Version):
                 header = item
         if header is None:
             raise DataLoss(f"storage sent no header for {name} v{version}")
@@ -105,40 +96,33 @@ class StorageClient:
         name: str,
         parent_version: int,
         files: dict[str, bytes],
-        lineage: common_pb2.Lineage,
+        lineage: Lineage,
         *,
         set_head: bool = True,
-    ) -> storage_pb2.Version:
+    ) -> Version:
         """Commit ``files`` as the version after ``parent_version``; ``errors.Aborted`` if the head moved."""
-        entries = [
-            common_pb2.FileEntry(path=path, size=len(data), sha256=await _sha256(data)) for path, data in files.items()
-        ]
-        header = storage_pb2.PutVersionHeader(
-            name=name, parent_version=parent_version, files=entries, lineage=lineage, set_head=set_head
-        )
+        entries = tuple([FileEntry(path, len(data), await _sha256(data)) for path, data in files.items()])
+        header = UploadHeader(name, parent_version, entries, lineage, set_head)
 
         async def requests() -> AsyncIterator[storage_pb2.PutVersionRequest]:
-            yield storage_pb2.PutVersionRequest(header=header)
+            yield storage_pb2.PutVersionRequest(header=convert.header_to_proto(header))
             for path, data in files.items():
-                for offset in range(0, len(data), CHUNK_BYTES):
-                    chunk = common_pb2.FileChunk(path=path, offset=offset, data=data[offset : offset + CHUNK_BYTES])
-                    yield storage_pb2.PutVersionRequest(chunk=chunk)
+                for offset, piece in chunks(data):
+                    yield storage_pb2.PutVersionRequest(chunk=convert.chunk_to_proto(Chunk(path, offset, piece)))
 
-        try:
+        with rpc_errors():
             response = await self._stub.PutVersion(requests(), timeout=self._transfer_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-        return response.version
+        return convert.version_from_proto(response.version)
 
     async def read_version(
         self, name: str, version: int = 0, *, include_optimizer: bool = False
-    ) -> tuple[storage_pb2.Version, dict[str, bytes]]:
+    ) -> tuple[Version, dict[str, bytes]]:
         """A version (0 = head) and its files in memory, each checked against its size and SHA-256."""
         request = storage_pb2.GetVersionRequest(name=name, version=version, include_optimizer=include_optimizer)
-        header: storage_pb2.Version | None = None
+        header: Version | None = None
         parts: dict[str, bytearray] = {}
         async for item in self._download(request):
-            if isinstance(item, storage_pb2.Version):
+            if isinstance(item, Version):
                 header = item
             else:
                 _append(parts.setdefault(item.path, bytearray()), item)
@@ -151,17 +135,17 @@ class StorageClient:
 
     async def download_version(
         self, name: str, version: int, dest: Path, *, include_optimizer: bool = False
-    ) -> storage_pb2.Version:
+    ) -> Version:
         """Write a version's files (0 = head) into ``dest``, created if missing. Files stream into hidden
         temporary files and are renamed into place only once every file of the version is verified, so a
         failed download leaves no file of it behind."""
         request = storage_pb2.GetVersionRequest(name=name, version=version, include_optimizer=include_optimizer)
         dest.mkdir(parents=True, exist_ok=True)
         sinks: dict[str, _FileSink] = {}
-        header: storage_pb2.Version | None = None
+        header: Version | None = None
         try:
             async for item in self._download(request):
-                if isinstance(item, storage_pb2.Version):
+                if isinstance(item, Version):
                     header = item
                 else:
                     if item.path not in sinks:
@@ -180,38 +164,25 @@ class StorageClient:
                 sink.discard()
         return header
 
-    async def _download(
-        self, request: storage_pb2.GetVersionRequest
-    ) -> AsyncIterator[storage_pb2.Version | common_pb2.FileChunk]:
+    async def _download(self, request: storage_pb2.GetVersionRequest) -> AsyncIterator[Version | common_pb2.FileChunk]:
         """The header, then every chunk (each of a file the header declares)."""
         declared: set[str] | None = None
-        try:
-            async for message in self._stub.GetVersion(request, timeout=self._transfer_timeout):
-                if message.HasField("header"):
-                    declared = {f.path for f in message.header.files}
-                    yield message.header
-                elif declared is None or message.chunk.path not in declared:
-                    raise DataLoss(f"storage sent an unexpected chunk for {message.chunk.path!r}")
-                else:
-                    yield message.chunk
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        async for message in self._stream(self._stub.GetVersion, request, timeout=self._transfer_timeout):
+            if message.HasField("header"):
+                declared = {f.path for f in message.header.files}
+                yield convert.version_from_proto(message.header)
+            elif declared is None or message.chunk.path not in declared:
+                raise DataLoss(f"storage sent an unexpected chunk for {message.chunk.path!r}")
+            else:
+                yield message.chunk
 
-    async def watch_heads(
-        self, prefix: str = "", *, send_initial: bool = True
-    ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]:
+    async def watch_heads(self, prefix: str = "", *, send_initial: bool = True) -> AsyncIterator[HeadEvent]:
         """Head changes of adapters under ``prefix`` as they happen; with ``send_initial`` first the current
-        head of each (``previous_head`` 0). Runs until closed; ``errors.Unavailable`` when storage goes away,
+        head of each (``previous`` 0). Runs until closed; ``errors.Unavailable`` when storage goes away,
         ``errors.ResourceExhausted`` when this watcher fell behind (watch again)."""
         request = storage_pb2.WatchHeadsRequest(prefix=prefix, send_initial=send_initial)
-        call = self._stub.WatchHeads(request)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
+        async for event in self._stream(self._stub.WatchHeads, request):
+            yield convert.event_from_proto(event)
 
 
 async def _sha256(data: bytes) -> str:
@@ -225,7 +196,7 @@ def _append(buffer: bytearray, chunk: common_pb2.FileChunk) -> None:
     buffer.extend(chunk.data)
 
 
-def _verify(entry: common_pb2.FileEntry, size: int, digest: str) -> None:
+def _verify(entry: FileEntry, size: int, digest: str) -> None:
     if size != entry.size or digest != entry.sha256:
         raise DataLoss(
             f"{entry.path!r}: got {size} bytes sha256 {digest[:12]}…, expected {entry.size} bytes {entry.sha256[:12]}…"
@@ -250,7 +221,7 @@ class _FileSink:
         self._hash.update(chunk.data)
         self._size += len(chunk.data)
 
-    def verify(self, entry: common_pb2.FileEntry) -> None:
+    def verify(self, entry: FileEntry) -> None:
         self._handle.close()
         _verify(entry, self._size, self._hash.hexdigest())
 

@@ -1,24 +1,23 @@
-"""Proto messages <-> storage core types."""
+"""Storage protos <-> storage's domain types, both ways: the servicer sends what the client receives."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
 
 from claas.v1 import common_pb2, storage_pb2
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.common.convert import lineage_from_proto, lineage_to_proto, lora_from_proto, lora_to_proto
 from services.common.errors import InvalidArgument
-from services.storage.records import (
+from services.storage.domain import (
+    Adapter,
     AdapterRecord,
     Chunk,
     FileEntry,
     HeadEvent,
-    LoraSpec,
     UploadHeader,
-    VersionInfo,
+    Version,
 )
 
 
@@ -28,50 +27,80 @@ def _timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def lora_from_proto(spec: common_pb2.LoraSpec) -> LoraSpec:
-    return LoraSpec(rank=spec.rank, alpha=spec.alpha, target_modules=tuple(spec.target_modules), dropout=spec.dropout)
+def _datetime(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
 
 
-def adapter_to_proto(record: AdapterRecord) -> storage_pb2.Adapter:
-    lora = record.lora
+def adapter_to_proto(adapter: Adapter | AdapterRecord) -> storage_pb2.Adapter:
+    if isinstance(adapter, AdapterRecord):
+        adapter = adapter.public()
     return storage_pb2.Adapter(
-        name=record.name,
-        base_model=record.base_model,
-        lora=common_pb2.LoraSpec(
-            rank=lora.rank, alpha=lora.alpha, target_modules=lora.target_modules, dropout=lora.dropout
-        ),
-        head_version=record.head,
-        tags=record.tags,
-        created_at=_timestamp(record.created_at),
+        name=adapter.name,
+        base_model=adapter.base_model,
+        lora=lora_to_proto(adapter.lora),
+        head_version=adapter.head_version,
+        tags=adapter.tags,
+        created_at=_timestamp(adapter.created_at),
     )
 
 
-def _file_to_proto(entry: FileEntry) -> common_pb2.FileEntry:
+def adapter_from_proto(adapter: storage_pb2.Adapter) -> Adapter:
+    return Adapter(
+        name=adapter.name,
+        base_model=adapter.base_model,
+        lora=lora_from_proto(adapter.lora),
+        head_version=adapter.head_version,
+        tags=dict(adapter.tags),
+        created_at=_datetime(adapter.created_at),
+    )
+
+
+def file_to_proto(entry: FileEntry) -> common_pb2.FileEntry:
     return common_pb2.FileEntry(path=entry.path, size=entry.size, sha256=entry.sha256)
 
 
-def version_to_proto(info: VersionInfo) -> storage_pb2.Version:
-    lineage = json_format.ParseDict(info.lineage, common_pb2.Lineage(), ignore_unknown_fields=True)
+def file_from_proto(entry: common_pb2.FileEntry) -> FileEntry:
+    return FileEntry(entry.path, entry.size, entry.sha256)
+
+
+def version_to_proto(version: Version) -> storage_pb2.Version:
     return storage_pb2.Version(
-        name=info.name,
-        version=info.version,
-        parent_version=info.parent_version,
-        files=[_file_to_proto(f) for f in info.files],
-        lineage=lineage,
-        created_at=_timestamp(info.created_at),
+        name=version.name,
+        version=version.version,
+        parent_version=version.parent_version,
+        files=[file_to_proto(f) for f in version.files],
+        lineage=lineage_to_proto(version.lineage),
+        created_at=_timestamp(version.created_at),
     )
 
 
-def lineage_to_json(lineage: common_pb2.Lineage) -> dict[str, Any]:
-    return json_format.MessageToDict(lineage, preserving_proto_field_name=True)
+def version_from_proto(version: storage_pb2.Version) -> Version:
+    return Version(
+        name=version.name,
+        version=version.version,
+        parent_version=version.parent_version,
+        files=tuple(file_from_proto(f) for f in version.files),
+        lineage=lineage_from_proto(version.lineage),
+        created_at=_datetime(version.created_at),
+    )
+
+
+def header_to_proto(header: UploadHeader) -> storage_pb2.PutVersionHeader:
+    return storage_pb2.PutVersionHeader(
+        name=header.name,
+        parent_version=header.parent_version,
+        files=[file_to_proto(f) for f in header.files],
+        lineage=lineage_to_proto(header.lineage),
+        set_head=header.set_head,
+    )
 
 
 def header_from_proto(header: storage_pb2.PutVersionHeader) -> UploadHeader:
     return UploadHeader(
         name=header.name,
         parent_version=header.parent_version,
-        files=tuple(FileEntry(f.path, f.size, f.sha256) for f in header.files),
-        lineage=lineage_to_json(header.lineage),
+        files=tuple(file_from_proto(f) for f in header.files),
+        lineage=lineage_from_proto(header.lineage),
         set_head=header.set_head,
     )
 
@@ -84,18 +113,24 @@ async def upload_from_proto(
         if kind == "header":
             yield header_from_proto(request.header)
         elif kind == "chunk":
-            yield Chunk(request.chunk.path, request.chunk.offset, request.chunk.data)
+            yield chunk_from_proto(request.chunk)
         else:
             raise InvalidArgument("PutVersionRequest carries neither a header nor a chunk")
 
 
-def chunk_to_proto(chunk: Chunk) -> storage_pb2.GetVersionResponse:
-    return storage_pb2.GetVersionResponse(
-        chunk=common_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
-    )
+def chunk_to_proto(chunk: Chunk) -> common_pb2.FileChunk:
+    return common_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+
+
+def chunk_from_proto(chunk: common_pb2.FileChunk) -> Chunk:
+    return Chunk(chunk.path, chunk.offset, chunk.data)
 
 
 def event_to_proto(event: HeadEvent) -> storage_pb2.WatchHeadsResponse:
     return storage_pb2.WatchHeadsResponse(
         name=event.name, head_version=event.head, previous_head=event.previous, deleted=event.deleted
     )
+
+
+def event_from_proto(event: storage_pb2.WatchHeadsResponse) -> HeadEvent:
+    return HeadEvent(name=event.name, head=event.head_version, previous=event.previous_head, deleted=event.deleted)

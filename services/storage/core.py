@@ -30,22 +30,20 @@ import structlog
 from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound
 from services.common.objectstore import ObjectStore
 from services.storage import layout, metrics
-from services.storage.layout import check_name, check_prefix, check_tag, check_version
-from services.storage.records import (
+from services.storage.domain import (
     AdapterRecord,
     Chunk,
     HeadEvent,
     LoraSpec,
     UploadHeader,
-    VersionInfo,
+    Version,
     now,
 )
+from services.storage.layout import PRIVATE_FILES, check_name, check_prefix, check_tag, check_version
 from services.storage.upload import Spool, SpoolLimits, check_header, receive
 from services.storage.watch import HeadBroadcaster
 
 log = structlog.get_logger("claas.storage")
-
-PRIVATE_FILES = frozenset({layout.OPTIMIZER_FILE})
 
 
 class AdapterStore:
@@ -133,7 +131,7 @@ class AdapterStore:
 
     # -- versions ------------------------------------------------------------------------------------
 
-    async def put_version(self, items: AsyncIterator[UploadHeader | Chunk]) -> tuple[VersionInfo, AdapterRecord]:
+    async def put_version(self, items: AsyncIterator[UploadHeader | Chunk]) -> tuple[Version, AdapterRecord]:
         """Receive a header then chunks; commit the version if the head still equals its parent."""
         header = await anext(items, None)
         if not isinstance(header, UploadHeader):
@@ -145,7 +143,7 @@ class AdapterStore:
         # Once the bytes are verified the commit runs to its end even if the caller goes away.
         return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
 
-    async def _commit(self, spool: Spool) -> tuple[VersionInfo, AdapterRecord]:
+    async def _commit(self, spool: Spool) -> tuple[Version, AdapterRecord]:
         header = spool.header
         name = header.name
         try:
@@ -159,7 +157,7 @@ class AdapterStore:
                 await self._save(reserved)
                 for entry in header.files:
                     await self.store.put(layout.file_key(name, n, entry.path), spool.read(entry.path))
-                info = VersionInfo(name, n, header.parent_version, header.files, header.lineage, now())
+                info = Version(name, n, header.parent_version, header.files, header.lineage, now())
                 await self.store.put(layout.manifest_key(name, n), info.to_json())
                 committed = dataclasses.replace(reserved, pending=0, head=n if header.set_head else record.head)
                 await self._save(committed)
@@ -170,18 +168,18 @@ class AdapterStore:
             self.heads.publish(HeadEvent(name, committed.head, record.head))
         return info.public(False, PRIVATE_FILES), committed
 
-    async def _manifest(self, record: AdapterRecord, version: int) -> VersionInfo:
+    async def _manifest(self, record: AdapterRecord, version: int) -> Version:
         missing = NotFound(f"version {version} of adapter {record.name!r} not found", param="version")
         if not record.is_committed(version):
             raise missing
         try:
-            return VersionInfo.from_json(await self.store.get(layout.manifest_key(record.name, version)))
+            return Version.from_json(await self.store.get(layout.manifest_key(record.name, version)))
         except NotFound:
             raise missing from None
 
     async def read_version(
         self, name: str, version: int = 0, *, include_optimizer: bool = False, header_only: bool = False
-    ) -> tuple[VersionInfo, AsyncIterator[Chunk]]:
+    ) -> tuple[Version, AsyncIterator[Chunk]]:
         """A version (0 = head) and its chunks; private files only with ``include_optimizer``."""
         check_name(name)
         check_version(version)
@@ -192,18 +190,17 @@ class AdapterStore:
         info = (await self._manifest(record, number)).public(include_optimizer, PRIVATE_FILES)
         return info, self._chunks(info, () if header_only else info.files)
 
-    async def _chunks(self, info: VersionInfo, files) -> AsyncIterator[Chunk]:
+    async def _chunks(self, info: Version, files) -> AsyncIterator[Chunk]:
         for entry in files:
             data = await self.store.get(layout.file_key(info.name, info.version, entry.path))
             # hashlib releases the GIL: other calls keep being served while a large file is checked.
             if len(data) != entry.size or await asyncio.to_thread(_sha256, data) != entry.sha256:
                 raise DataLoss(f"stored file {entry.path!r} of {info.name!r} v{info.version} is corrupt")
-            for offset in range(0, len(data), layout.CHUNK_BYTES):
-                piece = data[offset : offset + layout.CHUNK_BYTES]
+            for offset, piece in layout.chunks(data):
                 metrics.BYTES_SENT.inc(len(piece))
                 yield Chunk(entry.path, offset, piece)
 
-    async def list_versions(self, name: str) -> list[VersionInfo]:
+    async def list_versions(self, name: str) -> list[Version]:
         """Committed versions, oldest first (private files left out)."""
         check_name(name)
         record = await self._load(name)
@@ -214,7 +211,7 @@ class AdapterStore:
             if k and k.version is not None and k.file == layout.MANIFEST_FILE and record.is_committed(k.version)
         )
         infos = await asyncio.gather(*(self._manifest(record, n) for n in numbers), return_exceptions=True)
-        return [i.public(False, PRIVATE_FILES) for i in infos if isinstance(i, VersionInfo)]
+        return [i.public(False, PRIVATE_FILES) for i in infos if isinstance(i, Version)]
 
     async def set_head(self, name: str, expected: int, version: int) -> AdapterRecord:
         """Compare-and-swap of the head (rollback): ``ABORTED`` unless the head is ``expected``."""

@@ -10,16 +10,18 @@ adapters/<tenant>/<adapter>/versions/<n>/manifest.json    sizes, SHA-256, parent
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
+from services.common.domain import OPTIMIZER_FILE
 from services.common.errors import InvalidArgument
 
 #: Largest chunk of a file in one stream message, either way (well under the gRPC message limit).
 CHUNK_BYTES = 1 << 20
 #: Most files one version may hold.
 MAX_FILES = 64
-#: Private file: returned only when the trainer asks for it, never exported.
-OPTIMIZER_FILE = "optimizer.safetensors"
+#: Private files: returned only when the trainer asks for them, never exported.
+PRIVATE_FILES = frozenset({OPTIMIZER_FILE})
 RECORD_FILE = "adapter.json"
 MANIFEST_FILE = "manifest.json"
 ROOT = "adapters/"
@@ -29,6 +31,12 @@ _FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[a-z0-9._/-]{0,128}")
 _NAME_RULE = "'tenant/adapter', each part 1-63 of a-z 0-9 . _ - starting with a letter or digit"
+
+
+def chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(offset, piece)`` of ``data`` in pieces of at most ``CHUNK_BYTES``, as streams carry them."""
+    for offset in range(0, len(data), CHUNK_BYTES):
+        yield offset, data[offset : offset + CHUNK_BYTES]
 
 
 def check_name(name: str) -> str:

@@ -7,44 +7,38 @@ from collections.abc import AsyncIterator
 import grpc
 from claas.v1 import storage_pb2, storage_pb2_grpc
 
+from services.common.convert import lora_from_proto
 from services.storage import convert
 from services.storage.core import AdapterStore
-from services.storage.metrics import timed
 
 
 class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
     def __init__(self, core: AdapterStore) -> None:
         self._core = core
 
-    @timed
     async def CreateAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.CreateAdapterResponse:
-        lora = convert.lora_from_proto(request.lora)
+        lora = lora_from_proto(request.lora)
         record = await self._core.create_adapter(request.name, request.base_model, lora)
         return storage_pb2.CreateAdapterResponse(adapter=convert.adapter_to_proto(record))
 
-    @timed
     async def GetAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.GetAdapterResponse:
         record = await self._core.get_adapter(request.name)
         return storage_pb2.GetAdapterResponse(adapter=convert.adapter_to_proto(record))
 
-    @timed
     async def ListAdapters(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.ListAdaptersResponse:
         records, token = await self._core.list_adapters(request.prefix, request.page_size, request.page_token)
         adapters = [convert.adapter_to_proto(r) for r in records]
         return storage_pb2.ListAdaptersResponse(adapters=adapters, next_page_token=token)
 
-    @timed
     async def DeleteAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.DeleteAdapterResponse:
         return storage_pb2.DeleteAdapterResponse(deleted=await self._core.delete_adapter(request.name))
 
-    @timed
     async def PutVersion(self, request_iterator, context: grpc.aio.ServicerContext) -> storage_pb2.PutVersionResponse:
         info, record = await self._core.put_version(convert.upload_from_proto(request_iterator))
         return storage_pb2.PutVersionResponse(
             version=convert.version_to_proto(info), adapter=convert.adapter_to_proto(record)
         )
 
-    @timed
     async def GetVersion(
         self, request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[storage_pb2.GetVersionResponse]:
@@ -56,24 +50,20 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
         )
         yield storage_pb2.GetVersionResponse(header=convert.version_to_proto(info))
         async for chunk in chunks:
-            yield convert.chunk_to_proto(chunk)
+            yield storage_pb2.GetVersionResponse(chunk=convert.chunk_to_proto(chunk))
 
-    @timed
     async def ListVersions(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.ListVersionsResponse:
         versions = await self._core.list_versions(request.name)
         return storage_pb2.ListVersionsResponse(versions=[convert.version_to_proto(v) for v in versions])
 
-    @timed
     async def SetHead(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.SetHeadResponse:
         record = await self._core.set_head(request.name, request.expected_head, request.version)
         return storage_pb2.SetHeadResponse(adapter=convert.adapter_to_proto(record))
 
-    @timed
     async def SetTag(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.SetTagResponse:
         record = await self._core.set_tag(request.name, request.tag, request.version)
         return storage_pb2.SetTagResponse(adapter=convert.adapter_to_proto(record))
 
-    @timed
     async def WatchHeads(
         self, request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from services.common.errors import DataLoss, InvalidArgument, ResourceExhausted
 from services.storage import metrics
+from services.storage.domain import Chunk, FileEntry, UploadHeader
 from services.storage.layout import CHUNK_BYTES, MAX_FILES, check_file_name, check_name, check_sha256, check_version
-from services.storage.records import Chunk, FileEntry, UploadHeader
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from services.common.errors import ClaasError, ResourceExhausted, Unavailable
-from services.storage.records import HeadEvent
+from services.storage.domain import HeadEvent
 
 
 class _Watcher:

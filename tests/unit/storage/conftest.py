@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from claas.v1 import common_pb2
 
+from services.common.domain import Lineage, LoraSpec, StepMetrics
 from services.common.objectstore import ObjectStore, open_object_store
 from services.storage.client import StorageClient
 from services.storage.core import AdapterStore
@@ -20,7 +20,7 @@ from services.storage.server import StorageServer, build_server
 from services.storage.settings import StorageSettings
 
 TOKEN = "storage-test-token"
-LORA = common_pb2.LoraSpec(rank=8, alpha=16, target_modules=["q_proj", "v_proj"])
+LORA = LoraSpec(rank=8, alpha=16, target_modules=("q_proj", "v_proj"))
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +110,11 @@ def adapter_files(size: int = 4096, seed: int = 0, *, optimizer: bool = False) -
     return files
 
 
-def lineage(job: str = "job-1") -> common_pb2.Lineage:
-    return common_pb2.Lineage(
+def lineage(job: str = "job-1") -> Lineage:
+    return Lineage(
         job_id=job,
-        completion_ids=["cmpl-1"],
-        feedback=["be more concise"],
-        metrics=[common_pb2.StepMetrics(step=1, loss=0.25, tokens=12)],
+        completion_ids=("cmpl-1",),
+        feedback=("be more concise",),
+        metrics=(StepMetrics(step=1, loss=0.25, tokens=12),),
         extra={"source": "test"},
     )

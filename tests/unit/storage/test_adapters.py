@@ -6,11 +6,13 @@ import asyncio
 
 import grpc
 import pytest
-from claas.v1 import common_pb2, storage_pb2, storage_pb2_grpc
+from claas.v1 import storage_pb2, storage_pb2_grpc
 
 from services.common import errors
+from services.common.domain import LoraSpec
 from services.common.objectstore import ObjectStore
 from services.storage.client import StorageClient
+from services.storage.domain import HeadEvent
 from services.storage.layout import adapter_prefix
 from services.storage.settings import StorageSettings
 from tests.unit.storage.conftest import LORA, Running, adapter_files, connect, lineage, serve
@@ -39,7 +41,7 @@ async def test_create_and_get(client: StorageClient) -> None:
 
     assert fetched == created
     assert (fetched.name, fetched.base_model, fetched.head_version) == ("acme/bot", "smollm2-135m", 0)
-    assert fetched.lora == LORA and fetched.created_at.seconds > 0
+    assert fetched.lora == LORA and fetched.created_at.timestamp() > 0
 
 
 async def test_create_existing_is_already_exists(client: StorageClient) -> None:
@@ -68,7 +70,7 @@ async def test_bad_names_are_invalid_and_write_nothing(client: StorageClient, st
 
 async def test_bad_lora_spec_is_invalid(client: StorageClient, store: ObjectStore) -> None:
     with pytest.raises(errors.InvalidArgument) as failure:
-        await client.create_adapter("acme/bot", "smollm2-135m", common_pb2.LoraSpec(rank=0, alpha=16))
+        await client.create_adapter("acme/bot", "smollm2-135m", LoraSpec(rank=0, alpha=16))
     assert failure.value.message == "lora.rank must be in 1..1024, got 0"
     assert await store.list("") == []
 
@@ -151,7 +153,7 @@ async def test_delete_is_idempotent_and_removes_everything(client: StorageClient
     assert recreated.head_version == 0 and await client.list_versions("acme/bot") == []
 
 
-async def _next(events, timeout: float = 10.0) -> storage_pb2.WatchHeadsResponse:
+async def _next(events, timeout: float = 10.0) -> HeadEvent:
     return await asyncio.wait_for(anext(events), timeout)
 
 
@@ -172,10 +174,10 @@ async def test_watch_heads_sees_every_head_change(client: StorageClient) -> None
     finally:
         await events.aclose()
 
-    assert (initial.name, initial.head_version) == ("acme/bot", 1)
-    assert (moved.name, moved.head_version, moved.previous_head, moved.deleted) == ("acme/bot", 2, 1, False)
-    assert (rolled_back.head_version, rolled_back.previous_head) == (1, 2)
-    assert (deleted.name, deleted.deleted, deleted.previous_head) == ("acme/bot", True, 1)
+    assert (initial.name, initial.head) == ("acme/bot", 1)
+    assert (moved.name, moved.head, moved.previous, moved.deleted) == ("acme/bot", 2, 1, False)
+    assert (rolled_back.head, rolled_back.previous) == (1, 2)
+    assert (deleted.name, deleted.deleted, deleted.previous) == ("acme/bot", True, 1)
 
 
 async def test_shutdown_ends_watches_at_once(settings: StorageSettings) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from services.common import errors
 from services.common.objectstore import ObjectStore
 from services.storage.client import StorageClient
+from services.storage.domain import Version
 from services.storage.layout import CHUNK_BYTES, versions_prefix
 from tests.unit.storage.conftest import LORA, adapter_files, lineage, payload
 
@@ -186,7 +187,7 @@ async def test_concurrent_writers_exactly_one_commits(client: StorageClient, ada
         return_exceptions=True,
     )
 
-    winners = [r for r in results if isinstance(r, storage_pb2.Version)]
+    winners = [r for r in results if isinstance(r, Version)]
     losers = [r for r in results if isinstance(r, errors.Aborted)]
     assert len(winners) == 1 and len(losers) == 19, results
     assert {e.message for e in losers} == {f"head of adapter {adapter!r} is 2, not 1"}
@@ -267,6 +268,9 @@ async def test_stored_corruption_is_data_loss_on_read(client: StorageClient, ada
     assert failure.value.message == f"stored file 'adapter_model.safetensors' of {adapter!r} v1 is corrupt"
 
 
+PUT_OK = {"service": "claas.v1.AdapterStoreService", "method": "PutVersion", "code": "OK"}
+
+
 def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels or None) or 0.0
 
@@ -277,7 +281,9 @@ async def test_metrics_count_bytes_latency_and_conflicts(client: StorageClient, 
     before = {
         "in": _sample("claas_storage_received_bytes_total"),
         "out": _sample("claas_storage_sent_bytes_total"),
-        "puts": _sample("claas_storage_rpc_seconds_count", method="PutVersion", code="OK"),
+        "puts": _sample(
+            "claas_rpc_seconds_count", service="claas.v1.AdapterStoreService", method="PutVersion", code="OK"
+        ),
         "conflicts": _sample("claas_storage_cas_conflicts_total", operation="set_head"),
     }
 
@@ -288,5 +294,5 @@ async def test_metrics_count_bytes_latency_and_conflicts(client: StorageClient, 
 
     assert _sample("claas_storage_received_bytes_total") - before["in"] == sum(len(d) for d in files.values())
     assert _sample("claas_storage_sent_bytes_total") - before["out"] == public_bytes
-    assert _sample("claas_storage_rpc_seconds_count", method="PutVersion", code="OK") - before["puts"] == 1
+    assert _sample("claas_rpc_seconds_count", **PUT_OK) - before["puts"] == 1
     assert _sample("claas_storage_cas_conflicts_total", operation="set_head") - before["conflicts"] == 1

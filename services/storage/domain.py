@@ -1,11 +1,14 @@
-"""The storage core's own types and their JSON form in the object store (no gRPC here)."""
+"""Storage's own types and their JSON form in the object store (no gRPC here). ``Adapter`` and ``Version``
+are also what ``services.storage.client`` hands its callers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+
+from services.common.domain import Lineage, LoraSpec
 
 #: Version of the JSON layout of records and manifests.
 FORMAT = 1
@@ -13,14 +16,6 @@ FORMAT = 1
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    rank: int
-    alpha: int
-    target_modules: tuple[str, ...] = ()
-    dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +40,10 @@ class AdapterRecord:
     last_version: int = 0
     pending: int = 0
 
+    def public(self) -> Adapter:
+        """The record as callers see it."""
+        return Adapter(self.name, self.base_model, self.lora, self.head, dict(self.tags), self.created_at)
+
     def is_committed(self, version: int) -> bool:
         return 1 <= version <= self.last_version and version != self.pending
 
@@ -65,22 +64,34 @@ class AdapterRecord:
 
 
 @dataclass(frozen=True)
-class VersionInfo:
-    """``manifest.json``. ``lineage`` is the JSON form of the ``Lineage`` message (what made this version)."""
+class Adapter:
+    """An adapter as callers see it (the record without its write bookkeeping)."""
+
+    name: str
+    base_model: str
+    lora: LoraSpec
+    head_version: int
+    tags: dict[str, int]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Version:
+    """``manifest.json``: a committed version's files and what made it."""
 
     name: str
     version: int
     parent_version: int
     files: tuple[FileEntry, ...]
-    lineage: dict[str, Any]
+    lineage: Lineage
     created_at: datetime
 
-    def public(self, include_private: bool, private: frozenset[str]) -> VersionInfo:
+    def public(self, include_private: bool, private: frozenset[str]) -> Version:
         """The manifest as a caller may see it: private files only when asked for."""
         if include_private:
             return self
         files = tuple(f for f in self.files if f.path not in private)
-        return VersionInfo(self.name, self.version, self.parent_version, files, self.lineage, self.created_at)
+        return dataclasses.replace(self, files=files)
 
     def to_json(self) -> bytes:
         body = asdict(self)
@@ -88,11 +99,13 @@ class VersionInfo:
         return json.dumps({"format": FORMAT, **body}, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> VersionInfo:
+    def from_json(cls, data: bytes) -> Version:
         body = json.loads(data)
         body.pop("format", None)
         files = tuple(FileEntry(**f) for f in body.pop("files"))
-        return cls(**body | {"created_at": datetime.fromisoformat(body["created_at"])}, files=files)
+        lineage = Lineage.from_json(body.pop("lineage"))
+        created = datetime.fromisoformat(body.pop("created_at"))
+        return cls(**body, files=files, lineage=lineage, created_at=created)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,7 @@ class UploadHeader:
     name: str
     parent_version: int
     files: tuple[FileEntry, ...]
-    lineage: dict[str, Any]
+    lineage: Lineage
     set_head: bool = True
 
 
