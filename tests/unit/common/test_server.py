@@ -15,6 +15,7 @@ import pytest
 from claas.v1 import teacher_pb2, teacher_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from services.common.client import open_channel
 from services.common.settings import CommonSettings
@@ -93,6 +94,26 @@ async def test_errors_map_to_status_codes_never_unknown(server):
     assert bad.value.details() == "top_k must be >= 1, got -1"
     assert bug.value.code() == grpc.StatusCode.INTERNAL
     assert "a bug" in bug.value.details()
+
+
+def _rpc_count(method: str, code: str) -> float:
+    labels = {"service": "claas.v1.TeacherService", "method": method, "code": code}
+    return REGISTRY.get_sample_value("claas_rpc_seconds_count", labels) or 0.0
+
+
+async def test_every_rpc_lands_in_the_latency_histogram_by_method_and_code(server):
+    _, target = server
+    before = {code: _rpc_count("Score", code) for code in ("INVALID_ARGUMENT", "INTERNAL")}
+    info_before = _rpc_count("Info", "OK")
+    async with open_channel(target, token=TOKEN) as channel:
+        stub = teacher_pb2_grpc.TeacherServiceStub(channel)
+        await stub.Info(teacher_pb2.TeacherServiceInfoRequest())
+        for top_k in (-1, 5):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Score(teacher_pb2.ScoreRequest(top_k=top_k))
+    assert _rpc_count("Info", "OK") - info_before == 1
+    assert _rpc_count("Score", "INVALID_ARGUMENT") - before["INVALID_ARGUMENT"] == 1
+    assert _rpc_count("Score", "INTERNAL") - before["INTERNAL"] == 1
 
 
 def _start_process(port_file: Path, **env: str) -> subprocess.Popen:
