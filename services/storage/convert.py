@@ -12,7 +12,6 @@ from services.common.convert import lineage_from_proto, lineage_to_proto, lora_f
 from services.common.errors import InvalidArgument
 from services.storage.domain import (
     Adapter,
-    AdapterRecord,
     Chunk,
     FileEntry,
     HeadEvent,
@@ -31,9 +30,7 @@ def _datetime(stamp: Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-def adapter_to_proto(adapter: Adapter | AdapterRecord) -> storage_pb2.Adapter:
-    if isinstance(adapter, AdapterRecord):
-        adapter = adapter.public()
+def adapter_to_proto(adapter: Adapter) -> storage_pb2.Adapter:
     return storage_pb2.Adapter(
         name=adapter.name,
         base_model=adapter.base_model,

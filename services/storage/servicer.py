@@ -19,15 +19,15 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
     async def CreateAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.CreateAdapterResponse:
         lora = lora_from_proto(request.lora)
         record = await self._core.create_adapter(request.name, request.base_model, lora)
-        return storage_pb2.CreateAdapterResponse(adapter=convert.adapter_to_proto(record))
+        return storage_pb2.CreateAdapterResponse(adapter=convert.adapter_to_proto(record.public()))
 
     async def GetAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.GetAdapterResponse:
         record = await self._core.get_adapter(request.name)
-        return storage_pb2.GetAdapterResponse(adapter=convert.adapter_to_proto(record))
+        return storage_pb2.GetAdapterResponse(adapter=convert.adapter_to_proto(record.public()))
 
     async def ListAdapters(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.ListAdaptersResponse:
         records, token = await self._core.list_adapters(request.prefix, request.page_size, request.page_token)
-        adapters = [convert.adapter_to_proto(r) for r in records]
+        adapters = [convert.adapter_to_proto(r.public()) for r in records]
         return storage_pb2.ListAdaptersResponse(adapters=adapters, next_page_token=token)
 
     async def DeleteAdapter(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.DeleteAdapterResponse:
@@ -36,7 +36,7 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
     async def PutVersion(self, request_iterator, context: grpc.aio.ServicerContext) -> storage_pb2.PutVersionResponse:
         info, record = await self._core.put_version(convert.upload_from_proto(request_iterator))
         return storage_pb2.PutVersionResponse(
-            version=convert.version_to_proto(info), adapter=convert.adapter_to_proto(record)
+            version=convert.version_to_proto(info), adapter=convert.adapter_to_proto(record.public())
         )
 
     async def GetVersion(
@@ -58,11 +58,11 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
 
     async def SetHead(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.SetHeadResponse:
         record = await self._core.set_head(request.name, request.expected_head, request.version)
-        return storage_pb2.SetHeadResponse(adapter=convert.adapter_to_proto(record))
+        return storage_pb2.SetHeadResponse(adapter=convert.adapter_to_proto(record.public()))
 
     async def SetTag(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.SetTagResponse:
         record = await self._core.set_tag(request.name, request.tag, request.version)
-        return storage_pb2.SetTagResponse(adapter=convert.adapter_to_proto(record))
+        return storage_pb2.SetTagResponse(adapter=convert.adapter_to_proto(record.public()))
 
     async def WatchHeads(
         self, request, context: grpc.aio.ServicerContext
