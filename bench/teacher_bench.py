@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import time
 
+from services.common.domain import Message
 from services.common.logs import configure_logging
-from services.teacher.core import ScoreItem, ScoreRequest, Teacher
-from services.teacher.prompts import Message
+from services.teacher.core import Teacher
+from services.teacher.domain import ScoreItem, ScoreRequest
 from services.teacher.server import build_teacher
 from services.teacher.settings import TeacherSettings
 

@@ -27,19 +27,22 @@ import torch
 import torch.nn.functional as F
 from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
+from services.common.domain import LoraSpec
 from services.common.logs import configure_logging
 from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
+from services.teacher.client import TeacherClient
+from services.teacher.domain import AdapterRef
 from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
 from services.trainer import convert
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import LoraShape
 from services.trainer.engine import Engine
-from services.trainer.server import TeacherClient
+from services.trainer.pipeline import score_request
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
+from services.trainer.validation import targets_from_results
 
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Explain in a few sentences why the sky is blue."
@@ -104,15 +107,15 @@ def timed(fn, rounds: int) -> float:
 async def step_figures(engine: Engine, teacher_addr: str, sample_proto, rounds: int) -> tuple[float, float]:
     """(SDPO step seconds, floor seconds) of a fresh rank-16 adapter with the real teacher's targets."""
     config = SdpoConfig(steps=1)
-    shape = engine.resolve_lora(LoraShape(rank=16, alpha=32, targets=()))
+    shape = engine.resolve_lora(LoraSpec(rank=16, alpha=32))
     session = engine.open("bench@1", shape, engine.init_files(shape), config)
-    samples = convert.samples([sample_proto])
+    samples = convert.samples_from_proto([sample_proto])
     teacher = TeacherClient.connect(teacher_addr)
     try:
-        response = await teacher.score(convert.score_request(samples, config, common_pb2.AdapterRef()))
+        results = await teacher.score(score_request(samples, config, AdapterRef("")))
     finally:
         await teacher.close()
-    session.set_targets(samples, convert.targets(response, samples, contrastive=False))
+    session.set_targets(samples, targets_from_results(results, samples, contrastive=False))
     step_s = timed(lambda: session.step(1), rounds)
     ids = torch.tensor([list(sample_proto.prompt_ids) + list(sample_proto.response_ids)], device=engine.device)
     response_ids = ids[0, len(sample_proto.prompt_ids) :]

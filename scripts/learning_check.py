@@ -27,13 +27,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import safetensors.torch
 import torch
-from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.common.domain import LoraSpec, Message
 from services.common.logs import configure_logging
 from services.common.model import resolve_base_model
 from services.storage.client import StorageClient
@@ -41,6 +40,8 @@ from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
 from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
+from services.trainer.client import TrainerClient
+from services.trainer.domain import JobState, Sample
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
 
@@ -75,7 +76,7 @@ def chat(tokenizer, question: str) -> list[int]:
 class Student:
     """The script's own copy of base + LoRA: samples rollouts and measures the adapter's versions."""
 
-    def __init__(self, model_dir: str, lora: common_pb2.LoraSpec) -> None:
+    def __init__(self, model_dir: str, lora: LoraSpec) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules))
@@ -88,7 +89,7 @@ class Student:
         set_peft_model_state_dict(self.model, safetensors.torch.load(files["adapter_model.safetensors"]))
 
     @torch.no_grad()
-    def rollout(self, question: str, feedback: str, max_new: int, seed: int) -> trainer_pb2.TrainSample:
+    def rollout(self, question: str, feedback: str, max_new: int, seed: int) -> Sample:
         prompt = chat(self.tokenizer, question)
         torch.manual_seed(seed)
         out = self.model.generate(
@@ -103,15 +104,12 @@ class Student:
         response = out[: out.index(self.eos) + 1] if self.eos in out else out
         logits = self.model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
         logprobs = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
-        return trainer_pb2.TrainSample(
+        return Sample(
             completion_id=f"cmpl-{seed}",
-            messages=[
-                common_pb2.ChatMessage(role="system", content=SYSTEM),
-                common_pb2.ChatMessage(role="user", content=question),
-            ],
-            prompt_ids=prompt,
-            response_ids=response,
-            sampled_logprobs=logprobs.tolist(),
+            messages=(Message("system", SYSTEM), Message("user", question)),
+            prompt_ids=tuple(prompt),
+            response_ids=tuple(response),
+            sampled_logprobs=tuple(logprobs.tolist()),
             feedback=feedback,
         )
 
@@ -182,28 +180,30 @@ class RunResult:
 
 async def run_one(label: str, feedback: str, contrastive: bool, args, trainer, storage, model_dir: str) -> RunResult:
     name = f"check/{label}"
-    init = await trainer.InitAdapter(
-        trainer_pb2.InitAdapterRequest(name=name, lora=common_pb2.LoraSpec(rank=args.rank, alpha=args.alpha))
-    )
-    student = Student(model_dir, init.adapter.lora)
+    adapter = await trainer.init_adapter(name, LoraSpec(rank=args.rank, alpha=args.alpha))
+    student = Student(model_dir, adapter.lora)
     result, started = RunResult(label), time.perf_counter()
     _, files = await storage.read_version(name, 1)
     student.load(files)
     result.p_k.append(student.p_k())
     result.drift.append(student.drift())
     print(f"{label:>22} job  0  p(K)={result.p_k[0]:.4f}  drift={result.drift[0]:.4f}", flush=True)
-    config = common_pb2.SdpoConfig(
-        steps=args.steps, learning_rate=args.lr, alpha=args.loss_alpha, top_k=args.top_k, contrastive=contrastive
-    )
+    config = {
+        "steps": args.steps,
+        "learning_rate": args.lr,
+        "alpha": args.loss_alpha,
+        "top_k": args.top_k,
+        "contrastive": contrastive,
+    }
     for number in range(1, args.jobs + 1):
         prompts = [TRAIN_PROMPTS[(number * args.rollouts + i) % len(TRAIN_PROMPTS)] for i in range(args.rollouts)]
         samples = [
             student.rollout(q, feedback, args.max_new_tokens, args.seed * 1000 + number * 10 + i)
             for i, q in enumerate(prompts)
         ]
-        job = (await trainer.SubmitJob(trainer_pb2.SubmitJobRequest(adapter=name, samples=samples, config=config))).job
-        final = [r.job async for r in trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id))][-1]
-        if final.state != common_pb2.JOB_STATE_SUCCEEDED:
+        job = await trainer.submit_job(name, samples, config, "")
+        final = [view async for view in trainer.watch_job(job.job_id)][-1]
+        if final.state is not JobState.SUCCEEDED:
             raise SystemExit(f"{label} job {number} failed: {final.error}")
         _, files = await storage.read_version(name, final.new_version)
         student.load(files)
@@ -240,8 +240,7 @@ async def main(args) -> None:
         trainer_server, trainer_ready, trainer_stop = build_trainer(settings)
         trainer_port = await trainer_server.start()
         await trainer_ready()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{trainer_port}")
-        trainer = trainer_pb2_grpc.TrainerServiceStub(channel)
+        trainer = TrainerClient.connect(f"127.0.0.1:{trainer_port}")
         storage = StorageClient.connect(storage_addr)
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.contrastive]
         results = []
@@ -256,7 +255,7 @@ async def main(args) -> None:
                     )
         finally:
             await storage.close()
-            await channel.close()
+            await trainer.close()
             for server, stop in (
                 (trainer_server, trainer_stop),
                 (teacher_server, teacher_stop),

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Protocol
 
 from services.common.errors import FailedPrecondition
-from services.teacher.core import AdapterRef
+from services.storage.domain import Adapter, Version
+from services.teacher.domain import AdapterRef
 
 
 class AdapterSource(Protocol):
     """The part of ``services.storage.client.StorageClient`` the teacher uses."""
 
-    async def get_adapter(self, name: str): ...
+    async def get_adapter(self, name: str) -> Adapter: ...
 
-    async def download_version(self, name: str, version: int, dest: Path, *, include_optimizer: bool = False): ...
+    async def download_version(
+        self, name: str, version: int, dest: Path, *, include_optimizer: bool = False
+    ) -> Version: ...
 
     async def close(self) -> None: ...
 

@@ -7,17 +7,27 @@ neutral follow-up in place of the feedback when the item asks for the contrastiv
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import structlog
 
+from services.common.domain import Message
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.teacher.prompts import Message, hindsight_messages, render_prompt, template_names
+from services.teacher.domain import (
+    AdapterRef,
+    BackendInfo,
+    ScoreItem,
+    ScoreRequest,
+    ScoreResult,
+    ScoringInput,
+    TeacherMode,
+    TeacherSpec,
+    TokenDistributions,
+)
+from services.teacher.prompts import hindsight_messages, render_prompt, template_names
 
 log = structlog.get_logger("claas.teacher")
 
@@ -26,101 +36,9 @@ NEG_INF_LOGPROB = -1.0e4
 _ROLES = ("system", "user", "assistant")
 
 
-class TeacherMode(enum.Enum):
-    BASE = "base"
-    SELF = "self"
-    TRUST_REGION = "trust_region"
-    REMOTE = "remote"
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """``name`` is "tenant/adapter"; ``version`` 0 means the current head."""
-
-    name: str
-    version: int = 0
-
-
-@dataclass(frozen=True)
-class ScoreItem:
-    messages: tuple[Message, ...]
-    #: Empty: no hindsight block, the plain conversation is scored (the student's own context).
-    feedback: str
-    response_ids: tuple[int, ...]
-    #: T * support_k ids, row-major; empty means the teacher's own top-K.
-    support_ids: tuple[int, ...] = ()
-    support_k: int = 0
-    #: Non-empty: also score the response with this text in place of the feedback.
-    neutral_followup: str = ""
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    items: tuple[ScoreItem, ...]
-    top_k: int
-    mode: TeacherMode = TeacherMode.BASE
-    adapter: AdapterRef | None = None
-    mu: float = 0.0
-    #: Empty: the service's default template.
-    template: str = ""
-
-
-@dataclass(frozen=True)
-class TokenDistributions:
-    """Per-position distributions of T response positions over K ids plus a tail bucket (all finite)."""
-
-    ids: np.ndarray  # [T, K] int32
-    logprobs: np.ndarray  # [T, K] float32
-    sampled_logprobs: np.ndarray  # [T] float32
-    tail_logprobs: np.ndarray  # [T] float32
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[1])
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    teacher: TokenDistributions
-    neutral: TokenDistributions | None
-    teacher_prompt: str
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """Who scores, as a backend receives it: the adapter's version is already resolved (>= 1)."""
-
-    mode: TeacherMode
-    adapter: AdapterRef | None = None
-    mu: float = 0.0
-
-
-@dataclass(frozen=True)
-class ScoringInput:
-    prompt_ids: tuple[int, ...]
-    response_ids: tuple[int, ...]
-    #: [T, K] ids to gather at instead of the top-K, or None.
-    support_ids: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    name: str
-    model_id: str
-    tokenizer_fingerprint: str
-    vocab_size: int
-    max_context: int
-    max_top_k: int
-    #: What sets max_top_k, quoted in errors.
-    top_k_cap: str
-    supports_support_ids: bool
-    supports_trust_region: bool
-    #: Tokenizer fingerprint of the remote model; None when none is configured.
-    remote_fingerprint: str | None
-
-
 class ScoringBackend(Protocol):
+    """What computes the distributions: the model in process (hf) or a vLLM server."""
+
     #: The tokenizer whose chat template renders prompts; set by ``load``.
     tokenizer: object
 
@@ -134,6 +52,8 @@ class ScoringBackend(Protocol):
 
 
 class AdapterResolver(Protocol):
+    """Turns "the head of an adapter" into a version (``adapters.AdapterFiles``)."""
+
     async def resolve(self, ref: AdapterRef) -> AdapterRef:
         """The same adapter with version 0 replaced by the current head."""
         ...
@@ -152,6 +72,9 @@ def log1mexp(log_mass: np.ndarray) -> np.ndarray:
 
 
 class Teacher:
+    """The teacher's core: checks a Score request against the loaded model, renders the hindsight prompts,
+    resolves the adapter for the self and trust_region modes, and has the backend score every sequence."""
+
     def __init__(
         self,
         backend: ScoringBackend,

@@ -23,14 +23,14 @@ import torch
 from services.common.errors import FailedPrecondition
 from services.common.model import resolve_base_model, tokenizer_fingerprint
 from services.teacher.adapters import AdapterFiles
-from services.teacher.core import (
+from services.teacher.core import finite_logprobs
+from services.teacher.domain import (
     AdapterRef,
     BackendInfo,
     ScoringInput,
     TeacherMode,
     TeacherSpec,
     TokenDistributions,
-    finite_logprobs,
 )
 from services.teacher.settings import TeacherSettings
 

@@ -9,9 +9,9 @@ rendered prompt unchanged, never re-tokenised.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
+from services.common.domain import Message
 from services.common.errors import InvalidArgument
 
 TemplateName = Literal["hindsight", "sdpo"]
@@ -34,12 +34,6 @@ _TEMPLATES: dict[str, str] = {
         "{feedback}"
     ),
 }
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
 
 
 def template_names() -> tuple[str, ...]:

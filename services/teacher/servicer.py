@@ -10,6 +10,8 @@ from services.teacher.core import Teacher
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
+    """Score and Info over gRPC, on a ``Teacher`` core."""
+
     def __init__(self, teacher: Teacher) -> None:
         self._teacher = teacher
 
@@ -22,4 +24,4 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     async def Info(
         self, request: teacher_pb2.TeacherServiceInfoRequest, context: grpc.aio.ServicerContext
     ) -> teacher_pb2.TeacherServiceInfoResponse:
-        return convert.info_to_proto(self._teacher.info())
+        return convert.info_to_proto(self._teacher.info().summary())

@@ -36,15 +36,14 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound, Unavai
 from services.common.model import resolve_base_model, tokenizer_fingerprint
 from services.common.naming import vllm_lora_name
 from services.teacher.adapters import AdapterFiles
-from services.teacher.core import (
+from services.teacher.core import finite_logprobs, log1mexp
+from services.teacher.domain import (
     AdapterRef,
     BackendInfo,
     ScoringInput,
     TeacherMode,
     TeacherSpec,
     TokenDistributions,
-    finite_logprobs,
-    log1mexp,
 )
 from services.teacher.settings import TeacherSettings
 

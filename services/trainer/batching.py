@@ -10,39 +10,43 @@ head (a full-vocabulary head over every prompt position would dominate the step'
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.domain import StepMetrics
 from services.common.errors import FailedPrecondition
+from services.teacher.domain import TokenDistributions
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import Sample, StepResult
-from services.trainer.losses import SdpoBatch, sdpo_loss, student_support_logprobs, with_tail
-
-if TYPE_CHECKING:
-    from services.trainer.engine import Engine, Slot
+from services.trainer.domain import Sample, Targets
+from services.trainer.losses import SdpoBatch, SdpoMetrics, sdpo_loss, student_support_logprobs, with_tail
 
 
-@dataclass(frozen=True)
-class Distributions:
-    """The teacher's view of one sequence of T positions over K ids (+ a tail bucket)."""
+class LoraSlot(Protocol):
+    """A LoRA adapter of the model; ``params`` are its live (trainable) parameters."""
 
-    ids: torch.Tensor  # [T, K] int64
-    logprobs: torch.Tensor  # [T, K]
-    sampled: torch.Tensor  # [T] log pi_T(y_t)
-    tail: torch.Tensor  # [T] log of the mass outside ids
+    name: str
+    params: dict[str, torch.nn.Parameter]
 
 
-@dataclass(frozen=True)
-class Targets:
-    """What the teacher returned for one sample; ``neutral`` shares ``teacher``'s ids (contrastive only)."""
+class ModelHandle(Protocol):
+    """What a session needs of the warm model (``services.trainer.engine.Engine`` is one)."""
 
-    teacher: Distributions
-    neutral: Distributions | None = None
+    model: torch.nn.Module
+    tokenizer: Any
+    device: str
+    micro_batch_size: int
+
+    def activate(self, slot: LoraSlot) -> None: ...
+
+    def body_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]: ...
+
+    def adapter_disabled(self) -> AbstractContextManager: ...
 
 
 @dataclass
@@ -54,7 +58,7 @@ class _Micro:
     positions: torch.Tensor  # [B, T] index of the hidden state that predicts response token t
     response: torch.Tensor  # [B, T]
     mask: torch.Tensor  # [B, T] bool
-    old: torch.Tensor  # [B, T] behaviour log-probs
+    sampled_logprobs: torch.Tensor  # [B, T] behaviour log-probs
     support_ids: torch.Tensor | None = None  # [B, T, K]
     teacher_support: torch.Tensor | None = None  # [B, T, K+1]
     teacher_tokens: torch.Tensor | None = None
@@ -70,24 +74,26 @@ class _Micro:
 
 
 class Session:
-    """A job's steps on one slot: build with ``Engine.open``, then ``set_targets``, ``step`` N times, ``export``."""
+    """A job's steps on one slot: built by ``Engine.open``, then ``set_targets`` and ``step`` N times; the
+    engine exports ``slot`` and ``optimizer`` afterwards."""
 
-    def __init__(self, engine: Engine, slot: Slot, optimizer: torch.optim.Optimizer, config: SdpoConfig) -> None:
-        self._engine = engine
-        self._slot = slot
-        self._optimizer = optimizer
+    def __init__(
+        self, model: ModelHandle, slot: LoraSlot, optimizer: torch.optim.Optimizer, config: SdpoConfig
+    ) -> None:
+        self._model = model
+        self.slot = slot
+        self.optimizer = optimizer
         self._config = config
         self._micro: list[_Micro] = []
-        self._exported = None
 
-    def student_support(self, samples: Sequence[Sample], k: int) -> list[torch.Tensor]:
+    def student_support(self, samples: Sequence[Sample], k: int) -> list[np.ndarray]:
         """The student's top-k ids at every response position ([T, k] per sample), for ``support="student"``."""
-        self._engine.activate(self._slot)
-        out: list[torch.Tensor] = []
+        self._model.activate(self.slot)
+        out: list[np.ndarray] = []
         with torch.no_grad():
             for chunk in self._chunks(samples):
                 micro = self._pack(chunk)
-                ids = self._logits(micro).topk(k, dim=-1).indices.cpu()
+                ids = self._logits(micro).topk(k, dim=-1).indices.cpu().numpy()
                 out.extend(ids[b, : len(s.response_ids)] for b, s in enumerate(chunk))
         return out
 
@@ -95,9 +101,9 @@ class Session:
         """Pack the samples with their teacher targets; base log-probs too when the KL penalty is on."""
         if len(samples) != len(targets):
             raise ValueError(f"{len(samples)} samples but {len(targets)} teacher results")
-        self._engine.activate(self._slot)
+        self._model.activate(self.slot)
         self._micro = []
-        size = self._engine.micro_batch_size
+        size = self._model.micro_batch_size
         for start in range(0, len(samples), size):
             chunk, chunk_targets = samples[start : start + size], targets[start : start + size]
             micro = self._pack(chunk)
@@ -110,77 +116,73 @@ class Session:
                     [t.neutral for t in chunk_targets], horizon, micro.mask.device
                 )
                 # The contrastive target is built on the base policy, adapter off (see losses).
-                with torch.no_grad(), self._engine.adapter_disabled():
+                with torch.no_grad(), self._model.adapter_disabled():
                     logits = self._logits(micro)
                     support, tail = student_support_logprobs(logits, micro.support_ids)
                     micro.anchor_support = with_tail(support, tail)
                     micro.anchor_tokens = _token_logprobs(logits, micro.response)
             if self._config.kl_coef > 0:
-                with torch.no_grad(), self._engine.adapter_disabled():
+                with torch.no_grad(), self._model.adapter_disabled():
                     micro.base_tokens = _token_logprobs(self._logits(micro), micro.response)
             self._micro.append(micro)
 
-    def step(self, number: int) -> StepResult:
+    def step(self, number: int) -> StepMetrics:
         """One AdamW step over the whole batch (micro-batches accumulate; per-sample mean, then batch mean)."""
         if not self._micro:
             raise RuntimeError("set_targets must come before step")
-        self._engine.activate(self._slot)
-        model = self._engine.model
+        self._model.activate(self.slot)
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self._accumulate()
+        params = list(self.slot.params.values())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self._config.max_grad_norm))
+        if not (math.isfinite(grad_norm) and math.isfinite(metrics.loss)):
+            # One non-finite step would poison the adapter for good; nothing is committed.
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FailedPrecondition(
+                f"training diverged at step {number} (loss {metrics.loss}, grad norm {grad_norm}); "
+                "lower learning_rate or check the samples' sampled_logprobs"
+            )
+        self.optimizer.step()
+        return StepMetrics(
+            step=number,
+            loss=metrics.loss,
+            distill_loss=metrics.distill_loss,
+            kl=metrics.kl,
+            mean_is_ratio=metrics.is_ratio,
+            clip_fraction=metrics.clip_fraction,
+            grad_norm=grad_norm,
+            tokens=int(metrics.tokens),
+            teacher_student_gap=metrics.teacher_student_gap,
+        )
+
+    def _accumulate(self) -> SdpoMetrics:
+        """Backward over every micro-batch, each weighted by its share of the samples; the metrics are the
+        same weighted means (token counts are summed)."""
+        model = self._model.model
         total = sum(m.size for m in self._micro)
-        sums: dict[str, float] = defaultdict(float)
-        self._optimizer.zero_grad(set_to_none=True)
+        sums = dict.fromkeys(SdpoMetrics.__dataclass_fields__, 0.0)
         model.train()  # LoRA dropout, when the shape has any; the base model has none
         try:
             for micro in self._micro:
                 loss, metrics = sdpo_loss(self._batch(micro), self._config)
                 weight = micro.size / total
                 (loss * weight).backward()
-                for name, value in metrics.items():
-                    sums[name] += value if name == "sdpo/tokens" else value * weight
+                for name in sums:
+                    value = getattr(metrics, name)
+                    sums[name] += value if name == "tokens" else value * weight
         finally:
             model.eval()
-        params = list(self._slot.params.values())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self._config.max_grad_norm))
-        if not (math.isfinite(grad_norm) and math.isfinite(sums["sdpo/loss"])):
-            # One non-finite step would poison the adapter for good; nothing is committed.
-            self._optimizer.zero_grad(set_to_none=True)
-            raise FailedPrecondition(
-                f"training diverged at step {number} (loss {sums['sdpo/loss']}, grad norm {grad_norm}); "
-                "lower learning_rate or check the samples' sampled_logprobs"
-            )
-        self._optimizer.step()
-        return StepResult(
-            step=number,
-            loss=sums["sdpo/loss"],
-            distill_loss=sums["sdpo/distill_loss"],
-            kl=sums["sdpo/kl"],
-            mean_is_ratio=sums["sdpo/is_ratio"],
-            clip_fraction=sums["sdpo/clip_fraction"],
-            grad_norm=grad_norm,
-            tokens=int(sums["sdpo/tokens"]),
-            teacher_student_gap=sums["sdpo/teacher_student_gap"],
-        )
-
-    def export(self) -> dict[str, bytes]:
-        """The trained version's files: adapter config, weights, optimizer state."""
-        self._engine.activate(self._slot)
-        self._exported, files = self._engine.export(self._slot, self._optimizer)
-        return files
-
-    def keep(self, key: str) -> None:
-        """Cache the exported state as version ``key`` (after it is committed), so its next job skips a download."""
-        if self._exported is not None:
-            self._engine.remember(key, self._exported)
+        return SdpoMetrics(**sums)
 
     # -- tensors ----------------------------------------------------------------------------------
 
     def _chunks(self, samples: Sequence[Sample]) -> list[Sequence[Sample]]:
-        size = self._engine.micro_batch_size
+        size = self._model.micro_batch_size
         return [samples[i : i + size] for i in range(0, len(samples), size)]
 
     def _pack(self, samples: Sequence[Sample]) -> _Micro:
-        device = self._engine.device
-        pad = self._engine.tokenizer.pad_token_id or 0
+        device = self._model.device
+        pad = self._model.tokenizer.pad_token_id or 0
         batch, horizon = len(samples), max(len(s.response_ids) for s in samples)
         # The last response token is only predicted, never an input.
         length = max(len(s.prompt_ids) + len(s.response_ids) - 1 for s in samples)
@@ -189,7 +191,7 @@ class Session:
         positions = torch.zeros((batch, horizon), dtype=torch.long)
         response = torch.zeros((batch, horizon), dtype=torch.long)
         mask = torch.zeros((batch, horizon), dtype=torch.bool)
-        old = torch.zeros((batch, horizon), dtype=torch.float32)
+        sampled = torch.zeros((batch, horizon), dtype=torch.float32)
         for b, sample in enumerate(samples):
             ids = list(sample.prompt_ids) + list(sample.response_ids[:-1])
             n_prompt, n_resp = len(sample.prompt_ids), len(sample.response_ids)
@@ -199,13 +201,13 @@ class Session:
             positions[b, :n_resp] = torch.arange(n_prompt - 1, n_prompt - 1 + n_resp)
             response[b, :n_resp] = torch.tensor(sample.response_ids)
             mask[b, :n_resp] = True
-            old[b, :n_resp] = torch.tensor(sample.sampled_logprobs, dtype=torch.float32)
-        tensors = (input_ids, attention, positions, response, mask, old)
+            sampled[b, :n_resp] = torch.tensor(sample.sampled_logprobs, dtype=torch.float32)
+        tensors = (input_ids, attention, positions, response, mask, sampled)
         return _Micro(*(t.to(device) for t in tensors))
 
     def _logits(self, micro: _Micro) -> torch.Tensor:
         """[B, T, V] logits at the response positions only."""
-        body, head = self._engine.body_and_head()
+        body, head = self._model.body_and_head()
         hidden = body(input_ids=micro.input_ids, attention_mask=micro.attention, use_cache=False).last_hidden_state
         index = micro.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return head(hidden.gather(1, index))
@@ -217,7 +219,7 @@ class Session:
             student_support=with_tail(support, tail),
             teacher_support=micro.teacher_support,
             student_tokens=_token_logprobs(logits, micro.response),
-            old_tokens=micro.old,
+            sampled_logprobs=micro.sampled_logprobs,
             teacher_tokens=micro.teacher_tokens,
             mask=micro.mask,
             neutral_support=micro.neutral_support,
@@ -233,10 +235,10 @@ def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _stack(
-    dists: Sequence[Distributions], horizon: int, device: torch.device
+    dists: Sequence[TokenDistributions], horizon: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded [B, T, K] ids, [B, T, K+1] log-probs with the tail last, [B, T] sampled log-probs."""
-    k = dists[0].ids.shape[1]
+    k = dists[0].k
     batch = len(dists)
     ids = torch.zeros((batch, horizon, k), dtype=torch.long)
     logprobs = torch.zeros((batch, horizon, k), dtype=torch.float32)
@@ -244,5 +246,8 @@ def _stack(
     sampled = torch.zeros((batch, horizon), dtype=torch.float32)
     for b, dist in enumerate(dists):
         t = dist.ids.shape[0]
-        ids[b, :t], logprobs[b, :t], tail[b, :t], sampled[b, :t] = dist.ids, dist.logprobs, dist.tail, dist.sampled
+        ids[b, :t] = torch.from_numpy(np.asarray(dist.ids, dtype=np.int64))
+        logprobs[b, :t] = torch.from_numpy(np.asarray(dist.logprobs, dtype=np.float32))
+        tail[b, :t] = torch.from_numpy(np.asarray(dist.tail_logprobs, dtype=np.float32))
+        sampled[b, :t] = torch.from_numpy(np.asarray(dist.sampled_logprobs, dtype=np.float32))
     return ids.to(device), with_tail(logprobs, tail).to(device), sampled.to(device)

@@ -1,7 +1,7 @@
 """The SDPO hyperparameters of one training job, in the paper's symbols.
 
 One frozen object, validated when it is created; every rejection names the field and quotes the bad
-value. ``ConfigError`` is a plain ``ValueError`` so this module stays free of gRPC: the trainer core
+value. ``ConfigError`` is a plain ``ValueError`` so this module stays free of gRPC: ``validation.job_config``
 turns it into ``INVALID_ARGUMENT`` (``param`` carries the field name for the HTTP envelope).
 """
 

@@ -1,17 +1,17 @@
-"""Plain data the trainer's parts pass to each other (no torch, no gRPC)."""
+"""Plain data the trainer's parts pass to each other, and what its callers send and get back.
+
+No torch and no gRPC at import time: the proxy imports this module. The teacher's answer stays in the
+teacher's own numpy type (``TokenDistributions``); ``batching`` turns it into tensors.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 
+from services.common.domain import Message, StepMetrics
+from services.teacher.domain import TokenDistributions
 from services.trainer.config import SdpoConfig
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
 
 
 @dataclass(frozen=True)
@@ -22,34 +22,10 @@ class Sample:
     messages: tuple[Message, ...]
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
+    #: The serving model's log-probability of each response token (the behaviour policy).
     sampled_logprobs: tuple[float, ...]
     feedback: str
     served_version: int = 0
-
-
-@dataclass(frozen=True)
-class LoraShape:
-    """What decides a LoRA slot: adapters of the same shape share one set of modules in the model."""
-
-    rank: int
-    alpha: int
-    targets: tuple[str, ...]
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Metrics of one optimizer step (the proto's StepMetrics)."""
-
-    step: int
-    loss: float
-    distill_loss: float
-    kl: float
-    mean_is_ratio: float
-    clip_fraction: float
-    grad_norm: float
-    tokens: int
-    teacher_student_gap: float
 
 
 class JobState(enum.Enum):
@@ -87,6 +63,27 @@ class JobView:
     new_version: int = 0
     step: int = 0
     total_steps: int = 0
-    metrics: tuple[StepResult, ...] = ()
+    metrics: tuple[StepMetrics, ...] = ()
     error: str = ""
     merged_job_ids: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the teacher said about one sample: its distributions after the feedback and, for the
+    contrastive baseline, after the neutral follow-up (scored on the same ids)."""
+
+    teacher: TokenDistributions
+    neutral: TokenDistributions | None = None
+
+
+@dataclass(frozen=True)
+class TrainerInfo:
+    """What the Info RPC reports."""
+
+    model_id: str
+    tokenizer_fingerprint: str
+    device: str
+    queue_depth: int
+    max_queue: int
+    max_lora_rank: int

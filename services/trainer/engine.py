@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
@@ -24,18 +23,16 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.common.errors import DataLoss, InvalidArgument
+from services.common.domain import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, LoraSpec
+from services.common.errors import DataLoss
 from services.common.model import resolve_base_model, tokenizer_fingerprint
 from services.trainer.batching import Session
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import LoraShape
+from services.trainer.lora import resolve_lora
 from services.trainer.settings import TrainerSettings
 
 log = structlog.get_logger("claas.trainer.engine")
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-OPTIMIZER_STATE = "optimizer.safetensors"
 _OPTIMIZER_FORMAT = "claas.adamw.v1"
 
 
@@ -44,12 +41,14 @@ class Slot:
     """One named PEFT adapter of the model; ``params`` maps PEFT's file keys to the live parameters."""
 
     name: str
-    shape: LoraShape
+    shape: LoraSpec
     params: dict[str, torch.nn.Parameter]
 
 
 @dataclass(frozen=True)
-class _Cached:
+class CachedVersion:
+    """A version's weights and optimizer state, kept in memory."""
+
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor] | None
 
@@ -83,8 +82,8 @@ class Engine:
         self.linear_modules = _linear_module_names(model)
         self._seed = seed
         self._peft: PeftModel | None = None
-        self._slots: dict[LoraShape, Slot] = {}
-        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._slots: dict[LoraSpec, Slot] = {}
+        self._cache: OrderedDict[str, CachedVersion] = OrderedDict()
         self._cache_size = cache_size
 
     @classmethod
@@ -111,26 +110,11 @@ class Engine:
 
     # -- LoRA shapes and version files -------------------------------------------------------------
 
-    def resolve_lora(self, shape: LoraShape) -> LoraShape:
-        """The shape with its targets made explicit; InvalidArgument names what the model or vLLM refuses."""
-        if not 1 <= shape.rank <= self.max_lora_rank:
-            raise InvalidArgument(
-                f"LoRA rank must be in [1, {self.max_lora_rank}] (the serving limit), got {shape.rank}", param="rank"
-            )
-        if shape.alpha <= 0:
-            raise InvalidArgument(f"LoRA alpha must be > 0, got {shape.alpha}", param="alpha")
-        if not (0.0 <= shape.dropout < 1.0 and math.isfinite(shape.dropout)):
-            raise InvalidArgument(f"LoRA dropout must be in [0, 1), got {shape.dropout}", param="dropout")
-        unknown = sorted(set(shape.targets) - set(self.linear_modules))
-        if unknown:
-            raise InvalidArgument(
-                f"unknown LoRA target modules {unknown}; this model has {list(self.linear_modules)}",
-                param="target_modules",
-            )
-        targets = tuple(sorted(set(shape.targets))) or self.linear_modules
-        return LoraShape(rank=shape.rank, alpha=shape.alpha, targets=targets, dropout=float(shape.dropout))
+    def resolve_lora(self, spec: LoraSpec, defaults: LoraSpec | None = None) -> LoraSpec:
+        """``spec`` checked against this model and the serving limit, its targets made explicit."""
+        return resolve_lora(spec, self.linear_modules, max_rank=self.max_lora_rank, defaults=defaults)
 
-    def init_files(self, shape: LoraShape) -> dict[str, bytes]:
+    def init_files(self, shape: LoraSpec) -> dict[str, bytes]:
         """Version 1 of a new adapter: PEFT's own initialisation (A random, B = 0: the base model's answers)."""
         slot = self._slot(shape)
         # A job may hold this slot between its steps (InitAdapter runs between them): put its weights back.
@@ -143,12 +127,14 @@ class Engine:
             weights = {key: p.detach().to("cpu").clone() for key, p in slot.params.items()}
             for key, param in slot.params.items():
                 param.copy_(held[key])
-        return {ADAPTER_CONFIG: self.adapter_config(shape), ADAPTER_WEIGHTS: _save(weights)}
+        return {ADAPTER_CONFIG_FILE: self.adapter_config(shape), ADAPTER_WEIGHTS_FILE: _save(weights)}
 
-    def adapter_config(self, shape: LoraShape) -> bytes:
+    def adapter_config(self, shape: LoraSpec) -> bytes:
         """adapter_config.json as PEFT writes it (what vLLM and PeftModel.from_pretrained read)."""
         config = _lora_config(shape).to_dict()
-        config.update(base_model_name_or_path=self.model_id, target_modules=list(shape.targets), inference_mode=True)
+        config.update(
+            base_model_name_or_path=self.model_id, target_modules=list(shape.target_modules), inference_mode=True
+        )
         return json.dumps(config, indent=2, sort_keys=True, default=_jsonable).encode()
 
     def cached(self, key: str) -> bool:
@@ -156,14 +142,14 @@ class Engine:
 
     # -- jobs -----------------------------------------------------------------------------------------
 
-    def open(self, key: str, shape: LoraShape, files: dict[str, bytes] | None, config: SdpoConfig) -> Session:
+    def open(self, key: str, shape: LoraSpec, files: dict[str, bytes] | None, config: SdpoConfig) -> Session:
         """Put version ``key`` into its slot and return a training session on it.
 
         ``files`` are the version's files (weights, optionally the optimizer state); None takes them from the
-        cache, which ``Session.keep`` fills with committed versions.
+        cache, which ``remember`` fills with committed versions.
         """
         slot = self._slot(shape)
-        cached = self._cache.get(key) if files is None else _Cached(*_read_files(files))
+        cached = self._cache.get(key) if files is None else CachedVersion(*_read_files(files))
         if cached is None:
             raise KeyError(f"version {key} is not cached")
         _check_keys(slot, cached.weights, "adapter weights")
@@ -182,14 +168,16 @@ class Engine:
             _restore_optimizer(optimizer, slot, cached.optimizer)
         return Session(self, slot, optimizer, config)
 
-    def export(self, slot: Slot, optimizer: torch.optim.Optimizer) -> tuple[_Cached, dict[str, bytes]]:
-        """The slot's state as a cache entry and as version files."""
-        weights, state, weight_bytes, state_bytes = _save_state(slot, optimizer)
-        files = {ADAPTER_CONFIG: self.adapter_config(slot.shape), ADAPTER_WEIGHTS: weight_bytes}
-        files[OPTIMIZER_STATE] = state_bytes
-        return _Cached(weights, state), files
+    def export(self, session: Session) -> tuple[CachedVersion, dict[str, bytes]]:
+        """The session's trained state as a cache entry (for ``remember``) and as version files."""
+        self.activate(session.slot)
+        weights, state, weight_bytes, state_bytes = _save_state(session.slot, session.optimizer)
+        files = {ADAPTER_CONFIG_FILE: self.adapter_config(session.slot.shape), ADAPTER_WEIGHTS_FILE: weight_bytes}
+        files[OPTIMIZER_FILE] = state_bytes
+        return CachedVersion(weights, state), files
 
-    def remember(self, key: str, entry: _Cached) -> None:
+    def remember(self, key: str, entry: CachedVersion) -> None:
+        """Cache an exported state as version ``key`` (once committed), so its next job skips a download."""
         self._cache_put(key, entry)
 
     def body_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -205,7 +193,7 @@ class Engine:
         if self._peft.active_adapter != slot.name:
             self._peft.set_adapter(slot.name)
 
-    def _slot(self, shape: LoraShape) -> Slot:
+    def _slot(self, shape: LoraSpec) -> Slot:
         slot = self._slots.get(shape)
         if slot is None:
             slot = self._new_slot(shape)
@@ -213,7 +201,7 @@ class Engine:
         self.activate(slot)
         return slot
 
-    def _new_slot(self, shape: LoraShape) -> Slot:
+    def _new_slot(self, shape: LoraSpec) -> Slot:
         name = f"slot{len(self._slots)}"
         config = _lora_config(shape)
         with torch.random.fork_rng(devices=[]):
@@ -227,10 +215,10 @@ class Engine:
         expected = set(get_peft_model_state_dict(self._peft, adapter_name=name))
         if set(params) != expected:  # our keys must be PEFT's file keys, or vLLM would not load our files
             raise RuntimeError(f"LoRA parameter names differ from PEFT's: {sorted(set(params) ^ expected)[:4]}")
-        log.info("lora_slot", slot=name, rank=shape.rank, alpha=shape.alpha, targets=list(shape.targets))
+        log.info("lora_slot", slot=name, rank=shape.rank, alpha=shape.alpha, targets=list(shape.target_modules))
         return Slot(name=name, shape=shape, params=params)
 
-    def _cache_put(self, key: str, entry: _Cached) -> None:
+    def _cache_put(self, key: str, entry: CachedVersion) -> None:
         if self._cache_size <= 0:
             return
         self._cache[key] = entry
@@ -250,11 +238,11 @@ def _linear_module_names(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _lora_config(shape: LoraShape) -> LoraConfig:
+def _lora_config(shape: LoraSpec) -> LoraConfig:
     return LoraConfig(
         r=shape.rank,
         lora_alpha=shape.alpha,
-        target_modules=list(shape.targets),
+        target_modules=list(shape.target_modules),
         lora_dropout=shape.dropout,
         task_type="CAUSAL_LM",
     )
@@ -277,10 +265,10 @@ def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
 
 
 def _read_files(files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    if ADAPTER_WEIGHTS not in files:
-        raise DataLoss(f"version has no {ADAPTER_WEIGHTS}")
-    weights = safetensors.torch.load(files[ADAPTER_WEIGHTS])
-    optimizer = safetensors.torch.load(files[OPTIMIZER_STATE]) if OPTIMIZER_STATE in files else None
+    if ADAPTER_WEIGHTS_FILE not in files:
+        raise DataLoss(f"version has no {ADAPTER_WEIGHTS_FILE}")
+    weights = safetensors.torch.load(files[ADAPTER_WEIGHTS_FILE])
+    optimizer = safetensors.torch.load(files[OPTIMIZER_FILE]) if OPTIMIZER_FILE in files else None
     return weights, optimizer
 
 

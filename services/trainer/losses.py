@@ -14,6 +14,7 @@ do); everything stays finite there and contributes neither loss nor gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class SdpoBatch:
     student_support: [B, T, K+1] student log-probs on the support plus tail (``student_support_logprobs``).
     teacher_support: [B, T, K+1] teacher log-probs on the same support plus tail.
     student_tokens: [B, T] log pi_theta(y_t) of the sampled tokens.
-    old_tokens: [B, T] behaviour log-probs the proxy recorded for y_t.
+    sampled_logprobs: [B, T] behaviour log-probs the serving model recorded for y_t.
     teacher_tokens: [B, T] log pi_T(y_t).
     mask: [B, T] true on real response tokens.
     neutral_support / neutral_tokens: the teacher under the neutral follow-up (contrastive only).
@@ -51,7 +52,7 @@ class SdpoBatch:
     student_support: torch.Tensor
     teacher_support: torch.Tensor
     student_tokens: torch.Tensor
-    old_tokens: torch.Tensor
+    sampled_logprobs: torch.Tensor
     teacher_tokens: torch.Tensor
     mask: torch.Tensor
     neutral_support: torch.Tensor | None = None
@@ -139,7 +140,7 @@ def generalized_jsd_loss(
 def token_policy_loss(
     *,
     student_logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
+    sampled_logprobs: torch.Tensor,
     teacher_logprobs: torch.Tensor,
     mask: torch.Tensor,
     clip_epsilon: float,
@@ -147,11 +148,12 @@ def token_policy_loss(
     """PPO-clipped policy gradient with the teacher-minus-student advantage (the ``token`` loss).
 
     A_t = sg[log pi_T(y_t) - log pi_theta(y_t)], then A_t -= mean of A over the sequence's masked
-    positions (mean-centred per sequence); r_t = exp(log pi_theta(y_t) - log pi_old(y_t));
+    positions (mean-centred per sequence); r_t = exp(log pi_theta(y_t) - log pi_old(y_t)), with log pi_old the
+    ``sampled_logprobs``;
     l_t = -min(r_t * A_t, clip(r_t, 1 - eps, 1 + eps) * A_t).
 
     Args:
-        student_logprobs, old_logprobs, teacher_logprobs, mask: [B, T]; only the student has gradient.
+        student_logprobs, sampled_logprobs, teacher_logprobs, mask: [B, T]; only the student has gradient.
         clip_epsilon: eps in (0, 1).
     Returns:
         (per-token loss [B, T], clipped [B, T] float: 1 where the clipped term was the active one);
@@ -161,7 +163,7 @@ def token_policy_loss(
     advantage = torch.where(mask, teacher_logprobs - student_logprobs, 0.0).detach()
     counts = mask.sum(-1, keepdim=True).clamp_min(1)
     advantage = torch.where(mask, advantage - advantage.sum(-1, keepdim=True) / counts, 0.0)
-    log_ratio = student_logprobs - old_logprobs.detach()
+    log_ratio = student_logprobs - sampled_logprobs.detach()
     ratio = log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO).exp()
     unclipped = -ratio * advantage
     clipped = -ratio.clamp(1.0 - clip_epsilon, 1.0 + clip_epsilon) * advantage
@@ -194,12 +196,15 @@ def contrastive_teacher_logprobs(*, teacher: torch.Tensor, neutral: torch.Tensor
     return F.log_softmax(anchor.detach().clamp_min(LOGPROB_FLOOR) + shift, dim=-1).detach()
 
 
-def importance_weights(*, student_logprobs: torch.Tensor, old_logprobs: torch.Tensor, is_clip: float) -> torch.Tensor:
-    """Truncated importance weight rho_t = min(exp(sg[log pi_theta(y_t) - log pi_old(y_t)]), c).
+def importance_weights(
+    *, student_logprobs: torch.Tensor, sampled_logprobs: torch.Tensor, is_clip: float
+) -> torch.Tensor:
+    """Truncated importance weight rho_t = min(exp(sg[log pi_theta(y_t) - log pi_old(y_t)]), c), with
+    log pi_old(y_t) the ``sampled_logprobs`` of the behaviour policy.
 
     Computed as exp(min(log-ratio, log c)), which cannot overflow. Shapes [B, T]; detached.
     """
-    log_ratio = (student_logprobs - old_logprobs).detach()
+    log_ratio = (student_logprobs - sampled_logprobs).detach()
     return log_ratio.clamp(max=math.log(is_clip)).exp()
 
 
@@ -228,7 +233,29 @@ def masked_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return torch.where(present, per_sequence, 0.0).sum() / present.sum().clamp_min(1)
 
 
-def sdpo_loss(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, dict[str, float]]:
+@dataclass(frozen=True)
+class SdpoMetrics:
+    """The metrics of one SDPO loss evaluation (one micro-batch), as plain floats.
+
+    ``kl`` is the k3 mean when base log-probs are given, else 0; ``is_ratio`` the mean rho;
+    ``clip_fraction`` the PPO-clipped tokens (token) or the tokens whose rho was truncated at c (jsd);
+    ``tokens`` the number of masked-in tokens; ``teacher_student_gap`` the mean log pi_T(y) - log pi_theta(y).
+    """
+
+    loss: float
+    distill_loss: float
+    kl: float
+    is_ratio: float
+    clip_fraction: float
+    tokens: float
+    teacher_student_gap: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The namespaced keys (``sdpo/loss``, ...) a log or a dashboard shows."""
+        return {f"sdpo/{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def sdpo_loss(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, SdpoMetrics]:
     """The loss of one SDPO step and its metrics.
 
     jsd:   L = mean_seq mean_t rho_t * l_t       (l_t = ``generalized_jsd_loss``, rho_t truncated IS)
@@ -237,34 +264,16 @@ def sdpo_loss(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, dict[
     ``contrastive_teacher_logprobs`` (jsd) or by sg[log pi_theta] + log pi_T - log pi_N (token, which
     makes the advantage log pi_T(y) - log pi_N(y) before centring).
 
-    Returns the scalar loss and metrics: sdpo/loss, sdpo/distill_loss, sdpo/kl (k3 mean when base
-    log-probs are given, else 0), sdpo/is_ratio (mean rho), sdpo/clip_fraction (token: PPO-clipped
-    tokens; jsd: tokens whose rho was truncated at c), sdpo/tokens, sdpo/teacher_student_gap (mean
-    log pi_T(y) - log pi_theta(y)). Raises ConfigError when the config asks for a missing input.
+    Returns the scalar loss and its ``SdpoMetrics``. Raises ConfigError when the config asks for a
+    missing input or names an unknown loss.
     """
     mask = batch.mask.bool()
-    teacher_support, teacher_tokens = _teachers(batch, config)
     rho = importance_weights(
         student_logprobs=batch.student_tokens,
-        old_logprobs=batch.old_tokens,
+        sampled_logprobs=batch.sampled_logprobs,
         is_clip=config.is_clip,
     )
-    if config.loss == "jsd":
-        per_token = rho * generalized_jsd_loss(
-            student_logprobs=batch.student_support,
-            teacher_logprobs=teacher_support,
-            alpha=config.alpha,
-        )
-        log_ratio = (batch.student_tokens - batch.old_tokens).detach()
-        clipped = (log_ratio > math.log(config.is_clip)).to(per_token.dtype)
-    else:
-        per_token, clipped = token_policy_loss(
-            student_logprobs=batch.student_tokens,
-            old_logprobs=batch.old_tokens,
-            teacher_logprobs=teacher_tokens,
-            mask=mask,
-            clip_epsilon=config.clip_epsilon,
-        )
+    per_token, clipped = _per_token_loss(batch, config, rho, mask)
     distill = masked_sequence_mean(per_token, mask)
     kl = distill.new_zeros(())
     if batch.base_tokens is not None:
@@ -273,16 +282,40 @@ def sdpo_loss(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, dict[
         raise ConfigError("kl_coef", f"kl_coef={config.kl_coef!r} needs the base model's log-probs")
     loss = distill + config.kl_coef * kl
     gap = (batch.teacher_tokens - batch.student_tokens).detach()
-    metrics = {
-        "sdpo/loss": loss.item(),
-        "sdpo/distill_loss": distill.item(),
-        "sdpo/kl": kl.item(),
-        "sdpo/is_ratio": masked_sequence_mean(rho, mask).item(),
-        "sdpo/clip_fraction": masked_sequence_mean(clipped, mask).item(),
-        "sdpo/tokens": float(mask.sum().item()),
-        "sdpo/teacher_student_gap": masked_sequence_mean(gap, mask).item(),
-    }
+    metrics = SdpoMetrics(
+        loss=loss.item(),
+        distill_loss=distill.item(),
+        kl=kl.item(),
+        is_ratio=masked_sequence_mean(rho, mask).item(),
+        clip_fraction=masked_sequence_mean(clipped, mask).item(),
+        tokens=float(mask.sum().item()),
+        teacher_student_gap=masked_sequence_mean(gap, mask).item(),
+    )
     return loss, metrics
+
+
+def _per_token_loss(
+    batch: SdpoBatch, config: SdpoConfig, rho: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] loss of ``config.loss`` and the [B, T] clipped indicator; an unknown kind is a ConfigError."""
+    teacher_support, teacher_tokens = _teachers(batch, config)
+    if config.loss == "jsd":
+        per_token = rho * generalized_jsd_loss(
+            student_logprobs=batch.student_support,
+            teacher_logprobs=teacher_support,
+            alpha=config.alpha,
+        )
+        log_ratio = (batch.student_tokens - batch.sampled_logprobs).detach()
+        return per_token, (log_ratio > math.log(config.is_clip)).to(per_token.dtype)
+    if config.loss == "token":
+        return token_policy_loss(
+            student_logprobs=batch.student_tokens,
+            sampled_logprobs=batch.sampled_logprobs,
+            teacher_logprobs=teacher_tokens,
+            mask=mask,
+            clip_epsilon=config.clip_epsilon,
+        )
+    raise ConfigError("loss", f"loss must be 'jsd' or 'token', got {config.loss!r}")
 
 
 def _teachers(batch: SdpoBatch, config: SdpoConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from claas.v1 import trainer_pb2, trainer_pb2_grpc
 
+from services.common.convert import lora_from_proto
 from services.trainer import convert
 from services.trainer.core import TrainerCore
 
@@ -18,27 +19,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self._core = core
 
     async def InitAdapter(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.InitAdapterResponse:
-        adapter, version = await self._core().init_adapter(request.name, convert.lora_shape(request.lora))
-        return trainer_pb2.InitAdapterResponse(adapter=adapter, version=version)
+        adapter, version = await self._core().init_adapter(request.name, lora_from_proto(request.lora))
+        return convert.init_response_to_proto(adapter, version)
 
     async def SubmitJob(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.SubmitJobResponse:
         view = await self._core().submit(
             request.adapter,
-            convert.samples(request.samples),
-            convert.config_overrides(request.config),
+            convert.samples_from_proto(request.samples),
+            convert.config_from_proto(request.config),
             request.idempotency_key,
         )
-        return trainer_pb2.SubmitJobResponse(job=convert.job_status(view))
+        return trainer_pb2.SubmitJobResponse(job=convert.job_view_to_proto(view))
 
     async def WatchJob(self, request, context: grpc.aio.ServicerContext) -> AsyncIterator[trainer_pb2.WatchJobResponse]:
         async for view in self._core().watch_job(request.job_id):
-            yield trainer_pb2.WatchJobResponse(job=convert.job_status(view))
+            yield trainer_pb2.WatchJobResponse(job=convert.job_view_to_proto(view))
 
     async def GetJob(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.GetJobResponse:
-        return trainer_pb2.GetJobResponse(job=convert.job_status(self._core().get_job(request.job_id)))
+        return trainer_pb2.GetJobResponse(job=convert.job_view_to_proto(self._core().get_job(request.job_id)))
 
     async def CancelJob(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.CancelJobResponse:
-        return trainer_pb2.CancelJobResponse(job=convert.job_status(self._core().cancel_job(request.job_id)))
+        return trainer_pb2.CancelJobResponse(job=convert.job_view_to_proto(self._core().cancel_job(request.job_id)))
 
     async def Info(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainerServiceInfoResponse:
-        return trainer_pb2.TrainerServiceInfoResponse(**self._core().info())
+        return convert.info_to_proto(self._core().info())

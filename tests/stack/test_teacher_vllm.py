@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import InvalidArgument
 from services.teacher.adapters import AdapterFiles
-from services.teacher.core import AdapterRef, ScoreItem, ScoreRequest, Teacher, TeacherMode
+from services.teacher.core import Teacher
+from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
 from services.teacher.hf_backend import HfBackend
-from services.teacher.prompts import Message
 from services.teacher.settings import TeacherSettings
 from services.teacher.vllm_backend import VllmBackend
 from tests.model.teacher.lora import make_test_lora, storage_serving

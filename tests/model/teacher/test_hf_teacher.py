@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.teacher.core import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
-from services.teacher.prompts import Message
+from services.common.domain import Message
+from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
 from tests.model.teacher.conftest import ADAPTER_HEAD
 
 pytestmark = pytest.mark.model

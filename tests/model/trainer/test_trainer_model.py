@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -13,10 +14,11 @@ from claas.v1 import common_pb2, trainer_pb2
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from services.common.domain import LoraSpec, Message
 from services.common.errors import Unavailable
-from services.trainer.batching import Distributions, Targets
+from services.teacher.domain import TokenDistributions
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import LoraShape, Message, Sample
+from services.trainer.domain import Sample, Targets
 from services.trainer.engine import Engine
 from tests.model.trainer.conftest import rollout, trainer, trainer_settings
 from tests.unit.trainer.helpers import events
@@ -196,29 +198,30 @@ async def test_two_trainers_committing_to_one_adapter_at_once_lose_no_update(
 
 
 def test_initialising_adapters_between_a_jobs_steps_leaves_the_job_alone(engine: Engine) -> None:
-    shape = engine.resolve_lora(LoraShape(rank=8, alpha=16, targets=()))
+    shape = engine.resolve_lora(LoraSpec(rank=8, alpha=16))
     weights = _weights(engine.init_files(shape))
     trained = {k: v + 0.01 if "lora_B" in k else v for k, v in weights.items()}
     files = {"adapter_model.safetensors": safetensors.torch.save(trained)}
     session = engine.open("acme/held@2", shape, files, SdpoConfig())
 
     engine.init_files(shape)  # the same slot, re-initialised for another adapter
-    engine.init_files(engine.resolve_lora(LoraShape(rank=4, alpha=8, targets=("q_proj",))))  # another slot
+    engine.init_files(engine.resolve_lora(LoraSpec(rank=4, alpha=8, target_modules=("q_proj",))))  # another slot
 
-    exported = _weights(session.export())
+    _, files = engine.export(session)
+    exported = _weights(files)
     assert exported.keys() == trained.keys()
     assert all(torch.equal(exported[k], trained[k]) for k in trained)
 
 
 def test_a_job_does_not_change_the_cached_version_it_started_from(engine: Engine) -> None:
     """A failed or cancelled job leaves nothing behind: the next job from that version starts the same."""
-    shape = engine.resolve_lora(LoraShape(rank=4, alpha=8, targets=("q_proj", "v_proj")))
+    shape = engine.resolve_lora(LoraSpec(rank=4, alpha=8, target_modules=("q_proj", "v_proj")))
     sample = Sample("c", (Message("user", "hi"),), (1, 2, 3), (4, 5), (-1.0, -1.0), "be brief")
-    uniform = Distributions(
-        ids=torch.arange(8).repeat(2, 1),
-        logprobs=torch.full((2, 8), -2.2),
-        sampled=torch.full((2,), -1.0),
-        tail=torch.full((2,), -2.2),
+    uniform = TokenDistributions(
+        ids=np.tile(np.arange(8, dtype=np.int32), (2, 1)),
+        logprobs=np.full((2, 8), -2.2, dtype=np.float32),
+        sampled_logprobs=np.full(2, -1.0, dtype=np.float32),
+        tail_logprobs=np.full(2, -2.2, dtype=np.float32),
     )
 
     def trained(session) -> None:
@@ -227,10 +230,10 @@ def test_a_job_does_not_change_the_cached_version_it_started_from(engine: Engine
 
     first = engine.open("acme/cache@1", shape, engine.init_files(shape), SdpoConfig(learning_rate=1e-2))
     trained(first)
-    version_2 = first.export()
+    _, version_2 = engine.export(first)
     trained(engine.open("acme/cache@2", shape, version_2, SdpoConfig(learning_rate=1e-2)))  # a job that failed
     assert engine.cached("acme/cache@2")
-    again = engine.open("acme/cache@2", shape, None, SdpoConfig()).export()
+    _, again = engine.export(engine.open("acme/cache@2", shape, None, SdpoConfig()))
 
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
         before, after = safetensors.torch.load(version_2[name]), safetensors.torch.load(again[name])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.teacher.core import AdapterRef, BackendInfo, ScoringInput, TeacherSpec, TokenDistributions
+from services.teacher.domain import AdapterRef, BackendInfo, ScoringInput, TeacherSpec, TokenDistributions
 
 VOCAB = 1000
 

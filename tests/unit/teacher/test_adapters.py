@@ -6,7 +6,7 @@ import pytest
 
 from services.common.errors import FailedPrecondition
 from services.teacher.adapters import AdapterFiles
-from services.teacher.core import AdapterRef
+from services.teacher.domain import AdapterRef
 from tests.unit.teacher.fakes import FakeStorage
 
 

@@ -7,17 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.teacher.core import (
-    AdapterRef,
-    ScoreItem,
-    ScoreRequest,
-    Teacher,
-    TeacherMode,
-    finite_logprobs,
-    log1mexp,
-)
-from services.teacher.prompts import Message
+from services.teacher.core import Teacher, finite_logprobs, log1mexp
+from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
 from tests.unit.teacher.fakes import CharTokenizer, FakeResolver, RecordingBackend, info
 
 CONVERSATION = (

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import InvalidArgument
-from services.teacher.prompts import Message, hindsight_messages, render_prompt
+from services.teacher.prompts import hindsight_messages, render_prompt
 from tests.unit.teacher.fakes import CharTokenizer
 
 CONVERSATION = [

@@ -12,7 +12,7 @@ import pytest
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.teacher import vllm_backend
 from services.teacher.adapters import AdapterFiles
-from services.teacher.core import AdapterRef, ScoringInput, TeacherMode, TeacherSpec
+from services.teacher.domain import AdapterRef, ScoringInput, TeacherMode, TeacherSpec
 from services.teacher.settings import TeacherSettings
 from services.teacher.vllm_backend import VllmBackend, parse_prompt_logprobs
 from tests.unit.teacher.fakes import CharTokenizer, FakeStorage

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import NotFound
 from services.trainer.config import SdpoConfig
-from services.trainer.domain import JobRequest, JobState, Message, Sample
+from services.trainer.domain import JobRequest, JobState, Sample
 from services.trainer.jobs import JobManager, Run
 
 SAMPLE = Sample("c", (Message("user", "hi"),), (1,), (2,), (-1.0,), "be brief")

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from claas.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
+from services.common.domain import Lineage
+from services.teacher.domain import TeacherMode
 from services.trainer.server import build_server
 from services.trainer.settings import TrainerSettings
 from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
@@ -66,7 +68,7 @@ async def test_the_teacher_gets_the_conversation_feedback_response_and_mode(trai
     assert (await events(trainer.stub, submitted.job_id))[-1].state == S.JOB_STATE_SUCCEEDED
 
     (request,) = trainer.teacher.requests
-    assert request.mode == S.TEACHER_MODE_SELF and request.top_k == 7
+    assert request.mode == TeacherMode.SELF and request.top_k == 7
     assert (request.adapter.name, request.adapter.version) == (ADAPTER, 1)
     item = request.items[0]
     assert [m.content for m in item.messages] == ["You are a helpful assistant.", "Question 1?"]
@@ -264,7 +266,7 @@ class _RacingStorage:
     async def upload_version(self, name, parent_version, files, lineage):
         if self.races > 0 and parent_version > 0:
             self.races -= 1
-            other = S.Lineage(job_id=f"other-writer-{self.races}")
+            other = Lineage(job_id=f"other-writer-{self.races}")
             await self._client.upload_version(name, parent_version, {"adapter_model.safetensors": b"x"}, other)
         return await self._client.upload_version(name, parent_version, files, lineage)
 

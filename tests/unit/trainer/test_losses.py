@@ -193,7 +193,7 @@ def test_token_advantages_are_centred_per_sequence_over_the_mask() -> None:
     # Ratio 1 everywhere, so loss_t = -A_t exactly and nothing is clipped.
     loss, clipped = token_policy_loss(
         student_logprobs=student,
-        old_logprobs=student.detach(),
+        sampled_logprobs=student.detach(),
         teacher_logprobs=teacher,
         mask=mask,
         clip_epsilon=0.2,
@@ -208,11 +208,11 @@ def test_token_advantages_are_centred_per_sequence_over_the_mask() -> None:
 def test_token_loss_clips_ratios_outside_the_trust_region() -> None:
     student = torch.full((1, 4), -1.0, dtype=F64, requires_grad=True)
     ratios = torch.tensor([[1.5, 0.5, 1.5, 1.1]], dtype=F64)
-    old = student.detach() - ratios.log()
+    sampled = student.detach() - ratios.log()
     advantages = torch.tensor([[1.0, -1.0, -2.0, 2.0]], dtype=F64)  # mean 0: centring keeps them
     loss, clipped = token_policy_loss(
         student_logprobs=student,
-        old_logprobs=old,
+        sampled_logprobs=sampled,
         teacher_logprobs=student.detach() + advantages,
         mask=torch.ones(1, 4, dtype=torch.bool),
         clip_epsilon=0.2,
@@ -259,7 +259,7 @@ def _batch(seed: int, mask: torch.Tensor, **extra: torch.Tensor) -> tuple[SdpoBa
         student_support=with_tail(support, tail),
         teacher_support=teacher_support,
         student_tokens=student_tokens,
-        old_tokens=student_tokens.detach() - 0.1,
+        sampled_logprobs=student_tokens.detach() - 0.1,
         teacher_tokens=teacher_lp.gather(-1, sampled).squeeze(-1),
         mask=mask,
         **extra,
@@ -279,7 +279,7 @@ def test_masked_positions_contribute_nothing(loss_kind: str) -> None:
     noisy = dataclasses.replace(
         batch,
         teacher_support=torch.where(mask[..., None], batch.teacher_support, 1e3),
-        old_tokens=torch.where(mask, batch.old_tokens, -1e4),
+        sampled_logprobs=torch.where(mask, batch.sampled_logprobs, -1e4),
         teacher_tokens=torch.where(mask, batch.teacher_tokens, 50.0),
         base_tokens=torch.where(mask, batch.base_tokens, 1e4),
     )
@@ -302,7 +302,7 @@ def test_fully_masked_row_keeps_loss_and_gradients_finite(loss_kind: str) -> Non
     first_row = SdpoBatch(**{name: t[:1] for name, t in rows.items() if t is not None})
     alone, _ = sdpo_loss(first_row, config)
     assert loss.item() == pytest.approx(alone.item(), rel=1e-12)
-    assert metrics["sdpo/tokens"] == 3.0
+    assert metrics.tokens == 3.0
 
 
 @pytest.mark.parametrize("loss_kind", ["jsd", "token"])
@@ -312,7 +312,7 @@ def test_all_masked_batch_loss_is_zero_on_the_graph(loss_kind: str) -> None:
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.all(logits.grad == 0)
-    assert metrics["sdpo/tokens"] == 0.0
+    assert metrics.tokens == 0.0
 
 
 # --- importance weights and KL -------------------------------------------------------------
@@ -320,8 +320,8 @@ def test_all_masked_batch_loss_is_zero_on_the_graph(loss_kind: str) -> None:
 
 def test_importance_weights_are_truncated_at_c_and_detached() -> None:
     student = torch.zeros(1, 3, dtype=F64, requires_grad=True)
-    old = -torch.tensor([[math.log(3.0), math.log(0.5), 0.0]], dtype=F64)
-    rho = importance_weights(student_logprobs=student, old_logprobs=old, is_clip=2.0)
+    sampled = -torch.tensor([[math.log(3.0), math.log(0.5), 0.0]], dtype=F64)
+    rho = importance_weights(student_logprobs=student, sampled_logprobs=sampled, is_clip=2.0)
     torch.testing.assert_close(rho, torch.tensor([[2.0, 0.5, 1.0]], dtype=F64))
     assert not rho.requires_grad
 
@@ -428,7 +428,7 @@ def test_sdpo_jsd_loss_and_metrics_match_hand_values() -> None:
         student_support=student,
         teacher_support=teacher,
         student_tokens=student_tokens,
-        old_tokens=torch.tensor([[math.log(0.2)]], dtype=F64),  # ratio 2.5 -> rho = c = 2
+        sampled_logprobs=torch.tensor([[math.log(0.2)]], dtype=F64),  # ratio 2.5 -> rho = c = 2
         teacher_tokens=torch.tensor([[math.log(0.1)]], dtype=F64),
         mask=torch.ones(1, 1, dtype=torch.bool),
         base_tokens=torch.tensor([[math.log(0.25)]], dtype=F64),
@@ -437,7 +437,7 @@ def test_sdpo_jsd_loss_and_metrics_match_hand_values() -> None:
     distill = 2.0 * _kl(P_TEACHER, P_STUDENT)
     kl = 0.5 - 1 - math.log(0.5)  # r = 0.25 / 0.5
     assert loss.item() == pytest.approx(distill + 0.5 * kl, rel=1e-12)
-    assert metrics == pytest.approx(
+    assert metrics.as_dict() == pytest.approx(
         {
             "sdpo/loss": distill + 0.5 * kl,
             "sdpo/distill_loss": distill,
@@ -449,6 +449,15 @@ def test_sdpo_jsd_loss_and_metrics_match_hand_values() -> None:
         },
         rel=1e-12,
     )
+
+
+def test_an_unknown_loss_kind_is_a_config_error() -> None:
+    batch, _ = _batch(15, torch.ones(1, 2, dtype=torch.bool))
+    config = SdpoConfig()
+    object.__setattr__(config, "loss", "mse")  # past SdpoConfig's own check, as a future kind would be
+    with pytest.raises(ConfigError, match="loss must be 'jsd' or 'token', got 'mse'") as caught:
+        sdpo_loss(batch, config)
+    assert caught.value.param == "loss"
 
 
 def test_kl_penalty_without_base_logprobs_is_a_config_error() -> None:

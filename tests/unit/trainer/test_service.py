@@ -6,6 +6,7 @@ import grpc
 import pytest
 from claas.v1 import common_pb2, trainer_pb2
 
+from services.common.domain import LoraSpec
 from services.common.errors import FailedPrecondition
 from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
 from tests.unit.trainer.helpers import ADAPTER, Trainer, init_adapter, job, sample, trainer_service
@@ -107,7 +108,7 @@ async def test_init_adapter_twice_is_already_exists_and_keeps_version_1(trainer:
 
 
 async def test_init_adapter_of_an_existing_record_with_another_shape_is_refused(trainer: Trainer) -> None:
-    await trainer.storage.create_adapter(ADAPTER, "fake-model", S.LoraSpec(rank=8, alpha=16))
+    await trainer.storage.create_adapter(ADAPTER, "fake-model", LoraSpec(rank=8, alpha=16))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await trainer.stub.InitAdapter(trainer_pb2.InitAdapterRequest(name=ADAPTER, lora=S.LoraSpec(rank=4, alpha=8)))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -120,7 +121,7 @@ async def test_init_adapter_of_an_existing_record_with_another_shape_is_refused(
 @pytest.mark.parametrize(
     ("lora", "details"),
     [
-        (S.LoraSpec(rank=32, alpha=64), "LoRA rank must be in [1, 16], got 32"),
+        (S.LoraSpec(rank=32, alpha=64), "LoRA rank must be in [1, 16] (the serving limit), got 32"),
         (S.LoraSpec(rank=8, alpha=16, target_modules=["q_proj", "lm_head"]), "unknown LoRA target modules ['lm_head']"),
     ],
 )
@@ -136,7 +137,7 @@ async def test_init_adapter_refuses_shapes_the_model_or_vllm_cannot_take(
 
 
 async def test_a_job_on_an_adapter_without_versions_fails_with_a_reason(trainer: Trainer) -> None:
-    await trainer.storage.create_adapter(ADAPTER, "fake-model", S.LoraSpec(rank=8, alpha=16))
+    await trainer.storage.create_adapter(ADAPTER, "fake-model", LoraSpec(rank=8, alpha=16))
     submitted = (await trainer.stub.SubmitJob(job(sample(1)))).job
     final = [r.job async for r in trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=submitted.job_id))][-1]
     assert final.state == S.JOB_STATE_FAILED
@@ -167,7 +168,7 @@ async def test_a_teacher_with_another_tokenizer_stops_the_start(storage) -> None
 
 
 async def test_a_job_for_an_adapter_of_another_base_model_is_refused_at_submit(trainer: Trainer) -> None:
-    await trainer.storage.create_adapter(ADAPTER, "other-model", S.LoraSpec(rank=8, alpha=16))
+    await trainer.storage.create_adapter(ADAPTER, "other-model", LoraSpec(rank=8, alpha=16))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await trainer.stub.SubmitJob(job(sample(1)))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -1,0 +1,207 @@
+"""A job's way through the trainer: fetch the head, score with the teacher, open a session, step, commit;
+when another writer moved the head first (``Aborted``), the whole job runs again on the new head.
+
+No gRPC here; the model, the teacher and storage come in as the roles of ``services.trainer.roles``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+
+from services.common.domain import Lineage, LoraSpec, StepMetrics
+from services.common.errors import Aborted, FailedPrecondition
+from services.storage.domain import Adapter
+from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
+from services.trainer import metrics, validation
+from services.trainer.config import SdpoConfig
+from services.trainer.domain import JobState, Sample, Targets
+from services.trainer.jobs import Run
+from services.trainer.roles import Scorer, TrainingModel, TrainingSession, VersionStore
+from services.trainer.settings import TrainerSettings
+
+log = structlog.get_logger("claas.trainer")
+T = TypeVar("T")
+
+_TEACHER_MODES = {"base": TeacherMode.BASE, "self": TeacherMode.SELF, "trust_region": TeacherMode.TRUST_REGION}
+
+
+class ModelGuard:
+    """The model is one mutable object: every use of it (a job's step, InitAdapter) runs here, one at a
+    time, in a worker thread. ``reload`` (the benchmarks' baseline) loads the model anew for every job."""
+
+    def __init__(self, model: TrainingModel, *, reload: Callable[[], TrainingModel] | None = None) -> None:
+        self.model = model
+        self._reload = reload
+        self._lock = asyncio.Lock()
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
+    async def fresh(self) -> None:
+        """Reload the model when configured to (the anchor's way: the base model from disk for each job)."""
+        if self._reload is not None:
+            self.model = await self.call(self._reload)
+
+
+class JobPipeline:
+    """Runs one batch of jobs (a ``jobs.Run``) to a committed version; ``JobManager`` calls ``run``."""
+
+    def __init__(self, guard: ModelGuard, storage: VersionStore, teacher: Scorer, settings: TrainerSettings) -> None:
+        self._guard = guard
+        self._storage = storage
+        self._teacher = teacher
+        self._settings = settings
+
+    async def run(self, run: Run) -> int:
+        """Train and commit; when another writer moved the head first, re-run on the new head."""
+        attempts = self._settings.commit_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._attempt(run)
+            except Aborted as exc:
+                metrics.COMMIT_RETRIES.inc()
+                log.info("head_moved", job_id=run.job_id, adapter=run.adapter, attempt=attempt, error=exc.message)
+        raise Aborted(f"the head of {run.adapter} moved during each of {attempts} attempts; resubmit the job")
+
+    async def _attempt(self, run: Run) -> int:
+        config, samples = run.config, run.samples
+        started = time.perf_counter()
+        adapter = await self._storage.get_adapter(run.adapter)
+        head = adapter.head_version
+        if head == 0:
+            raise FailedPrecondition(f"adapter {run.adapter} has no version yet; call InitAdapter first")
+        validation.check_base_model(adapter, self._guard.model.model_id)
+        spec = self._guard.model.resolve_lora(adapter.lora)
+        run.update(state=JobState.SCORING, base_version=head, step=0, total_steps=config.steps, metrics=())
+        await self._guard.fresh()
+        session = await self._open(adapter, head, spec, config)
+        metrics.PHASE_SECONDS.labels(phase="fetch").observe(time.perf_counter() - started)
+        run.checkpoint()
+
+        started = time.perf_counter()
+        targets = await self._score(samples, config, AdapterRef(run.adapter, head), session)
+        await self._guard.call(session.set_targets, samples, targets)
+        metrics.PHASE_SECONDS.labels(phase="teacher").observe(time.perf_counter() - started)
+        run.checkpoint()
+
+        results = await self._steps(run, session)
+        run.checkpoint()
+        run.update(state=JobState.COMMITTING)
+        return await self._commit(run, adapter, session, results)
+
+    async def _open(self, adapter: Adapter, head: int, spec: LoraSpec, config: SdpoConfig) -> TrainingSession:
+        model = self._guard.model
+        key = version_key(adapter, head)
+        files = None
+        if not model.cached(key):
+            _, files = await self._storage.read_version(adapter.name, head, include_optimizer=True)
+        return await self._guard.call(model.open, key, spec, files, config)
+
+    async def _score(
+        self, samples: tuple[Sample, ...], config: SdpoConfig, ref: AdapterRef, session: TrainingSession
+    ) -> list[Targets]:
+        """The teacher's targets for every sample, on one support per position (the student's top-K, or the
+        teacher's own). The teacher scores the neutral follow-up of the contrastive baseline on the very ids
+        of the feedback's distribution, so one call serves both."""
+        support = None
+        if config.support == "student":
+            support = await self._guard.call(session.student_support, samples, config.top_k)
+        results = await self._teacher.score(score_request(samples, config, ref, support))
+        return validation.targets_from_results(results, samples, contrastive=config.contrastive)
+
+    async def _steps(self, run: Run, session: TrainingSession) -> list[StepMetrics]:
+        run.update(state=JobState.TRAINING)
+        results: list[StepMetrics] = []
+        started = time.perf_counter()
+        for number in range(1, run.config.steps + 1):
+            run.checkpoint()
+            result = await self._guard.call(session.step, number)
+            if number == 1 and result.clip_fraction > 0.5:
+                log.warning(
+                    "rollouts_off_policy",
+                    job_id=run.job_id,
+                    clip_fraction=round(result.clip_fraction, 3),
+                    hint="most tokens' importance weights hit is_clip: the rollouts come from an older version "
+                    "or their sampled_logprobs are wrong; submit feedback soon after the completion",
+                )
+            results.append(result)
+            run.update(step=number, metrics=tuple(results))
+        elapsed = time.perf_counter() - started
+        tokens = sum(r.tokens for r in results)
+        metrics.PHASE_SECONDS.labels(phase="steps").observe(elapsed)
+        metrics.TOKENS.inc(tokens)
+        metrics.TOKENS_PER_SECOND.set(tokens / elapsed if elapsed > 0 else 0.0)
+        return results
+
+    async def _commit(self, run: Run, adapter: Adapter, session: TrainingSession, results: list[StepMetrics]) -> int:
+        """Export the session, upload it as the head's child, and keep its state cached for the next job."""
+        started = time.perf_counter()
+        head = adapter.head_version
+        model = self._guard.model
+        state, files = await self._guard.call(model.export, session)
+        lineage = job_lineage(job_id=run.job_id, job_ids=run.job_ids, samples=run.samples, results=results)
+        version = await self._storage.upload_version(run.adapter, head, files, lineage)
+        # Only once committed: a version that lost the race must not be found in the cache.
+        model.remember(version_key(adapter, version.version), state)
+        metrics.PHASE_SECONDS.labels(phase="commit").observe(time.perf_counter() - started)
+        log.info("job_committed", job_id=run.job_id, adapter=run.adapter, version=version.version, parent=head)
+        return version.version
+
+
+def version_key(adapter: Adapter, version: int) -> str:
+    """The model's cache key of a version."""
+    # The creation time tells a re-created adapter of the same name apart: its version 2 is another file.
+    return f"{adapter.name}@{version}#{adapter.created_at.isoformat()}"
+
+
+def score_request(
+    samples: tuple[Sample, ...], config: SdpoConfig, adapter: AdapterRef, support: list | None = None
+) -> ScoreRequest:
+    """The teacher's request: one item per sample, with the neutral follow-up when the config is contrastive.
+
+    ``support``: per sample a [T, K] array of ids to score at instead of the teacher's top-K.
+    """
+    items = []
+    for i, sample in enumerate(samples):
+        ids = support[i] if support is not None else None
+        items.append(
+            ScoreItem(
+                messages=sample.messages,
+                feedback=sample.feedback,
+                response_ids=sample.response_ids,
+                support_ids=tuple(int(v) for v in ids.reshape(-1)) if ids is not None else (),
+                support_k=int(ids.shape[1]) if ids is not None else 0,
+                neutral_followup=config.neutral_followup if config.contrastive else "",
+            )
+        )
+    mode = _TEACHER_MODES[config.teacher_mode]
+    return ScoreRequest(
+        items=tuple(items),
+        top_k=config.top_k,
+        mode=mode,
+        adapter=adapter if mode is not TeacherMode.BASE else None,
+        mu=config.trust_region_mu,
+        template=config.template,
+    )
+
+
+def job_lineage(
+    *, job_id: str, job_ids: tuple[str, ...], samples: tuple[Sample, ...], results: list[StepMetrics]
+) -> Lineage:
+    """What made the version: the job (and the jobs merged into it), its samples' ids and feedback, the steps."""
+    extra = {"source": "sdpo"}
+    if len(job_ids) > 1:
+        extra["merged_job_ids"] = ",".join(job_ids)
+    return Lineage(
+        job_id=job_id,
+        completion_ids=tuple(s.completion_id for s in samples),
+        feedback=tuple(s.feedback for s in samples),
+        metrics=tuple(results),
+        extra=extra,
+    )
