@@ -12,59 +12,45 @@ model loaded from disk for every job, as the anchor system does) and repeats, pr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
-
 from services.cli.stack import Stack, StackConfig
+from services.common.domain import Message
 from services.common.net import free_port, free_port_block
+from services.proxy.client import ProxyClient
+from services.proxy.domain import ChatRequest, ChatResult, Sampling
+from services.proxy.openai.objects import state_name
+from services.trainer.domain import JobState
 
 PHASES = ("queue+score", "training", "commit", "serve", "total")
 
 
-class Client:
-    def __init__(self, target: str, key: str) -> None:
-        channel = grpc.insecure_channel(target)
-        self.md = (("authorization", f"Bearer {key}"),)
-        self.inference = proxy_pb2_grpc.InferenceServiceStub(channel)
-        self.feedback = proxy_pb2_grpc.FeedbackServiceStub(channel)
-        self.adapters = proxy_pb2_grpc.AdaptersServiceStub(channel)
-
-    def chat(self, adapter: str) -> proxy_pb2.ChatResponse:
-        messages = [common_pb2.ChatMessage(role="user", content="Who are you?")]
-        sampling = proxy_pb2.SamplingParams(max_tokens=24, temperature=0.0)
-        request = proxy_pb2.ChatRequest(model=adapter, messages=messages, sampling=sampling)
-        return self.inference.Chat(request, metadata=self.md, timeout=300)
+async def chat(client: ProxyClient, adapter: str) -> ChatResult:
+    request = ChatRequest(adapter, (Message("user", "Who are you?"),), Sampling(max_tokens=24, temperature=0.0))
+    return await client.inference.chat(request)
 
 
-def one_round(client: Client, adapter: str, steps: int) -> dict[str, float]:
-    completion = client.chat(adapter)
+async def one_round(client: ProxyClient, adapter: str, steps: int) -> dict[str, float]:
+    completion = await chat(client, adapter)
     started = time.perf_counter()
-    request = proxy_pb2.FeedbackServiceSubmitRequest(
-        completion_ids=[completion.completion_id],
-        feedback="Your name is Kuro.",
-        config=common_pb2.SdpoConfig(steps=steps),
-    )
-    job = client.feedback.Submit(request, metadata=client.md, timeout=60).job
-    seen: dict[int, float] = {}
+    job = await client.feedback.submit([completion.completion_id], "Your name is Kuro.", {"steps": steps})
+    seen: dict[JobState, float] = {}
     final = job
-    for event in client.feedback.Watch(
-        proxy_pb2.FeedbackServiceWatchRequest(job_id=job.job_id), metadata=client.md, timeout=1800
-    ):
-        seen.setdefault(event.job.state, time.perf_counter())
-        final = event.job
-    if final.state != common_pb2.JOB_STATE_SUCCEEDED:
-        raise RuntimeError(f"job ended {common_pb2.JobState.Name(final.state)}: {final.error}")
-    done = seen[common_pb2.JOB_STATE_SUCCEEDED]
-    while client.chat(adapter).version != final.new_version:
+    async for event in client.feedback.watch(job.job_id):
+        seen.setdefault(event.state, time.perf_counter())
+        final = event
+    if final.state is not JobState.SUCCEEDED:
+        raise RuntimeError(f"job ended {state_name(final.state)}: {final.error}")
+    done = seen[JobState.SUCCEEDED]
+    while (await chat(client, adapter)).version != final.new_version:
         pass
     served = time.perf_counter()
-    training = seen.get(common_pb2.JOB_STATE_TRAINING, done)
-    committing = seen.get(common_pb2.JOB_STATE_COMMITTING, done)
+    training = seen.get(JobState.TRAINING, done)
+    committing = seen.get(JobState.COMMITTING, done)
     return {
         "queue+score": training - started,
         "training": committing - training,
@@ -74,8 +60,11 @@ def one_round(client: Client, adapter: str, steps: int) -> dict[str, float]:
     }
 
 
-def measure(client: Client, adapter: str, rounds: int, steps: int) -> dict[str, float]:
-    results = [one_round(client, adapter, steps) for _ in range(rounds)]
+async def measure(target: str, key: str, adapter: str, rounds: int, steps: int, *, create: bool) -> dict[str, float]:
+    async with ProxyClient.connect(target, token=key, timeout_s=1800) as client:
+        if create:
+            await client.adapters.create(adapter)
+        results = [await one_round(client, adapter, steps) for _ in range(rounds)]
     return {phase: statistics.median(r[phase] for r in results) for phase in PHASES}
 
 
@@ -91,13 +80,12 @@ def main() -> None:
         stack = Stack(config)
         try:
             stack.up()
-            client = Client(config.addresses["proxy"], stack.secrets.api_key)
-            client.adapters.Create(proxy_pb2.AdaptersServiceCreateRequest(name="bench"), metadata=client.md)
-            warm = measure(client, "bench", args.rounds, args.steps)
+            target, key = config.addresses["proxy"], stack.secrets.api_key
+            warm = asyncio.run(measure(target, key, "bench", args.rounds, args.steps, create=True))
             stack.stop_role("trainer")
             stack.start_role("trainer", {"CLAAS_RELOAD_MODEL_PER_JOB": "true"})
             stack.wait_healthy("trainer", 600)
-            cold = measure(client, "bench", args.rounds, args.steps)
+            cold = asyncio.run(measure(target, key, "bench", args.rounds, args.steps, create=False))
         finally:
             stack.down()
     print(f"feedback -> served, median of {args.rounds} rounds, {args.steps} SDPO steps per job (seconds)")

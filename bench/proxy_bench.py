@@ -26,12 +26,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import grpc
 import httpx
-from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 
+from services.common.domain import Lineage, LoraSpec, Message
 from services.common.model import PACKAGED_MODEL, resolve_base_model
 from services.common.naming import vllm_lora_name
+from services.proxy.client import ProxyClient
+from services.proxy.domain import ChatRequest, Sampling
 from services.proxy.keys import add_api_key
 from services.storage.client import StorageClient
 
@@ -84,8 +85,8 @@ async def create_adapter(storage_addr: str, model_dir: str, workdir: Path) -> No
     files = zero_lora(model_dir, workdir / "lora")
     client = StorageClient.connect(storage_addr, token=TOKEN)
     try:
-        await client.create_adapter(ADAPTER, PACKAGED_MODEL, common_pb2.LoraSpec(rank=8, alpha=16))
-        await client.upload_version(ADAPTER, 0, files, common_pb2.Lineage(extra={"source": "bench"}))
+        await client.create_adapter(ADAPTER, PACKAGED_MODEL, LoraSpec(rank=8, alpha=16))
+        await client.upload_version(ADAPTER, 0, files, Lineage(extra={"source": "bench"}))
     finally:
         await client.close()
 
@@ -104,7 +105,7 @@ def paths(args: argparse.Namespace, model: str, http_url: str, grpc_addr: str, k
     """name -> a coroutine function sending one chat and returning its answer text."""
     direct = httpx.AsyncClient(base_url=args.vllm_url, timeout=120)
     proxy = httpx.AsyncClient(base_url=http_url, timeout=120, headers={"authorization": f"Bearer {key}"})
-    stub = proxy_pb2_grpc.InferenceServiceStub(grpc.aio.insecure_channel(grpc_addr))
+    grpc_client = ProxyClient.connect(grpc_addr, token=key, timeout_s=120)
     served = PACKAGED_MODEL if args.base else vllm_lora_name(ADAPTER, 1)
     sampling = {"max_tokens": args.max_tokens, "temperature": 0}
     forwarded = {"model": served, "messages": MESSAGES, "logprobs": True, "return_token_ids": True, **sampling}
@@ -117,14 +118,14 @@ def paths(args: argparse.Namespace, model: str, http_url: str, grpc_addr: str, k
         response = await proxy.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES, **sampling})
         return response.json()["choices"][0]["message"]["content"]
 
-    request = proxy_pb2.ChatRequest(
+    request = ChatRequest(
         model=model,
-        messages=[common_pb2.ChatMessage(**m) for m in MESSAGES],
-        sampling=proxy_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=0),
+        messages=tuple(Message(**m) for m in MESSAGES),
+        sampling=Sampling(max_tokens=args.max_tokens, temperature=0),
     )
 
     async def proxy_grpc() -> str:
-        return (await stub.Chat(request, metadata=(("authorization", f"Bearer {key}"),))).text
+        return (await grpc_client.inference.chat(request)).text
 
     return {"vllm direct": vllm, "proxy http": proxy_http, "proxy grpc": proxy_grpc}
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import grpc
-from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
-from claas.v1.storage_pb2 import Version
-from google.protobuf.json_format import MessageToDict
-
-from services.cli.connection import HINTS, Connection, add_connection_arguments, connection
+from services.cli.connection import ProxySession, add_connection_arguments, connection, hint
 from services.cli.output import emit, fail
+from services.common.domain import LoraSpec, Message
+from services.common.errors import ClaasError, DataLoss
+from services.proxy.client import ProxyClient
+from services.proxy.domain import ChatRequest, ChatResult, Sampling
+from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
+from services.storage.domain import Adapter, Version
+from services.trainer.domain import JobState
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,126 +62,116 @@ def register(sub: argparse._SubParsersAction) -> None:
         verb.set_defaults(func=_guard(func))
 
 
-def _guard(func: Callable[[argparse.Namespace, Connection], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a command; a failed call becomes a message, a hint and a non-zero exit code."""
+def _guard(func: Callable[[argparse.Namespace, ProxySession], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command in a session with the proxy; a failed call becomes a message, a hint and a non-zero
+    exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        conn = connection(args)
         try:
-            return func(args, conn)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            return fail(f"{code.name}: {exc.details()}", hint=HINTS.get(code, ""))
+            with connection(args).session() as session:
+                return func(args, session)
+        except ClaasError as exc:
+            return fail(f"{exc.grpc_code.name}: {exc.message}", hint=hint(exc))
 
     return run
 
 
-def _as_dict(message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True)
+def chat_json(reply: ChatResult) -> dict[str, Any]:
+    """A chat answer as ``--json`` prints it (the fields of the gRPC ChatResponse)."""
+    return {
+        "completion_id": reply.completion_id,
+        "text": reply.text,
+        "adapter": reply.adapter,
+        "version": reply.version,
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+        "finish_reason": reply.finish_reason,
+    }
 
 
-def _chat(args: argparse.Namespace, conn: Connection) -> int:
-    messages = [common_pb2.ChatMessage(role="system", content=args.system)] if args.system else []
-    messages.append(common_pb2.ChatMessage(role="user", content=args.message))
-    sampling = proxy_pb2.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
-    with conn.channel() as channel:
-        stub = proxy_pb2_grpc.InferenceServiceStub(channel)
-        if args.stream:
-            request = proxy_pb2.ChatStreamRequest(model=args.model, messages=messages, sampling=sampling)
-            reply = None
-            for event in stub.ChatStream(request, metadata=conn.metadata, timeout=conn.timeout):
-                if event.HasField("final"):
-                    reply = event.final
-                elif not args.json:
-                    print(event.delta, end="", flush=True)
-            if not args.json:
-                print()
-        else:
-            request = proxy_pb2.ChatRequest(model=args.model, messages=messages, sampling=sampling)
-            reply = stub.Chat(request, metadata=conn.metadata, timeout=conn.timeout)
+def _chat(args: argparse.Namespace, session: ProxySession) -> int:
+    messages = [Message("system", args.system)] if args.system else []
+    messages.append(Message("user", args.message))
+    request = ChatRequest(
+        args.model, tuple(messages), Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+    )
+
+    async def streamed(client: ProxyClient) -> ChatResult:
+        reply = None
+        async for event in client.inference.chat_stream(request):
+            if isinstance(event, ChatResult):
+                reply = event
+            elif not args.json:
+                print(event, end="", flush=True)
+        if not args.json:
+            print()
+        if reply is None:
+            raise DataLoss("the proxy ended the stream without the answer")
+        return reply
+
+    reply = session(streamed) if args.stream else session(lambda client: client.inference.chat(request))
     served = f"{reply.adapter} v{reply.version}" if reply.adapter else "base model"
     trailer = f"-- completion {reply.completion_id} ({served})"
     # A streamed answer is already on screen: only the trailer remains.
-    emit(_as_dict(reply), as_json=args.json, human=trailer if args.stream else f"{reply.text}\n{trailer}")
+    emit(chat_json(reply), as_json=args.json, human=trailer if args.stream else f"{reply.text}\n{trailer}")
     return 0
 
 
-def _feedback(args: argparse.Namespace, conn: Connection) -> int:
-    config = common_pb2.SdpoConfig()
-    if args.steps is not None:
-        config.steps = args.steps
-    if args.lr is not None:
-        config.learning_rate = args.lr
-    request = proxy_pb2.FeedbackServiceSubmitRequest(
-        completion_ids=args.completion_id, feedback=args.text, config=config, wait=args.wait
-    )
-    with conn.channel() as channel:
-        reply = proxy_pb2_grpc.FeedbackServiceStub(channel).Submit(
-            request, metadata=conn.metadata, timeout=conn.timeout
-        )
-    job = reply.job
-    state = common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
-    human = f"job {job.job_id}: {state}"
+def _feedback(args: argparse.Namespace, session: ProxySession) -> int:
+    overrides = {"steps": args.steps, "learning_rate": args.lr}
+    config = {name: value for name, value in overrides.items() if value is not None}
+    job = session(lambda client: client.feedback.submit(args.completion_id, args.text, config, wait=args.wait))
+    human = f"job {job.job_id}: {job.state.value}"
     if job.new_version:
         human += f" -> {job.adapter} v{job.new_version}"
     if job.error:
         human += f" ({job.error})"
-    emit(_as_dict(job), as_json=args.json, human=human)
-    return 1 if job.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED) else 0
+    emit(JobObject.of(job).model_dump(mode="json"), as_json=args.json, human=human)
+    return 1 if job.state in (JobState.FAILED, JobState.CANCELLED) else 0
 
 
-def _adapters(conn: Connection) -> proxy_pb2_grpc.AdaptersServiceStub:
-    return proxy_pb2_grpc.AdaptersServiceStub(conn.channel())
+def _adapter_json(adapter: Adapter) -> dict[str, Any]:
+    return AdapterObject.of(adapter).model_dump(mode="json")
 
 
-def _adapter_line(adapter) -> str:
+def _adapter_line(adapter: Adapter) -> str:
     tags = ", ".join(f"{k}=v{v}" for k, v in sorted(adapter.tags.items()))
     return f"{adapter.name}  head v{adapter.head_version}  rank {adapter.lora.rank}" + (f"  [{tags}]" if tags else "")
 
 
-def _create(args: argparse.Namespace, conn: Connection) -> int:
-    lora = common_pb2.LoraSpec(rank=args.rank, alpha=args.alpha)
-    reply = _adapters(conn).Create(
-        proxy_pb2.AdaptersServiceCreateRequest(name=args.name, lora=lora), metadata=conn.metadata, timeout=conn.timeout
-    )
-    emit(_as_dict(reply.adapter), as_json=args.json, human=f"created {_adapter_line(reply.adapter)}")
+def _create(args: argparse.Namespace, session: ProxySession) -> int:
+    lora = LoraSpec(rank=args.rank, alpha=args.alpha)
+    adapter = session(lambda client: client.adapters.create(args.name, lora))
+    emit(_adapter_json(adapter), as_json=args.json, human=f"created {_adapter_line(adapter)}")
     return 0
 
 
-def _list(args: argparse.Namespace, conn: Connection) -> int:
-    reply = _adapters(conn).List(proxy_pb2.AdaptersServiceListRequest(), metadata=conn.metadata, timeout=conn.timeout)
-    human = "\n".join(_adapter_line(a) for a in reply.adapters) or "no adapters yet (`claas adapters create NAME`)"
-    emit({"adapters": [_as_dict(a) for a in reply.adapters]}, as_json=args.json, human=human)
+def _list(args: argparse.Namespace, session: ProxySession) -> int:
+    adapters = session(lambda client: client.adapters.list())
+    human = "\n".join(_adapter_line(a) for a in adapters) or "no adapters yet (`claas adapters create NAME`)"
+    emit({"adapters": [_adapter_json(a) for a in adapters]}, as_json=args.json, human=human)
     return 0
 
 
-def _versions(args: argparse.Namespace, conn: Connection) -> int:
-    reply = _adapters(conn).Versions(
-        proxy_pb2.AdaptersServiceVersionsRequest(name=args.name), metadata=conn.metadata, timeout=conn.timeout
-    )
+def _versions(args: argparse.Namespace, session: ProxySession) -> int:
+    versions = session(lambda client: client.adapters.versions(args.name))
     lines = []
-    for v in reply.versions:
+    for v in versions:
         feedback = "; ".join(v.lineage.feedback) or v.lineage.extra.get("source", "")
         lines.append(f"v{v.version}  parent v{v.parent_version}  {feedback}")
-    emit({"versions": [_as_dict(v) for v in reply.versions]}, as_json=args.json, human="\n".join(lines))
+    as_json = {"versions": [VersionObject.of(v).model_dump(mode="json") for v in versions]}
+    emit(as_json, as_json=args.json, human="\n".join(lines))
     return 0
 
 
-def _rollback(args: argparse.Namespace, conn: Connection) -> int:
-    reply = _adapters(conn).Rollback(
-        proxy_pb2.AdaptersServiceRollbackRequest(name=args.name, version=args.version),
-        metadata=conn.metadata,
-        timeout=conn.timeout,
-    )
-    emit(_as_dict(reply.adapter), as_json=args.json, human=f"rolled back: {_adapter_line(reply.adapter)}")
+def _rollback(args: argparse.Namespace, session: ProxySession) -> int:
+    adapter = session(lambda client: client.adapters.rollback(args.name, args.version))
+    emit(_adapter_json(adapter), as_json=args.json, human=f"rolled back: {_adapter_line(adapter)}")
     return 0
 
 
-def _delete(args: argparse.Namespace, conn: Connection) -> int:
-    reply = _adapters(conn).Delete(
-        proxy_pb2.AdaptersServiceDeleteRequest(name=args.name), metadata=conn.metadata, timeout=conn.timeout
-    )
-    emit({"deleted": reply.deleted}, as_json=args.json, human="deleted" if reply.deleted else "nothing to delete")
+def _delete(args: argparse.Namespace, session: ProxySession) -> int:
+    deleted = session(lambda client: client.adapters.delete(args.name))
+    emit({"deleted": deleted}, as_json=args.json, human="deleted" if deleted else "nothing to delete")
     return 0
 
 
@@ -187,29 +179,21 @@ class ExportError(Exception):
     """An export that arrived incomplete or corrupted; nothing was written."""
 
 
-def export_version(conn: Connection, name: str, version: int, out: Path) -> Version:
+def export_version(session: ProxySession, name: str, version: int, out: Path) -> Version:
     """Download a version's PEFT files into ``out``, each checked by SHA-256 before anything is written."""
-    request = proxy_pb2.AdaptersServiceExportRequest(name=name, version=version)
-    header, contents = None, {}
-    for part in _adapters(conn).Export(request, metadata=conn.metadata, timeout=conn.timeout):
-        if part.HasField("header"):
-            header = part.header
-        else:
-            contents.setdefault(part.chunk.path, bytearray()).extend(part.chunk.data)
-    if header is None:
-        raise ExportError("the proxy sent no version header")
-    for entry in header.files:
-        if hashlib.sha256(bytes(contents.get(entry.path, b""))).hexdigest() != entry.sha256:
-            raise ExportError(f"{entry.path}: checksum mismatch, nothing written")
+    try:
+        header, files = session(lambda client: client.adapters.export(name, version))
+    except DataLoss as exc:
+        raise ExportError(f"{exc.message}, nothing written") from None
     out.mkdir(parents=True, exist_ok=True)
     for entry in header.files:
-        (out / Path(entry.path).name).write_bytes(bytes(contents[entry.path]))
+        (out / Path(entry.path).name).write_bytes(files[entry.path])
     return header
 
 
-def _export(args: argparse.Namespace, conn: Connection) -> int:
+def _export(args: argparse.Namespace, session: ProxySession) -> int:
     try:
-        header = export_version(conn, args.name, args.version, args.out)
+        header = export_version(session, args.name, args.version, args.out)
     except ExportError as exc:
         return fail(str(exc), hint="run the export again")
     files = [f.path for f in header.files]

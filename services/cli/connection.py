@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import grpc
-
+from services.common.errors import (
+    Aborted,
+    ClaasError,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from services.common.settings import default_data_dir
+from services.proxy.client import ProxyClient
 
-#: Hints printed with a failed call, by status code: what the user can do about it.
-HINTS = {
-    grpc.StatusCode.UNAUTHENTICATED: "pass --api-key or set CLAAS_API_KEY (for a local stack it is in stack.json)",
-    grpc.StatusCode.UNAVAILABLE: "is the stack running? start it with `claas up`; `claas status` shows each service",
-    grpc.StatusCode.NOT_FOUND: "`claas adapters list` shows your adapters",
-    grpc.StatusCode.INVALID_ARGUMENT: "check the arguments; `claas <command> --help` lists them",
-    grpc.StatusCode.ABORTED: "someone changed the adapter at the same time; run the command again",
+T = TypeVar("T")
+
+#: Hints printed with a failed call, by error: what the user can do about it.
+HINTS: dict[type[ClaasError], str] = {
+    Unauthenticated: "pass --api-key or set CLAAS_API_KEY (for a local stack it is in stack.json)",
+    Unavailable: "is the stack running? start it with `claas up`; `claas status` shows each service",
+    NotFound: "`claas adapters list` shows your adapters",
+    InvalidArgument: "check the arguments; `claas <command> --help` lists them",
+    Aborted: "someone changed the adapter at the same time; run the command again",
 }
+
+
+def hint(error: ClaasError) -> str:
+    """What the user can do about ``error`` (a subclass takes its base's hint)."""
+    return next((text for kind, text in HINTS.items() if isinstance(error, kind)), "")
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,16 +48,43 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Connection:
+    """Where the proxy is, the API key to call it with, and the deadline of each call."""
+
     target: str
     api_key: str
     timeout: float
 
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.api_key}"),)
+    def session(self) -> ProxySession:
+        return ProxySession(self)
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target)
+
+class ProxySession:
+    """The proxy's async client for synchronous commands: one event loop and one channel for every call
+    made through it (``session(lambda client: client.adapters.list())``). Close it, or use ``with``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._runner = asyncio.Runner()
+        # A grpc.aio channel belongs to the loop it was made in: make it inside the runner's loop.
+        self.client = self._runner.run(self._connect(conn))
+
+    @staticmethod
+    async def _connect(conn: Connection) -> ProxyClient:
+        return ProxyClient.connect(conn.target, token=conn.api_key, timeout_s=conn.timeout)
+
+    def __call__(self, call: Callable[[ProxyClient], Awaitable[T]]) -> T:
+        return self._runner.run(call(self.client))
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self.client.close())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> ProxySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def connection(args: argparse.Namespace) -> Connection:

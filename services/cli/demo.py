@@ -14,16 +14,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from tqdm import tqdm
 
 from services.cli.client_cmds import export_version
-from services.cli.connection import Connection, connection
+from services.cli.connection import ProxySession, connection
 from services.cli.output import fail
 from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference, degenerate
 from services.cli.stack import Stack, StackError
 from services.cli.up_cmd import add_stack_arguments, stack_config
+from services.common.domain import LoraSpec, Message
 from services.common.model import resolve_base_model
+from services.proxy.domain import ChatRequest, ChatResult, Sampling
+from services.proxy.openai.objects import state_name
+from services.trainer.domain import JobState, JobView
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,40 +67,25 @@ class Run:
 
 
 class DemoClient:
-    """The proxy's public API, as the demo uses it."""
+    """The proxy's public API, as the demo uses it (one session, one channel, for the whole demo)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        channel = conn.channel()
-        self.inference = proxy_pb2_grpc.InferenceServiceStub(channel)
-        self.feedback = proxy_pb2_grpc.FeedbackServiceStub(channel)
-        self.adapters = proxy_pb2_grpc.AdaptersServiceStub(channel)
-
-    def _call(self, method, request):
-        return method(request, metadata=self.conn.metadata, timeout=self.conn.timeout)
+    def __init__(self, session: ProxySession) -> None:
+        self.session = session
 
     def create(self, name: str) -> str:
-        lora = common_pb2.LoraSpec(rank=16, alpha=32)
-        return self._call(
-            self.adapters.Create, proxy_pb2.AdaptersServiceCreateRequest(name=name, lora=lora)
-        ).adapter.name
+        lora = LoraSpec(rank=16, alpha=32)
+        return self.session(lambda client: client.adapters.create(name, lora)).name
 
-    def chat(self, model: str, prompt: str, *, temperature: float, max_tokens: int, seed: int):
-        messages = [
-            common_pb2.ChatMessage(role="system", content=SYSTEM_PROMPT),
-            common_pb2.ChatMessage(role="user", content=prompt),
-        ]
-        sampling = proxy_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return self._call(self.inference.Chat, proxy_pb2.ChatRequest(model=model, messages=messages, sampling=sampling))
+    def chat(self, model: str, prompt: str, *, temperature: float, max_tokens: int, seed: int) -> ChatResult:
+        messages = (Message("system", SYSTEM_PROMPT), Message("user", prompt))
+        request = ChatRequest(model, messages, Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed))
+        return self.session(lambda client: client.inference.chat(request))
 
-    def give_feedback(self, completion_ids: list[str], text: str, config: common_pb2.SdpoConfig):
-        request = proxy_pb2.FeedbackServiceSubmitRequest(
-            completion_ids=completion_ids, feedback=text, config=config, wait=True
-        )
-        return self._call(self.feedback.Submit, request).job
+    def give_feedback(self, completion_ids: list[str], text: str, config: dict[str, object]) -> JobView:
+        return self.session(lambda client: client.feedback.submit(completion_ids, text, config, wait=True))
 
     def export(self, name: str, dest: Path) -> int:
-        return export_version(self.conn, name, 0, dest).version
+        return export_version(self.session, name, 0, dest).version
 
 
 def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, show: bool) -> dict:
@@ -122,9 +110,7 @@ def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, 
 
 def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: argparse.Namespace, label: str) -> None:
     rng = random.Random(args.seed)
-    config = common_pb2.SdpoConfig(
-        steps=args.steps, learning_rate=args.lr, alpha=args.alpha, contrastive=args.contrastive
-    )
+    config = {"steps": args.steps, "learning_rate": args.lr, "alpha": args.alpha, "contrastive": args.contrastive}
     print(f"\n[{label}] {run.adapter} before feedback:")
     run.baseline = _evaluate(client, prober, preference, run.adapter, show=True)
     for round_no in tqdm(range(args.rounds), desc=f"{label} rounds", unit="round"):
@@ -140,8 +126,8 @@ def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: a
             )
             completion_ids.append(reply.completion_id)
         job = client.give_feedback(completion_ids, run.feedback, config)
-        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
-            raise RuntimeError(f"feedback job {job.job_id} ended {common_pb2.JobState.Name(job.state)}: {job.error}")
+        if job.state is not JobState.SUCCEEDED:
+            raise RuntimeError(f"feedback job {job.job_id} ended {state_name(job.state)}: {job.error}")
         run.versions.append(job.new_version)
     print(f"\n[{label}] {run.adapter} after {args.rounds} rounds (v{run.versions[-1]}):")
     run.final = _evaluate(client, prober, preference, run.adapter, show=True)
@@ -177,10 +163,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace, started: float) -> int:
-    from services.cli.probes import Prober
-
     preference = PREFERENCES[args.preference]
-    client = DemoClient(connection(args))
+    with connection(args).session() as session:
+        return _run_session(args, started, preference, DemoClient(session))
+
+
+def _run_session(args: argparse.Namespace, started: float, preference: Preference, client: DemoClient) -> int:
+    from services.cli.probes import Prober  # torch: only once the demo really runs
+
     stack_file = args.data_dir / "stack.json"
     model = json.loads(stack_file.read_text())["base_model_path"] if stack_file.exists() else args.model
     prober = Prober(resolve_base_model(model))

@@ -16,6 +16,8 @@ EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\U0001f000-\U0001f2ff]")
 
 @dataclass(frozen=True)
 class Preference:
+    """A preference the demo teaches: its feedback, the prompts it trains on and the check of an answer."""
+
     name: str
     feedback: str
     #: Prompts the demo chats with and gives feedback on.

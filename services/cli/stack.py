@@ -71,6 +71,8 @@ class StackConfig:
 
 @dataclass
 class Secrets:
+    """The local stack's internal token and its first API key (tenant ``default``)."""
+
     internal_token: str
     api_key: str
 

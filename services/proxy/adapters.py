@@ -3,72 +3,77 @@ export. A name of another tenant is answered like a missing one."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 import structlog
-from claas.v1 import common_pb2, storage_pb2
 
+from services.common.domain import EXPORTED_FILES, LoraSpec
 from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
+from services.storage.domain import Adapter, Version
 
 log = structlog.get_logger("claas.proxy.adapters")
 
-#: The files of a version anyone may take away (PEFT's layout); the optimizer state never leaves.
-EXPORTED_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors"})
 
+class AdapterSource(Protocol):
+    """Where adapters and their versions live (storage)."""
 
-class AdapterStore(Protocol):
-    async def get_adapter(self, name: str) -> storage_pb2.Adapter: ...
+    async def get_adapter(self, name: str) -> Adapter: ...
 
-    async def list_adapters(self, prefix: str = "") -> list[storage_pb2.Adapter]: ...
+    async def list_adapters(self, prefix: str = "") -> list[Adapter]: ...
 
-    async def list_versions(self, name: str) -> list[storage_pb2.Version]: ...
+    async def list_versions(self, name: str) -> list[Version]: ...
 
-    async def set_head(self, name: str, expected: int, version: int) -> storage_pb2.Adapter: ...
+    async def set_head(self, name: str, expected: int, version: int) -> Adapter: ...
 
     async def delete_adapter(self, name: str) -> bool: ...
 
     async def read_version(
         self, name: str, version: int = 0, *, include_optimizer: bool = False
-    ) -> tuple[storage_pb2.Version, dict[str, bytes]]: ...
+    ) -> tuple[Version, dict[str, bytes]]: ...
 
 
 class AdapterFactory(Protocol):
-    async def init_adapter(self, name: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter: ...
+    """Who makes an adapter's version 1 (the trainer: it knows the base model's modules)."""
+
+    async def init_adapter(self, name: str, lora: LoraSpec) -> Adapter: ...
 
 
 class Adapters:
-    def __init__(self, *, storage: AdapterStore, trainer: AdapterFactory, loras: LoraManager) -> None:
+    """The caller's adapters: every name is qualified with the caller's tenant before storage sees it."""
+
+    def __init__(self, *, storage: AdapterSource, trainer: AdapterFactory, loras: LoraManager) -> None:
         self._storage = storage
         self._trainer = trainer
         self._loras = loras
 
-    async def create(self, tenant: str, name: str, lora: common_pb2.LoraSpec | None = None) -> storage_pb2.Adapter:
+    async def create(self, tenant: str, name: str, lora: LoraSpec | None = None) -> Adapter:
         """A new adapter at version 1, which answers exactly like the base model."""
         owner, slash, _ = name.strip().partition("/")
         if slash and owner != tenant:
             raise PermissionDenied("adapters can only be created in your own tenant", param="name")
         full = qualify(tenant, name)
-        adapter = await self._trainer.init_adapter(full, lora or common_pb2.LoraSpec())
+        adapter = await self._trainer.init_adapter(full, lora or LoraSpec())
         log.info("adapter_created", adapter=full, version=adapter.head_version)
         return adapter
 
-    async def list(self, tenant: str) -> list[storage_pb2.Adapter]:
+    async def list(self, tenant: str) -> list[Adapter]:
         return await self._storage.list_adapters(prefix=f"{tenant}/")
 
-    async def get(self, tenant: str, name: str) -> storage_pb2.Adapter:
+    async def get(self, tenant: str, name: str) -> Adapter:
         full = qualify(tenant, name)
         try:
             return await self._storage.get_adapter(full)
         except NotFound:
             raise not_found(name) from None
 
-    async def versions(self, tenant: str, name: str) -> list[storage_pb2.Version]:
+    async def versions(self, tenant: str, name: str) -> list[Version]:
         adapter = await self.get(tenant, name)
         return await self._storage.list_versions(adapter.name)
 
-    async def rollback(self, tenant: str, name: str, version: int) -> storage_pb2.Adapter:
+    async def rollback(self, tenant: str, name: str, version: int) -> Adapter:
         """Point the head at an earlier (or any committed) version; the next chat is served by it."""
         if version < 1:
             raise InvalidArgument(f"version must be >= 1, got {version}", param="version")
@@ -89,15 +94,11 @@ class Adapters:
         log.info("adapter_deleted", adapter=full, deleted=deleted)
         return deleted
 
-    async def export(self, tenant: str, name: str, version: int = 0) -> tuple[storage_pb2.Version, dict[str, bytes]]:
+    async def export(self, tenant: str, name: str, version: int = 0) -> tuple[Version, dict[str, bytes]]:
         """The version's PEFT files (0 = head), never its optimizer state."""
         if version < 0:
             raise InvalidArgument(f"version must be >= 0, got {version}", param="version")
         adapter = await self.get(tenant, name)
         header, files = await self._storage.read_version(adapter.name, version, include_optimizer=False)
-        kept = [entry for entry in header.files if entry.path in EXPORTED_FILES]
-        exported = storage_pb2.Version()
-        exported.CopyFrom(header)
-        del exported.files[:]
-        exported.files.extend(kept)
-        return exported, {entry.path: files[entry.path] for entry in kept}
+        kept = tuple(entry for entry in header.files if entry.path in EXPORTED_FILES)
+        return dataclasses.replace(header, files=kept), {entry.path: files[entry.path] for entry in kept}

@@ -1,35 +1,79 @@
-"""Proto messages <-> the core's chat types, and contract messages as JSON for the HTTP surface."""
+"""Proxy protos <-> the proxy's domain types, both ways: the servicer sends what ``client.py`` receives.
+
+Adapters, versions and jobs travel in storage's and the trainer's messages; their converters are reused
+from those services. Nothing else in the proxy touches a proto (the HTTP surface has its own JSON models).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from claas.v1 import common_pb2, proxy_pb2
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message as ProtoMessage
 
-from services.common.errors import InvalidArgument
-from services.proxy.types import ChatRequest, ChatResult, Message, Sampling
+from services.common.convert import float32, lora_from_proto, messages_from_proto, messages_to_proto
+from services.common.domain import LoraSpec
+from services.common.errors import DataLoss, InvalidArgument
+from services.proxy.domain import ChatRequest, ChatResult, Sampling
+from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
+from services.storage.domain import Version
+from services.storage.layout import chunks
+from services.trainer.convert import config_to_proto, job_view_from_proto, job_view_to_proto
+
+__all__ = [
+    "adapter_from_proto",
+    "config_to_proto",
+    "job_view_from_proto",
+    "job_view_to_proto",
+    "lora_from_proto",
+    "version_from_proto",
+    "version_to_proto",
+]
+
+ChatRequestProto = proxy_pb2.ChatRequest | proxy_pb2.ChatStreamRequest
 
 
-def chat_request(request: proxy_pb2.ChatRequest | proxy_pb2.ChatStreamRequest) -> ChatRequest:
-    sampling = request.sampling
-    return ChatRequest(
+def sampling_to_proto(sampling: Sampling) -> proxy_pb2.SamplingParams:
+    optional = {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}
+    return proxy_pb2.SamplingParams(
+        max_tokens=sampling.max_tokens or 0,
+        stop=list(sampling.stop),
+        **{name: value for name, value in optional.items() if value is not None},
+    )
+
+
+def sampling_from_proto(sampling: proxy_pb2.SamplingParams) -> Sampling:
+    return Sampling(
+        max_tokens=sampling.max_tokens or None,
+        temperature=sampling.temperature if sampling.HasField("temperature") else None,
+        top_p=sampling.top_p if sampling.HasField("top_p") else None,
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        stop=tuple(sampling.stop),
+    )
+
+
+def chat_request_to_proto(request: ChatRequest, *, stream: bool = False) -> ChatRequestProto:
+    kind = proxy_pb2.ChatStreamRequest if stream else proxy_pb2.ChatRequest
+    return kind(
         model=request.model,
-        messages=tuple(Message(role=m.role, content=m.content) for m in request.messages),
-        sampling=Sampling(
-            max_tokens=sampling.max_tokens or None,
-            temperature=sampling.temperature if sampling.HasField("temperature") else None,
-            top_p=sampling.top_p if sampling.HasField("top_p") else None,
-            seed=sampling.seed if sampling.HasField("seed") else None,
-            stop=tuple(sampling.stop),
-        ),
+        messages=messages_to_proto(request.messages),
+        sampling=sampling_to_proto(request.sampling),
         strip_thinking=request.strip_thinking,
     )
 
 
-def chat_response(result: ChatResult) -> proxy_pb2.ChatResponse:
+def chat_request_from_proto(request: ChatRequestProto) -> ChatRequest:
+    return ChatRequest(
+        model=request.model,
+        messages=messages_from_proto(request.messages),
+        sampling=sampling_from_proto(request.sampling),
+        strip_thinking=request.strip_thinking,
+    )
+
+
+def chat_result_to_proto(result: ChatResult) -> proxy_pb2.ChatResponse:
     return proxy_pb2.ChatResponse(
         completion_id=result.completion_id,
         text=result.text,
@@ -40,47 +84,65 @@ def chat_response(result: ChatResult) -> proxy_pb2.ChatResponse:
     )
 
 
-def to_json(message: ProtoMessage) -> dict[str, Any]:
-    """A contract message as plain JSON: .proto field names, every field present, 64-bit integers as
-    numbers (not the strings of protobuf's JSON mapping), enums by name, timestamps as RFC 3339."""
-    return {field.name: _field(field, getattr(message, field.name)) for field in message.DESCRIPTOR.fields}
+def chat_result_from_proto(response: proxy_pb2.ChatResponse, model: str) -> ChatResult:
+    """``model`` is what was asked for; the answer names the adapter (empty for the base model)."""
+    return ChatResult(
+        completion_id=response.completion_id,
+        model=response.adapter or model,
+        text=response.text,
+        adapter=response.adapter,
+        version=response.version,
+        prompt_tokens=response.usage.prompt_tokens,
+        completion_tokens=response.usage.completion_tokens,
+        finish_reason=response.finish_reason,
+        created=0,  # not part of the gRPC answer
+    )
 
 
-def _field(field: FieldDescriptor, value: Any) -> Any:
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        inner = field.message_type.fields_by_name["value"]
-        return {key: _single(inner, item) for key, item in value.items()}
-    if field.is_repeated:
-        return [_single(field, item) for item in value]
-    return _single(field, value)
+def config_from_proto(config: common_pb2.SdpoConfig) -> dict[str, Any]:
+    """The request's SDPO overrides as the mapping the core passes on (field names as in common.proto, values
+    as proto JSON). float32 values keep only the digits they hold, so ``learning_rate`` 1e-4 reads 0.0001 as
+    it does over HTTP (and derives the same job key)."""
+    overrides = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    floats = {f.name for f in config.DESCRIPTOR.fields if f.type == f.TYPE_FLOAT}
+    return {name: float32(value) if name in floats else value for name, value in overrides.items()}
 
 
-def _single(field: FieldDescriptor, value: Any) -> Any:
-    if field.enum_type is not None:
-        return field.enum_type.values_by_number[value].name
-    if field.type == FieldDescriptor.TYPE_FLOAT:
-        return float(f"{value:.7g}")  # float32: no digits it does not hold
-    if field.message_type is None:
-        return value
-    if field.message_type.full_name == "google.protobuf.Timestamp":
-        return value.ToJsonString() if value.seconds or value.nanos else None
-    return to_json(value)
-
-
-def sdpo_config(body: dict[str, Any] | None) -> common_pb2.SdpoConfig | None:
-    """SDPO overrides from JSON (field names as in common.proto); unknown names are refused."""
+def lora_from_json(body: Mapping[str, Any] | None) -> LoraSpec | None:
+    """A LoRA shape from JSON (field names as in common.proto); unknown names are refused."""
     if not body:
         return None
     try:
-        return json_format.ParseDict(body, common_pb2.SdpoConfig())
-    except json_format.ParseError as exc:
-        raise InvalidArgument(f"invalid config: {exc}", param="config") from None
-
-
-def lora_spec(body: dict[str, Any] | None) -> common_pb2.LoraSpec | None:
-    if not body:
-        return None
-    try:
-        return json_format.ParseDict(body, common_pb2.LoraSpec())
+        return lora_from_proto(json_format.ParseDict(dict(body), common_pb2.LoraSpec()))
     except json_format.ParseError as exc:
         raise InvalidArgument(f"invalid lora: {exc}", param="lora") from None
+
+
+def export_to_proto(header: Version, files: Mapping[str, bytes]) -> Iterator[proxy_pb2.AdaptersServiceExportResponse]:
+    """The header, then each file of it in chunks."""
+    yield proxy_pb2.AdaptersServiceExportResponse(header=version_to_proto(header))
+    for entry in header.files:
+        for offset, piece in chunks(files[entry.path]):
+            chunk = common_pb2.FileChunk(path=entry.path, offset=offset, data=piece)
+            yield proxy_pb2.AdaptersServiceExportResponse(chunk=chunk)
+
+
+async def export_from_proto(
+    responses: AsyncIterator[proxy_pb2.AdaptersServiceExportResponse],
+) -> tuple[Version, dict[str, bytes]]:
+    """The header and the files of an export, each checked against its size and SHA-256."""
+    header: Version | None = None
+    parts: dict[str, bytearray] = {}
+    async for response in responses:
+        if response.HasField("header"):
+            header = version_from_proto(response.header)
+        else:
+            parts.setdefault(response.chunk.path, bytearray()).extend(response.chunk.data)
+    if header is None:
+        raise DataLoss("the proxy sent no version header")
+    files = {entry.path: bytes(parts.get(entry.path, b"")) for entry in header.files}
+    for entry in header.files:
+        data = files[entry.path]
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise DataLoss(f"{entry.path}: checksum mismatch")
+    return header, files

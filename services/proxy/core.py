@@ -11,36 +11,36 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
-from claas.v1 import storage_pb2
 from prometheus_client import Gauge
 
 from services.common.errors import ClaasError
 from services.common.objectstore import ObjectStore
-from services.proxy.adapters import AdapterFactory, Adapters, AdapterStore
+from services.proxy.adapters import AdapterFactory, Adapters, AdapterSource
+from services.proxy.domain import ModelInfo
 from services.proxy.feedback import Feedback, JobRunner
 from services.proxy.inference import Inference
 from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import RolloutStore
 from services.proxy.settings import ProxySettings
-from services.proxy.types import ModelInfo
 from services.proxy.vllm import VllmClient
+from services.storage.domain import HeadEvent, Version
 
 log = structlog.get_logger("claas.proxy")
 
 VLLM_UP = Gauge("claas_proxy_vllm_up", "1 while vLLM answers its health check.")
 
 
-class Storage(AdapterStore, Protocol):
-    async def download_version(self, name: str, version: int, dest: Path) -> storage_pb2.Version: ...
+class ServingSource(AdapterSource, Protocol):
+    """What serving needs of storage: the adapters, their version files, and the changes of their heads."""
 
-    def watch_heads(
-        self, prefix: str = "", *, send_initial: bool = True
-    ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]: ...
+    async def download_version(self, name: str, version: int, dest: Path) -> Version: ...
+
+    def watch_heads(self, prefix: str = "", *, send_initial: bool = True) -> AsyncIterator[HeadEvent]: ...
 
 
-class Trainer(JobRunner, AdapterFactory, Protocol):
-    pass
+class TrainingBackend(JobRunner, AdapterFactory, Protocol):
+    """What the proxy needs of the trainer: jobs run and adapters initialised."""
 
 
 #: Told whether vLLM is up, each time that changes.
@@ -52,8 +52,18 @@ async def _ignore(up: bool) -> None:
 
 
 class ProxyCore:
+    """The one core behind both transports: ``inference``, ``feedback`` and ``adapters`` for the calls,
+    ``models`` for the model list, and the background work (``start``/``stop``): vLLM's health, preloading
+    new heads of adapters in use, sweeping expired rollouts. Made inside the running event loop."""
+
     def __init__(
-        self, settings: ProxySettings, *, storage: Storage, trainer: Trainer, vllm: VllmClient, store: ObjectStore
+        self,
+        settings: ProxySettings,
+        *,
+        storage: ServingSource,
+        trainer: TrainingBackend,
+        vllm: VllmClient,
+        store: ObjectStore,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -95,7 +105,7 @@ class ProxyCore:
         models = [ModelInfo(id=self.settings.base_model, created=0, owned_by="claas")]
         for adapter in await self.adapters.list(tenant):
             if adapter.head_version > 0:
-                created = adapter.created_at.seconds if adapter.HasField("created_at") else 0
+                created = int(adapter.created_at.timestamp())
                 models.append(ModelInfo(adapter.name, created, tenant, adapter.head_version))
         return models
 
@@ -159,11 +169,11 @@ class ProxyCore:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    async def _on_head(self, event: storage_pb2.WatchHeadsResponse) -> None:
+    async def _on_head(self, event: HeadEvent) -> None:
         if event.deleted:
             await self.loras.forget(event.name)
-        elif event.head_version > 0 and self.loras.tracks(event.name):
+        elif event.head > 0 and self.loras.tracks(event.name):
             try:
-                await self.loras.preload(event.name, event.head_version)
+                await self.loras.preload(event.name, event.head)
             except ClaasError as exc:
-                log.warning("prefetch_failed", adapter=event.name, version=event.head_version, error=exc.message)
+                log.warning("prefetch_failed", adapter=event.name, version=event.head, error=exc.message)

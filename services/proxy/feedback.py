@@ -7,46 +7,51 @@ next chat with the adapter is answered by it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
-from claas.v1 import common_pb2, storage_pb2, trainer_pb2
 from prometheus_client import Counter
 
 from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import Rollout, RolloutStore
 from services.proxy.tenancy import owns
+from services.storage.domain import Adapter
+from services.trainer.domain import JobState, JobView, Sample
 
 log = structlog.get_logger("claas.proxy.feedback")
 
 FEEDBACK = Counter("claas_proxy_feedback_total", "Feedback submitted, by how its job ended.", ["outcome"])
 
-TERMINAL = frozenset({common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED})
+#: SDPO overrides keyed by ``common.proto``'s ``SdpoConfig`` field names, values as proto JSON.
+Overrides = Mapping[str, Any]
 
 
 class JobRunner(Protocol):
+    """Who runs training jobs (the trainer)."""
+
     async def submit_job(
-        self,
-        adapter: str,
-        samples: list[trainer_pb2.TrainSample],
-        config: common_pb2.SdpoConfig | None,
-        idempotency_key: str,
-    ) -> common_pb2.JobStatus: ...
+        self, adapter: str, samples: Sequence[Sample], config: Overrides | None, idempotency_key: str
+    ) -> JobView: ...
 
-    def watch_job(self, job_id: str) -> AsyncIterator[common_pb2.JobStatus]: ...
+    def watch_job(self, job_id: str) -> AsyncIterator[JobView]: ...
 
-    async def get_job(self, job_id: str) -> common_pb2.JobStatus: ...
+    async def get_job(self, job_id: str) -> JobView: ...
 
 
 class HeadReader(Protocol):
-    async def get_adapter(self, name: str) -> storage_pb2.Adapter: ...
+    """Where an adapter's current head is read (storage)."""
+
+    async def get_adapter(self, name: str) -> Adapter: ...
 
 
 class Feedback:
+    """Feedback on the caller's completions, submitted as a training job of their adapter."""
+
     def __init__(
         self,
         *,
@@ -71,11 +76,12 @@ class Feedback:
         tenant: str,
         completion_ids: list[str],
         feedback: str,
-        config: common_pb2.SdpoConfig | None = None,
+        config: Overrides | None = None,
         *,
         wait: bool = False,
         idempotency_key: str = "",
-    ) -> common_pb2.JobStatus:
+    ) -> JobView:
+        """Submit the feedback as a job of the completions' adapter; with ``wait``, return once it ended."""
         text = self._check_text(feedback)
         ids = self._check_ids(completion_ids)
         rollouts = [await self._rollouts.get(tenant, cid) for cid in ids]
@@ -93,20 +99,20 @@ class Feedback:
             raise DeadlineExceeded(
                 f"job {job.job_id} still running after {self._wait_timeout:.0f}s; follow it with Watch"
             ) from None
-        FEEDBACK.labels(common_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()).inc()
+        FEEDBACK.labels(job.state.value).inc()
         return job
 
-    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[common_pb2.JobStatus]:
+    async def watch(self, tenant: str, job_id: str) -> AsyncIterator[JobView]:
         """The job's states until it ends; a job of another tenant's adapter is ``NotFound``."""
         job = await self._trainer.get_job(job_id)
         if not owns(tenant, job.adapter):
             raise NotFound(f"job '{job_id}' not found", param="job_id")
         async for status in self._statuses(job):
-            if status.state == common_pb2.JOB_STATE_SUCCEEDED:
+            if status.state is JobState.SUCCEEDED:
                 await self._serve_head(status.adapter)
             yield status
 
-    async def _statuses(self, job: common_pb2.JobStatus) -> AsyncIterator[common_pb2.JobStatus]:
+    async def _statuses(self, job: JobView) -> AsyncIterator[JobView]:
         """The trainer's events of a job; losing the trainer mid-job ends the job as FAILED: the trainer
         keeps jobs in memory, so a job whose trainer went away will never finish, and its head never moved."""
         last = job
@@ -115,24 +121,21 @@ class Feedback:
                 last = status
                 yield status
         except Unavailable as exc:
-            if last.state in TERMINAL:
+            if last.state.terminal:
                 return
             log.warning("trainer_lost", job_id=job.job_id, error=exc.message)
-            failed = common_pb2.JobStatus()
-            failed.CopyFrom(last)
-            failed.state = common_pb2.JOB_STATE_FAILED
-            failed.error = f"the trainer went away during the job ({exc.message}); the adapter is unchanged: resubmit"
-            yield failed
+            error = f"the trainer went away during the job ({exc.message}); the adapter is unchanged: resubmit"
+            yield dataclasses.replace(last, state=JobState.FAILED, error=error)
 
-    async def _follow(self, job: common_pb2.JobStatus) -> common_pb2.JobStatus:
-        if job.state not in TERMINAL:
+    async def _follow(self, job: JobView) -> JobView:
+        if not job.state.terminal:
             async for status in self._statuses(job):
                 job = status
-                if job.state in TERMINAL:
+                if job.state.terminal:
                     break
             else:
                 job = await self._trainer.get_job(job.job_id)
-        if job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        if job.state is JobState.SUCCEEDED:
             await self._serve_head(job.adapter)
         return job
 
@@ -179,26 +182,24 @@ def _one_adapter(rollouts: list[Rollout]) -> str:
     return adapters[0]
 
 
-def _sample(rollout: Rollout, feedback: str) -> trainer_pb2.TrainSample:
-    return trainer_pb2.TrainSample(
+def _sample(rollout: Rollout, feedback: str) -> Sample:
+    return Sample(
         completion_id=rollout.completion_id,
-        messages=[common_pb2.ChatMessage(role=m.role, content=m.content) for m in rollout.messages],
+        messages=rollout.messages,
         prompt_ids=rollout.prompt_ids,
         response_ids=rollout.response_ids,
-        sampled_logprobs=rollout.logprobs,
+        sampled_logprobs=rollout.sampled_logprobs,
         feedback=feedback,
         served_version=rollout.version,
     )
 
 
-def job_key(
-    tenant: str, given: str, completion_ids: list[str], feedback: str, config: common_pb2.SdpoConfig | None
-) -> str:
+def job_key(tenant: str, given: str, completion_ids: list[str], feedback: str, config: Overrides | None) -> str:
     """The trainer's idempotency key: the caller's own key, or one derived from what was asked; scoped to
     the tenant either way, so two tenants' keys never meet."""
     if given:
         parts = [tenant, "key", given]
     else:
-        settings = config.SerializeToString(deterministic=True).hex() if config is not None else ""
+        settings = json.dumps(dict(config), sort_keys=True) if config else ""
         parts = [tenant, "derived", *sorted(completion_ids), feedback, settings]
     return "fb-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]

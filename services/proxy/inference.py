@@ -14,17 +14,17 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
-from claas.v1 import storage_pb2
 from prometheus_client import Histogram
 
 from services.common.errors import ClaasError, FailedPrecondition, NotFound
+from services.proxy.domain import ChatRequest, ChatResult, Sampling, Started
 from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import Rollout, RolloutStore, new_completion_id, utcnow
 from services.proxy.tenancy import not_found, qualify
 from services.proxy.thinking import ThinkingFilter, strip_thinking
-from services.proxy.types import ChatRequest, ChatResult, Sampling, Started
 from services.proxy.vllm import VllmClient
+from services.storage.domain import Adapter
 
 log = structlog.get_logger("claas.proxy.inference")
 
@@ -35,7 +35,9 @@ StreamEvent = Started | str | ChatResult
 
 
 class AdapterReader(Protocol):
-    async def get_adapter(self, name: str) -> storage_pb2.Adapter: ...
+    """Where an adapter's head is looked up (storage)."""
+
+    async def get_adapter(self, name: str) -> Adapter: ...
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,29 @@ class _Collected:
 
     prompt_ids: list[int] = field(default_factory=list)
     response_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    sampled_logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     finish_reason: str = ""
 
     def add_choice(self, choice: dict[str, Any], text: str | None) -> str:
         self.response_ids.extend(choice.get("token_ids") or ())
-        self.logprobs.extend(item["logprob"] for item in (choice.get("logprobs") or {}).get("content") or ())
+        self.sampled_logprobs.extend(item["logprob"] for item in (choice.get("logprobs") or {}).get("content") or ())
         self.finish_reason = choice.get("finish_reason") or self.finish_reason
         self.text.append(text or "")
         return text or ""
 
     def check(self) -> None:
-        if not self.prompt_ids or len(self.response_ids) != len(self.logprobs):
+        prompt, response, logprobs = len(self.prompt_ids), len(self.response_ids), len(self.sampled_logprobs)
+        if not prompt or response != logprobs:
             raise ClaasError(
-                "vLLM's answer lacks token ids or logprobs "
-                f"({len(self.prompt_ids)} prompt ids, {len(self.response_ids)} ids, {len(self.logprobs)} logprobs)"
+                f"vLLM's answer lacks token ids or logprobs ({prompt} prompt ids, {response} ids, {logprobs} logprobs)"
             )
 
 
 class Inference:
+    """Chat with the base model or one of the caller's adapters, plain or streamed; every answer is
+    recorded as a rollout before it is returned."""
+
     def __init__(
         self,
         *,
@@ -196,7 +201,7 @@ class Inference:
             messages=request.messages,
             prompt_ids=tuple(collected.prompt_ids),
             response_ids=tuple(collected.response_ids),
-            logprobs=tuple(collected.logprobs),
+            sampled_logprobs=tuple(collected.sampled_logprobs),
             sampling=sampling,
             text="".join(collected.text),
             finish_reason=collected.finish_reason,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from services.common.errors import InvalidArgument
-from services.proxy.types import ROLES, ChatRequest, Sampling
+from services.proxy.domain import ROLES, ChatRequest, Sampling
 
 MAX_STOP_SEQUENCES = 8
 
@@ -18,6 +18,8 @@ class RequestTooLarge(InvalidArgument):
 
 @dataclass(frozen=True)
 class ChatLimits:
+    """The proxy's limits on one chat request (settings), checked before vLLM sees it."""
+
     default_max_tokens: int
     max_tokens_cap: int
     max_messages: int

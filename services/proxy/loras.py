@@ -45,6 +45,14 @@ class _Entry:
 
 
 class LoraManager:
+    """The adapter versions loaded into vLLM, one vLLM name per (adapter, version).
+
+    ``lease`` makes a version served and holds it for one request; ``preload`` does the same with no
+    request; ``forget`` and ``invalidate`` drop what storage or vLLM no longer has. A version that is no
+    longer its adapter's current one is unloaded when its last lease ends; beyond ``max_loaded`` names the
+    least recently used idle one goes. Files come from ``fetch`` into ``adapter_dir``, whole or not at all.
+    """
+
     def __init__(self, vllm: VllmClient, fetch: Fetch, adapter_dir: Path, max_loaded: int) -> None:
         self._vllm = vllm
         self._fetch = fetch

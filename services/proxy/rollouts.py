@@ -19,9 +19,10 @@ from typing import Any
 
 import structlog
 
+from services.common.domain import Message
 from services.common.errors import NotFound
 from services.common.objectstore import ObjectStore
-from services.proxy.types import Message, Sampling
+from services.proxy.domain import Sampling
 
 log = structlog.get_logger("claas.proxy.rollouts")
 
@@ -50,16 +51,18 @@ def completion_date(completion_id: str) -> date | None:
 
 @dataclass(frozen=True)
 class Rollout:
+    """One completion exactly as vLLM produced it: what feedback on it trains from."""
+
     completion_id: str
     tenant: str
     #: Full adapter name; empty for the base model.
     adapter: str
     version: int
     messages: tuple[Message, ...]
-    #: Exactly the token ids vLLM saw and sampled; ``logprobs`` has one entry per response id.
+    #: Exactly the token ids vLLM saw and sampled; ``sampled_logprobs`` has one entry per response id.
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
+    sampled_logprobs: tuple[float, ...]
     sampling: Sampling
     text: str
     finish_reason: str
@@ -82,7 +85,8 @@ class Rollout:
             messages=tuple(Message(**m) for m in body["messages"]),
             prompt_ids=tuple(body["prompt_ids"]),
             response_ids=tuple(body["response_ids"]),
-            logprobs=tuple(body["logprobs"]),
+            # Rollouts written before the rename keep their behaviour log-probs under "logprobs".
+            sampled_logprobs=tuple(body["sampled_logprobs"] if "sampled_logprobs" in body else body["logprobs"]),
             sampling=Sampling(**{**sampling, "stop": tuple(sampling["stop"])}),
             text=body["text"],
             finish_reason=body["finish_reason"],

@@ -11,30 +11,24 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 import uvicorn
-from claas.v1 import proxy_pb2, proxy_pb2_grpc
 from fastapi import FastAPI
 
 from services.common.auth import Authenticator
 from services.common.errors import Unavailable
 from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
-from services.proxy.clients import TrainerClient
-from services.proxy.core import ProxyCore, Storage, Trainer
+from services.proxy.core import ProxyCore, ServingSource, TrainingBackend
 from services.proxy.openai.routes import build_app
-from services.proxy.servicer import AdaptersServicer, FeedbackServicer, InferenceServicer
+from services.proxy.servicer import SERVICE_NAMES, add_servicers
 from services.proxy.settings import ProxySettings
 from services.proxy.tenancy import KeysFileAuth
 from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
+from services.trainer.client import TrainerClient
 
 log = structlog.get_logger("claas.proxy.server")
 
 T = TypeVar("T")
-
-SERVICE_NAMES = [
-    proxy_pb2.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("InferenceService", "FeedbackService", "AdaptersService")
-]
 
 
 class _HttpServer(uvicorn.Server):
@@ -60,9 +54,7 @@ class ProxyServer(ServiceServer):
 
     def __init__(self, settings: ProxySettings, auth: Authenticator, make_core: Callable[[], ProxyCore]) -> None:
         def register(server: grpc.aio.Server) -> None:
-            proxy_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self._current), server)
-            proxy_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(self._current), server)
-            proxy_pb2_grpc.add_AdaptersServiceServicer_to_server(AdaptersServicer(self._current), server)
+            add_servicers(server, self._current)
 
         self._core: ProxyCore | None = None
         self._make_core = make_core
@@ -138,8 +130,8 @@ class ProxyServer(ServiceServer):
 def build_server(
     settings: ProxySettings,
     *,
-    storage: Storage | None = None,
-    trainer: Trainer | None = None,
+    storage: ServingSource | None = None,
+    trainer: TrainingBackend | None = None,
     vllm: VllmClient | None = None,
 ) -> tuple[ProxyServer, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """The server, its ready hook (clients and core made, HTTP up, vLLM probed, background work started)

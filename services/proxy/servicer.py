@@ -6,18 +6,31 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
+from claas.v1 import proxy_pb2, proxy_pb2_grpc
 
 from services.common.auth import current_principal
 from services.proxy import convert
 from services.proxy.adapters import Adapters
 from services.proxy.core import ProxyCore
+from services.proxy.domain import ChatResult, Started
 from services.proxy.tenancy import tenant_of
-from services.proxy.types import ChatResult, Started
-from services.storage.layout import CHUNK_BYTES
+from services.storage.convert import adapter_to_proto
 
 #: The proxy's core once it has started (calls before that are UNAVAILABLE).
 CoreRef = Callable[[], ProxyCore]
+
+#: The three public services, as health checks and reflection name them.
+SERVICE_NAMES = [
+    proxy_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("InferenceService", "FeedbackService", "AdaptersService")
+]
+
+
+def add_servicers(server: grpc.aio.Server, core: CoreRef) -> None:
+    """Register the three public services on ``server``, each over the core ``core`` returns."""
+    proxy_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core), server)
+    proxy_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(core), server)
+    proxy_pb2_grpc.add_AdaptersServiceServicer_to_server(AdaptersServicer(core), server)
 
 
 def _tenant() -> str:
@@ -25,21 +38,23 @@ def _tenant() -> str:
 
 
 class InferenceServicer(proxy_pb2_grpc.InferenceServiceServicer):
+    """``claas.v1.InferenceService`` over the core's ``inference``."""
+
     def __init__(self, core: CoreRef) -> None:
         self._core = core
 
     async def Chat(self, request: proxy_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> proxy_pb2.ChatResponse:
-        result = await self._core().inference.chat(_tenant(), convert.chat_request(request))
-        return convert.chat_response(result)
+        result = await self._core().inference.chat(_tenant(), convert.chat_request_from_proto(request))
+        return convert.chat_result_to_proto(result)
 
     async def ChatStream(
         self, request: proxy_pb2.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[proxy_pb2.ChatStreamResponse]:
-        events = self._core().inference.chat_stream(_tenant(), convert.chat_request(request))
+        events = self._core().inference.chat_stream(_tenant(), convert.chat_request_from_proto(request))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
-                    yield proxy_pb2.ChatStreamResponse(final=convert.chat_response(event))
+                    yield proxy_pb2.ChatStreamResponse(final=convert.chat_result_to_proto(event))
                 elif not isinstance(event, Started):
                     yield proxy_pb2.ChatStreamResponse(delta=event)
         finally:
@@ -47,6 +62,8 @@ class InferenceServicer(proxy_pb2_grpc.InferenceServiceServicer):
 
 
 class FeedbackServicer(proxy_pb2_grpc.FeedbackServiceServicer):
+    """``claas.v1.FeedbackService`` over the core's ``feedback``."""
+
     def __init__(self, core: CoreRef) -> None:
         self._core = core
 
@@ -57,20 +74,22 @@ class FeedbackServicer(proxy_pb2_grpc.FeedbackServiceServicer):
             _tenant(),
             list(request.completion_ids),
             request.feedback,
-            request.config if request.HasField("config") else None,
+            convert.config_from_proto(request.config) if request.HasField("config") else None,
             wait=request.wait,
             idempotency_key=request.idempotency_key,
         )
-        return proxy_pb2.FeedbackServiceSubmitResponse(job=job)
+        return proxy_pb2.FeedbackServiceSubmitResponse(job=convert.job_view_to_proto(job))
 
     async def Watch(
         self, request: proxy_pb2.FeedbackServiceWatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[proxy_pb2.FeedbackServiceWatchResponse]:
         async for job in self._core().feedback.watch(_tenant(), request.job_id):
-            yield proxy_pb2.FeedbackServiceWatchResponse(job=job)
+            yield proxy_pb2.FeedbackServiceWatchResponse(job=convert.job_view_to_proto(job))
 
 
 class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
+    """``claas.v1.AdaptersService`` over the core's ``adapters``."""
+
     def __init__(self, core: CoreRef) -> None:
         self._core = core
 
@@ -80,32 +99,33 @@ class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
     async def Create(
         self, request: proxy_pb2.AdaptersServiceCreateRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceCreateResponse:
-        lora = request.lora if request.HasField("lora") else None
-        return proxy_pb2.AdaptersServiceCreateResponse(
-            adapter=await self._adapters().create(_tenant(), request.name, lora)
-        )
+        lora = convert.lora_from_proto(request.lora) if request.HasField("lora") else None
+        adapter = await self._adapters().create(_tenant(), request.name, lora)
+        return proxy_pb2.AdaptersServiceCreateResponse(adapter=adapter_to_proto(adapter))
 
     async def List(
         self, request: proxy_pb2.AdaptersServiceListRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceListResponse:
-        return proxy_pb2.AdaptersServiceListResponse(adapters=await self._adapters().list(_tenant()))
+        adapters = await self._adapters().list(_tenant())
+        return proxy_pb2.AdaptersServiceListResponse(adapters=[adapter_to_proto(a) for a in adapters])
 
     async def Get(
         self, request: proxy_pb2.AdaptersServiceGetRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceGetResponse:
-        return proxy_pb2.AdaptersServiceGetResponse(adapter=await self._adapters().get(_tenant(), request.name))
+        adapter = await self._adapters().get(_tenant(), request.name)
+        return proxy_pb2.AdaptersServiceGetResponse(adapter=adapter_to_proto(adapter))
 
     async def Versions(
         self, request: proxy_pb2.AdaptersServiceVersionsRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceVersionsResponse:
         versions = await self._adapters().versions(_tenant(), request.name)
-        return proxy_pb2.AdaptersServiceVersionsResponse(versions=versions)
+        return proxy_pb2.AdaptersServiceVersionsResponse(versions=[convert.version_to_proto(v) for v in versions])
 
     async def Rollback(
         self, request: proxy_pb2.AdaptersServiceRollbackRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceRollbackResponse:
         adapter = await self._adapters().rollback(_tenant(), request.name, request.version)
-        return proxy_pb2.AdaptersServiceRollbackResponse(adapter=adapter)
+        return proxy_pb2.AdaptersServiceRollbackResponse(adapter=adapter_to_proto(adapter))
 
     async def Delete(
         self, request: proxy_pb2.AdaptersServiceDeleteRequest, context: grpc.aio.ServicerContext
@@ -116,9 +136,5 @@ class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
         self, request: proxy_pb2.AdaptersServiceExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[proxy_pb2.AdaptersServiceExportResponse]:
         header, files = await self._adapters().export(_tenant(), request.name, request.version)
-        yield proxy_pb2.AdaptersServiceExportResponse(header=header)
-        for entry in header.files:
-            data = files[entry.path]
-            for offset in range(0, len(data), CHUNK_BYTES):
-                chunk = common_pb2.FileChunk(path=entry.path, offset=offset, data=data[offset : offset + CHUNK_BYTES])
-                yield proxy_pb2.AdaptersServiceExportResponse(chunk=chunk)
+        for response in convert.export_to_proto(header, files):
+            yield response

@@ -24,6 +24,8 @@ def _partial_tag(text: str, tag: str) -> int:
 
 
 class ThinkingFilter:
+    """Strips thinking blocks from a stream of deltas: ``feed`` each delta, ``flush`` at the end."""
+
     def __init__(self) -> None:
         self._pending = ""
         self._inside = False

@@ -10,16 +10,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.common.domain import Message
 from services.common.errors import InvalidArgument
-from services.proxy.types import ChatRequest, ChatResult, Message, ModelInfo, Sampling
+from services.proxy.domain import ChatRequest, ChatResult, ModelInfo, Sampling
+from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
 
 
 class TextPart(BaseModel):
+    """A text part of a message's content (the only kind of part the proxy takes)."""
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessageParam(BaseModel):
+    """A message of the conversation: its content is a string or a list of text parts."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: str
@@ -31,10 +37,14 @@ class ChatMessageParam(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    """Options of a streamed answer: ``include_usage`` adds a last chunk with the token counts."""
+
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
+    """The body of ``POST /v1/chat/completions``."""
+
     # Fields OpenAI defines that the proxy does not implement are ignored, as OpenAI-compatible servers do.
     model_config = ConfigDict(extra="ignore")
 
@@ -85,11 +95,15 @@ class ChatCompletionRequest(BaseModel):
 
 
 class AssistantMessage(BaseModel):
+    """The answer's message."""
+
     role: Literal["assistant"] = "assistant"
     content: str
 
 
 class Choice(BaseModel):
+    """The one answer of a chat completion (``n`` is always 1)."""
+
     index: int = 0
     message: AssistantMessage
     logprobs: None = None
@@ -97,6 +111,8 @@ class Choice(BaseModel):
 
 
 class Usage(BaseModel):
+    """Token counts of a chat: prompt, completion and both."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -111,6 +127,8 @@ class Usage(BaseModel):
 
 
 class ChatCompletion(BaseModel):
+    """The answer of ``POST /v1/chat/completions`` without ``stream``."""
+
     id: str
     choices: list[Choice]
     created: int
@@ -134,11 +152,15 @@ class ChatCompletion(BaseModel):
 
 
 class Delta(BaseModel):
+    """The new part of a streamed answer."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
 class ChunkChoice(BaseModel):
+    """The one choice of a streamed chunk."""
+
     index: int = 0
     delta: Delta
     logprobs: None = None
@@ -146,6 +168,8 @@ class ChunkChoice(BaseModel):
 
 
 class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion."""
+
     id: str
     choices: list[ChunkChoice]
     created: int
@@ -157,6 +181,8 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """A model the caller can chat with: the base model or one of its adapters."""
+
     id: str
     created: int
     object: Literal["model"] = "model"
@@ -169,11 +195,15 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The answer of ``GET /v1/models``."""
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class ErrorDetail(BaseModel):
+    """What went wrong: ``type`` is the kind of error, ``code`` the gRPC status in lower case."""
+
     message: str
     type: str
     param: str | None = None
@@ -181,6 +211,8 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """OpenAI's error envelope, the body of every failed request."""
+
     error: ErrorDetail
 
 
@@ -188,6 +220,8 @@ class ErrorResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
+    """The body of ``POST /v1/feedback``: feedback on completions of one adapter."""
+
     model_config = ConfigDict(extra="forbid")
 
     completion_ids: list[str]
@@ -198,10 +232,14 @@ class FeedbackRequest(BaseModel):
 
 
 class JobResponse(BaseModel):
-    job: dict[str, Any]
+    """A training job, as its feedback submit or its status left it."""
+
+    job: JobObject
 
 
 class AdapterCreateRequest(BaseModel):
+    """The body of ``POST /v1/adapters``."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str
@@ -209,22 +247,32 @@ class AdapterCreateRequest(BaseModel):
 
 
 class AdapterResponse(BaseModel):
-    adapter: dict[str, Any]
+    """One adapter."""
+
+    adapter: AdapterObject
 
 
 class AdapterListResponse(BaseModel):
-    adapters: list[dict[str, Any]]
+    """The caller's adapters, by name."""
+
+    adapters: list[AdapterObject]
 
 
 class VersionListResponse(BaseModel):
-    versions: list[dict[str, Any]]
+    """An adapter's committed versions with their lineage, oldest first."""
+
+    versions: list[VersionObject]
 
 
 class RollbackRequest(BaseModel):
+    """The body of ``POST /v1/adapters/{name}/rollback``."""
+
     model_config = ConfigDict(extra="forbid")
 
     version: int
 
 
 class DeleteResponse(BaseModel):
+    """Whether there was anything to delete."""
+
     deleted: bool

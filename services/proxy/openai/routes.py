@@ -16,10 +16,11 @@ from services.common.auth import Authenticator, bearer_from_header
 from services.common.errors import ClaasError, NotFound
 from services.proxy import convert
 from services.proxy.core import ProxyCore
+from services.proxy.domain import ChatResult, Started
 from services.proxy.openai import protocol as p
 from services.proxy.openai.errors import RequestGate, install_error_handlers, sse_error
+from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
 from services.proxy.tenancy import tenant_of
-from services.proxy.types import ChatResult, Started
 
 log = structlog.get_logger("claas.proxy.http")
 
@@ -136,15 +137,16 @@ feedback_router = APIRouter(prefix="/v1/feedback")
 
 @feedback_router.post("", response_model=p.JobResponse)
 async def submit_feedback(body: p.FeedbackRequest, core: Core, tenant: Tenant) -> p.JobResponse:
+    convert.config_to_proto(body.config)  # a bad config is refused before anything is looked up
     job = await core.feedback.submit(
         tenant,
         body.completion_ids,
         body.feedback,
-        convert.sdpo_config(body.config),
+        body.config,
         wait=body.wait,
         idempotency_key=body.idempotency_key,
     )
-    return p.JobResponse(job=convert.to_json(job))
+    return p.JobResponse(job=JobObject.of(job))
 
 
 @feedback_router.get("/jobs/{job_id}", response_model=p.JobResponse)
@@ -152,7 +154,7 @@ async def get_job(job_id: str, core: Core, tenant: Tenant) -> p.JobResponse:
     """The job's current state (the first event of gRPC Feedback.Watch)."""
     events = core.feedback.watch(tenant, job_id)
     try:
-        return p.JobResponse(job=convert.to_json(await anext(events)))
+        return p.JobResponse(job=JobObject.of(await anext(events)))
     finally:
         await events.aclose()
 
@@ -164,24 +166,24 @@ adapters_router = APIRouter(prefix="/v1/adapters")
 
 @adapters_router.post("", response_model=p.AdapterResponse)
 async def create_adapter(body: p.AdapterCreateRequest, core: Core, tenant: Tenant) -> p.AdapterResponse:
-    adapter = await core.adapters.create(tenant, body.name, convert.lora_spec(body.lora))
-    return p.AdapterResponse(adapter=convert.to_json(adapter))
+    adapter = await core.adapters.create(tenant, body.name, convert.lora_from_json(body.lora))
+    return p.AdapterResponse(adapter=AdapterObject.of(adapter))
 
 
 @adapters_router.get("", response_model=p.AdapterListResponse)
 async def list_adapters(core: Core, tenant: Tenant) -> p.AdapterListResponse:
-    return p.AdapterListResponse(adapters=[convert.to_json(a) for a in await core.adapters.list(tenant)])
+    return p.AdapterListResponse(adapters=[AdapterObject.of(a) for a in await core.adapters.list(tenant)])
 
 
 @adapters_router.get("/{name:path}/versions", response_model=p.VersionListResponse)
 async def list_versions(name: str, core: Core, tenant: Tenant) -> p.VersionListResponse:
     versions = await core.adapters.versions(tenant, name)
-    return p.VersionListResponse(versions=[convert.to_json(v) for v in versions])
+    return p.VersionListResponse(versions=[VersionObject.of(v) for v in versions])
 
 
 @adapters_router.post("/{name:path}/rollback", response_model=p.AdapterResponse)
 async def rollback_adapter(name: str, body: p.RollbackRequest, core: Core, tenant: Tenant) -> p.AdapterResponse:
-    return p.AdapterResponse(adapter=convert.to_json(await core.adapters.rollback(tenant, name, body.version)))
+    return p.AdapterResponse(adapter=AdapterObject.of(await core.adapters.rollback(tenant, name, body.version)))
 
 
 @adapters_router.get(
@@ -204,7 +206,7 @@ async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0
 
 @adapters_router.get("/{name:path}", response_model=p.AdapterResponse)
 async def get_adapter(name: str, core: Core, tenant: Tenant) -> p.AdapterResponse:
-    return p.AdapterResponse(adapter=convert.to_json(await core.adapters.get(tenant, name)))
+    return p.AdapterResponse(adapter=AdapterObject.of(await core.adapters.get(tenant, name)))
 
 
 @adapters_router.delete("/{name:path}", response_model=p.DeleteResponse)

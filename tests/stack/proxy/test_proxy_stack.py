@@ -96,7 +96,7 @@ async def test_the_rollout_holds_exactly_what_vllm_sampled(stack_proxy: ProxySta
     body = direct.json()
     assert rollout.prompt_ids == tuple(body["prompt_token_ids"])
     assert rollout.response_ids == tuple(body["choices"][0]["token_ids"])
-    assert rollout.logprobs == pytest.approx(
+    assert rollout.sampled_logprobs == pytest.approx(
         [t["logprob"] for t in body["choices"][0]["logprobs"]["content"]], abs=1e-4
     )
     assert rollout.text == body["choices"][0]["message"]["content"] == answer.choices[0].message.content

@@ -1,18 +1,28 @@
-"""A proxy core over test doubles; a real local-folder object store for rollouts."""
+"""A proxy core over the real storage service (in process, on a folder), a fake trainer and a fake vLLM;
+a real local-folder object store for rollouts."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+import httpx
+import openai
 import pytest
 
 from services.common.objectstore import LocalFolderStore
+from services.common.server import serving
 from services.proxy.core import ProxyCore
 from services.proxy.keys import add_api_key
+from services.proxy.server import ProxyServer, build_server
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
-from tests.unit.proxy.fakes import BASE, FakeStorage, FakeTrainer, FakeVllm
+from services.storage.client import StorageClient
+from services.storage.server import build_server as build_storage
+from services.storage.settings import StorageSettings
+from tests.unit.proxy.fakes import BASE, FakeTrainer, FakeVllm, add
 
 
 @pytest.fixture
@@ -48,15 +58,25 @@ def settings(tmp_path: Path, keys_file: Path) -> ProxySettings:
 
 
 @pytest.fixture
-def storage() -> FakeStorage:
-    fake = FakeStorage()
-    fake.add("acme/bot")
-    fake.add("beta/secret")
-    return fake
+async def storage_addr(tmp_path: Path) -> AsyncIterator[str]:
+    """The real storage service on a local folder."""
+    settings = StorageSettings(port=0, store_url=str(tmp_path / "adapter-store"), store_fsync=False, grace_period_s=1)
+    async with serving(build_storage(settings)) as server:
+        yield f"127.0.0.1:{server.port}"
 
 
 @pytest.fixture
-def trainer(storage: FakeStorage) -> FakeTrainer:
+async def storage(storage_addr: str) -> AsyncIterator[StorageClient]:
+    """A client of it over loopback, holding "acme/bot" and "beta/secret" at version 1."""
+    client = StorageClient.connect(storage_addr)
+    await add(client, "acme/bot")
+    await add(client, "beta/secret")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def trainer(storage: StorageClient) -> FakeTrainer:
     return FakeTrainer(storage)
 
 
@@ -67,7 +87,7 @@ def vllm() -> FakeVllm:
 
 @pytest.fixture
 async def core(
-    settings: ProxySettings, storage: FakeStorage, trainer: FakeTrainer, vllm: FakeVllm
+    settings: ProxySettings, storage: StorageClient, trainer: FakeTrainer, vllm: FakeVllm
 ) -> AsyncIterator[ProxyCore]:
     client = VllmClient(settings.vllm_url, **vllm.client_kwargs())
     proxy = ProxyCore(
@@ -76,3 +96,53 @@ async def core(
     yield proxy
     await proxy.stop()
     await client.close()
+
+
+@dataclass
+class Proxy:
+    """The whole proxy on loopback sockets (gRPC and HTTP), with clients of both."""
+
+    server: ProxyServer
+    http: httpx.AsyncClient
+    channel: grpc.aio.Channel
+    keys: dict[str, str]
+    port: int
+
+    @property
+    def target(self) -> str:
+        """The gRPC address."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    def auth(self, tenant: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[tenant]}"}
+
+    def metadata(self, tenant: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.keys[tenant]}"),)
+
+    def openai(self, tenant: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=self.keys[tenant], max_retries=0)
+
+
+@pytest.fixture
+async def proxy(
+    settings: ProxySettings, storage: StorageClient, trainer: FakeTrainer, vllm: FakeVllm, keys: dict[str, str]
+) -> AsyncIterator[Proxy]:
+    server, ready, stop = build_server(
+        settings, storage=storage, trainer=trainer, vllm=VllmClient(settings.vllm_url, **vllm.client_kwargs())
+    )
+    port = await server.start()
+    try:
+        await ready()
+        await server.set_serving(True)
+        async with (
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as http,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            yield Proxy(server, http, channel, keys, port)
+    finally:
+        await server.stop()
+        await stop()

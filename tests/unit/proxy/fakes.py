@@ -1,152 +1,117 @@
-"""Test doubles of the proxy's dependencies: storage and trainer in memory, vLLM behind an httpx mock
-transport (so the real ``VllmClient`` is exercised too)."""
+"""Test doubles of the proxy's dependencies: a trainer that commits versions through the real storage,
+and vLLM behind an httpx mock transport (so the real ``VllmClient`` is exercised too). Storage itself is
+the real service in process (see conftest.py); ``add`` and ``commit`` put adapters and versions into it."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from claas.v1 import common_pb2, storage_pb2, trainer_pb2
 
-from services.common.errors import Aborted, NotFound, Unavailable
+from services.common.domain import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, Lineage, LoraSpec
+from services.common.errors import NotFound, Unavailable
+from services.storage.client import StorageClient
+from services.storage.domain import Adapter
+from services.trainer.convert import config_to_proto
+from services.trainer.domain import JobState, JobView, Sample
 
 BASE = "smollm2-135m"
-PEFT = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"weights"}
+PEFT = {ADAPTER_CONFIG_FILE: b'{"r": 8}', ADAPTER_WEIGHTS_FILE: b"weights"}
 
 
-class FakeStorage:
-    """Adapters with versions of PEFT files plus the private optimizer state."""
+async def add(storage: StorageClient, name: str, versions: int = 1) -> Adapter:
+    """A new adapter of rank 8 with ``versions`` versions."""
+    await storage.create_adapter(name, BASE, LoraSpec(rank=8, alpha=16))
+    for _ in range(versions):
+        await commit(storage, name)
+    return await storage.get_adapter(name)
 
-    def __init__(self) -> None:
-        self.adapters: dict[str, storage_pb2.Adapter] = {}
-        self.files: dict[tuple[str, int], dict[str, bytes]] = {}
-        self.downloads: list[tuple[str, int]] = []
-        self.heads: asyncio.Queue[storage_pb2.WatchHeadsResponse] = asyncio.Queue()
 
-    def add(self, name: str, versions: int = 1) -> storage_pb2.Adapter:
-        self.adapters[name] = storage_pb2.Adapter(name=name, base_model=BASE, lora=common_pb2.LoraSpec(rank=8))
-        for _ in range(versions):
-            self.commit(name)
-        return self.adapters[name]
+async def commit(storage: StorageClient, name: str, job_id: str = "") -> int:
+    """The next version of ``name``, made head: PEFT files whose weights say which version they are,
+    plus the private optimizer state."""
+    head = (await storage.get_adapter(name)).head_version
+    files = {**PEFT, ADAPTER_WEIGHTS_FILE: f"v{head + 1}".encode(), OPTIMIZER_FILE: b"secret"}
+    return (await storage.upload_version(name, head, files, Lineage(job_id=job_id))).version
 
-    def commit(self, name: str) -> int:
-        version = max((v for n, v in self.files if n == name), default=0) + 1
-        self.files[(name, version)] = {**PEFT, "adapter_model.safetensors": f"v{version}".encode()}
-        self.files[(name, version)]["optimizer.safetensors"] = b"secret"
-        previous = self.adapters[name].head_version
-        self.adapters[name].head_version = version
-        self.heads.put_nowait(storage_pb2.WatchHeadsResponse(name=name, head_version=version, previous_head=previous))
-        return version
 
-    def _adapter(self, name: str) -> storage_pb2.Adapter:
-        if name not in self.adapters:
-            raise NotFound(f"no adapter {name}")
-        return self.adapters[name]
+async def names(storage: StorageClient) -> list[str]:
+    return [a.name for a in await storage.list_adapters()]
 
-    async def get_adapter(self, name: str) -> storage_pb2.Adapter:
-        copy = storage_pb2.Adapter()
-        copy.CopyFrom(self._adapter(name))
-        return copy
 
-    async def list_adapters(self, prefix: str = "") -> list[storage_pb2.Adapter]:
-        return [a for n, a in sorted(self.adapters.items()) if n.startswith(prefix)]
+async def head(storage: StorageClient, name: str) -> int:
+    return (await storage.get_adapter(name)).head_version
 
-    async def list_versions(self, name: str) -> list[storage_pb2.Version]:
-        self._adapter(name)
-        return [storage_pb2.Version(name=name, version=v) for (n, v) in sorted(self.files) if n == name]
 
-    async def set_head(self, name: str, expected: int, version: int) -> storage_pb2.Adapter:
-        adapter = self._adapter(name)
-        if adapter.head_version != expected:
-            raise Aborted("head moved")
-        if (name, version) not in self.files:
-            raise NotFound(f"no version {version} of {name}")
-        adapter.head_version = version
-        return await self.get_adapter(name)
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """What the proxy asked of the trainer."""
 
-    async def delete_adapter(self, name: str) -> bool:
-        return self.adapters.pop(name, None) is not None
-
-    async def read_version(
-        self, name: str, version: int = 0, *, include_optimizer: bool = False
-    ) -> tuple[storage_pb2.Version, dict[str, bytes]]:
-        version = version or self._adapter(name).head_version
-        files = dict(self.files[(name, version)])
-        if not include_optimizer:
-            files.pop("optimizer.safetensors")
-        entries = [common_pb2.FileEntry(path=p, size=len(d)) for p, d in files.items()]
-        return storage_pb2.Version(name=name, version=version, files=entries), files
-
-    async def download_version(self, name: str, version: int, dest: Path) -> storage_pb2.Version:
-        self.downloads.append((name, version))
-        header, files = await self.read_version(name, version)
-        for path, data in files.items():
-            (dest / path).write_bytes(data)
-        return header
-
-    async def watch_heads(
-        self, prefix: str = "", *, send_initial: bool = True
-    ) -> AsyncIterator[storage_pb2.WatchHeadsResponse]:
-        while True:
-            yield await self.heads.get()
+    adapter: str
+    samples: tuple[Sample, ...]
+    config: Mapping[str, Any] | None
+    idempotency_key: str
 
 
 class FakeTrainer:
-    """Jobs succeed by committing the next version (or fail when ``fail`` is set)."""
+    """Jobs succeed by committing the next version to storage (or fail when ``fail`` is set). The config
+    is checked by the trainer client's own conversion, as the real trainer client does before sending."""
 
-    def __init__(self, storage: FakeStorage) -> None:
+    def __init__(self, storage: StorageClient) -> None:
         self.storage = storage
-        self.jobs: dict[str, common_pb2.JobStatus] = {}
+        self.jobs: dict[str, JobView] = {}
         self.keys: dict[str, str] = {}
-        self.submitted: list[trainer_pb2.SubmitJobRequest] = []
+        self.submitted: list[Submitted] = []
         self.fail = False
         #: The trainer process dies while a job runs: its event stream breaks with UNAVAILABLE.
         self.lost = False
 
-    async def init_adapter(self, name: str, lora: common_pb2.LoraSpec) -> storage_pb2.Adapter:
-        return self.storage.add(name)
+    async def init_adapter(self, name: str, lora: LoraSpec) -> Adapter:
+        # Storage keeps explicit shapes only; this stand-in fills the blanks with fixed values.
+        rank = lora.rank or 8
+        explicit = dataclasses.replace(lora, rank=rank, alpha=lora.alpha or 2 * rank)
+        await self.storage.create_adapter(name, BASE, explicit)
+        await commit(self.storage, name)
+        return await self.storage.get_adapter(name)
 
     async def submit_job(
-        self, adapter: str, samples: list[trainer_pb2.TrainSample], config: Any, idempotency_key: str
-    ) -> common_pb2.JobStatus:
+        self, adapter: str, samples: Sequence[Sample], config: Mapping[str, Any] | None, idempotency_key: str
+    ) -> JobView:
+        config_to_proto(config)
         if idempotency_key in self.keys:
             return self.jobs[self.keys[idempotency_key]]
-        self.submitted.append(
-            trainer_pb2.SubmitJobRequest(
-                adapter=adapter, samples=samples, config=config, idempotency_key=idempotency_key
-            )
-        )
+        self.submitted.append(Submitted(adapter, tuple(samples), config, idempotency_key))
         job_id = f"job-{len(self.jobs) + 1}"
-        head = self.storage.adapters[adapter].head_version
-        self.jobs[job_id] = common_pb2.JobStatus(
-            job_id=job_id, adapter=adapter, state=common_pb2.JOB_STATE_QUEUED, base_version=head, total_steps=1
-        )
+        base = await head(self.storage, adapter)
+        self.jobs[job_id] = JobView(job_id, adapter, JobState.QUEUED, base_version=base, total_steps=1)
         self.keys[idempotency_key] = job_id
         return self.jobs[job_id]
 
-    async def get_job(self, job_id: str) -> common_pb2.JobStatus:
+    async def get_job(self, job_id: str) -> JobView:
         if job_id not in self.jobs:
             raise NotFound(f"no job {job_id}")
         return self.jobs[job_id]
 
-    async def watch_job(self, job_id: str) -> AsyncIterator[common_pb2.JobStatus]:
+    async def watch_job(self, job_id: str) -> AsyncIterator[JobView]:
         job = await self.get_job(job_id)
         yield job
-        if job.state != common_pb2.JOB_STATE_QUEUED:
+        if job.state is not JobState.QUEUED:
             return
         if self.lost:
-            job.state = common_pb2.JOB_STATE_TRAINING
+            self.jobs[job_id] = job = dataclasses.replace(job, state=JobState.TRAINING)
             yield job
             raise Unavailable("Socket closed")
         if self.fail:
-            job.state, job.error = common_pb2.JOB_STATE_FAILED, "injected failure"
+            job = dataclasses.replace(job, state=JobState.FAILED, error="injected failure")
         else:
-            job.new_version = self.storage.commit(job.adapter)
-            job.state, job.step = common_pb2.JOB_STATE_SUCCEEDED, 1
+            version = await commit(self.storage, job.adapter, job_id)
+            job = dataclasses.replace(job, state=JobState.SUCCEEDED, new_version=version, step=1)
+        self.jobs[job_id] = job
         yield job
 
 

@@ -4,23 +4,25 @@ optimizer state."""
 from __future__ import annotations
 
 import pytest
-from claas.v1 import common_pb2
 
+from services.common.domain import LoraSpec, Message
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.proxy.core import ProxyCore
-from services.proxy.types import ChatRequest, Message
-from tests.unit.proxy.fakes import BASE, FakeStorage, FakeVllm
+from services.proxy.domain import ChatRequest
+from services.storage.client import StorageClient
+from tests.unit.proxy.fakes import BASE, FakeVllm, commit, head, names
 
 ASK = (Message("user", "Hi"),)
 
 
-async def test_create_makes_version_one_in_the_callers_tenant(core: ProxyCore, storage: FakeStorage) -> None:
-    adapter = await core.adapters.create("acme", "helper", common_pb2.LoraSpec(rank=4))
+async def test_create_makes_version_one_in_the_callers_tenant(core: ProxyCore, storage: StorageClient) -> None:
+    adapter = await core.adapters.create("acme", "helper", LoraSpec(rank=4))
     assert (adapter.name, adapter.head_version) == ("acme/helper", 1)
     assert (await core.adapters.create("acme", "acme/second")).name == "acme/second"
     with pytest.raises(PermissionDenied, match="your own tenant"):
         await core.adapters.create("acme", "beta/helper")
-    assert "beta/helper" not in storage.adapters
+    assert "beta/helper" not in await names(storage)
+    assert (await storage.get_adapter("acme/helper")).lora.rank == 4
 
 
 async def test_list_and_models_show_only_the_callers_adapters(core: ProxyCore) -> None:
@@ -30,7 +32,7 @@ async def test_list_and_models_show_only_the_callers_adapters(core: ProxyCore) -
 
 @pytest.mark.parametrize("name", ["beta/secret", "missing"])
 async def test_foreign_and_missing_adapters_are_not_found_alike(
-    core: ProxyCore, storage: FakeStorage, name: str
+    core: ProxyCore, storage: StorageClient, name: str
 ) -> None:
     for call in (
         core.adapters.get("acme", name),
@@ -43,23 +45,23 @@ async def test_foreign_and_missing_adapters_are_not_found_alike(
         assert caught.value.message == f"adapter '{name}' not found"
     with pytest.raises(NotFound):
         await core.adapters.delete("acme", "beta/secret")
-    assert "beta/secret" in storage.adapters
+    assert "beta/secret" in await names(storage)
 
 
 async def test_rollback_moves_the_head_and_vllm_serves_it_next(
-    core: ProxyCore, storage: FakeStorage, vllm: FakeVllm
+    core: ProxyCore, storage: StorageClient, vllm: FakeVllm
 ) -> None:
-    storage.commit("acme/bot")
+    await commit(storage, "acme/bot")
     assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 2
 
     adapter = await core.adapters.rollback("acme", "bot", 1)
 
-    assert adapter.head_version == 1 and storage.adapters["acme/bot"].head_version == 1
+    assert adapter.head_version == 1 and await head(storage, "acme/bot") == 1
     assert list(vllm.loaded) == ["acme--bot--v1"]
     assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
     with pytest.raises(InvalidArgument, match="version must be >= 1"):
         await core.adapters.rollback("acme", "bot", 0)
-    with pytest.raises(NotFound, match="no version 9"):
+    with pytest.raises(NotFound, match="version 9 of adapter 'acme/bot' not found"):
         await core.adapters.rollback("acme", "bot", 9)
 
 
@@ -70,10 +72,12 @@ async def test_export_gives_the_peft_files_and_never_the_optimizer(core: ProxyCo
     assert (header.name, header.version) == ("acme/bot", 1)
 
 
-async def test_delete_removes_the_adapter_and_unloads_it(core: ProxyCore, storage: FakeStorage, vllm: FakeVllm) -> None:
+async def test_delete_removes_the_adapter_and_unloads_it(
+    core: ProxyCore, storage: StorageClient, vllm: FakeVllm
+) -> None:
     await core.inference.chat("acme", ChatRequest("bot", ASK))
     assert await core.adapters.delete("acme", "bot") is True
     assert await core.adapters.delete("acme", "bot") is False
-    assert vllm.loaded == {} and "acme/bot" not in storage.adapters
+    assert vllm.loaded == {} and "acme/bot" not in await names(storage)
     with pytest.raises(NotFound):
         await core.inference.chat("acme", ChatRequest("bot", ASK))

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
+from services.common.domain import Message
 from services.proxy.core import ProxyCore
-from services.proxy.types import ChatRequest, Message
-from tests.unit.proxy.fakes import FakeStorage, FakeVllm
+from services.proxy.domain import ChatRequest
+from services.storage.client import StorageClient
+from tests.unit.proxy.fakes import FakeVllm, commit
 
 ASK = ChatRequest("bot", (Message("user", "Hi"),))
 
 
 async def test_a_new_head_of_an_adapter_in_use_is_preloaded(
-    core: ProxyCore, storage: FakeStorage, vllm: FakeVllm
+    core: ProxyCore, storage: StorageClient, vllm: FakeVllm
 ) -> None:
     core.settings = core.settings.model_copy(update={"watch_heads": True})
     await core.inference.chat("acme", ASK)
@@ -24,8 +26,8 @@ async def test_a_new_head_of_an_adapter_in_use_is_preloaded(
         health.append(up)
 
     await core.start(listener)
-    storage.commit("beta/secret")  # never served here: not worth a slot (events are handled in order)
-    storage.commit("acme/bot")  # e.g. another proxy's feedback made version 2
+    await commit(storage, "beta/secret")  # never served here: not worth a slot (events are handled in order)
+    await commit(storage, "acme/bot")  # e.g. another proxy's feedback made version 2
 
     assert await asyncio.wait_for(vllm.loads.get(), timeout=5) == "acme--bot--v2"
     assert health == [True]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from claas.v1 import common_pb2
 
+from services.common.domain import Message
 from services.common.errors import InvalidArgument, NotFound
 from services.proxy.core import ProxyCore
+from services.proxy.domain import ChatRequest
 from services.proxy.feedback import job_key
-from services.proxy.types import ChatRequest, Message
-from tests.unit.proxy.fakes import BASE, FakeStorage, FakeTrainer, FakeVllm
+from services.storage.client import StorageClient
+from services.trainer.domain import JobState
+from tests.unit.proxy.fakes import BASE, FakeTrainer, FakeVllm, add, commit, head
 
 MESSAGES = (Message("system", "Be brief."), Message("user", "Who are you?"))
 
@@ -20,18 +22,18 @@ async def chat(core: ProxyCore, tenant: str = "acme", model: str = "bot") -> str
 
 async def test_feedback_submits_the_exact_rollouts_as_samples(core: ProxyCore, trainer: FakeTrainer) -> None:
     first, second = await chat(core), await chat(core)
-    config = common_pb2.SdpoConfig(steps=1, learning_rate=1e-4)
+    config = {"steps": 1, "learning_rate": 1e-4}
 
     job = await core.feedback.submit("acme", [first, second, first], "  Be concise.  ", config)
 
-    assert (job.job_id, job.adapter, job.state) == ("job-1", "acme/bot", common_pb2.JOB_STATE_QUEUED)
+    assert (job.job_id, job.adapter, job.state) == ("job-1", "acme/bot", JobState.QUEUED)
     sent = trainer.submitted[0]
     assert sent.adapter == "acme/bot" and sent.config == config
     assert [s.completion_id for s in sent.samples] == [first, second]
     rollout = await core.rollouts.get("acme", first)
     sample = sent.samples[0]
     assert (tuple(sample.prompt_ids), tuple(sample.response_ids)) == (rollout.prompt_ids, rollout.response_ids)
-    assert list(sample.sampled_logprobs) == pytest.approx(rollout.logprobs)
+    assert list(sample.sampled_logprobs) == pytest.approx(rollout.sampled_logprobs)
     assert (sample.feedback, sample.served_version) == ("Be concise.", 1)
     assert [(m.role, m.content) for m in sample.messages] == [(m.role, m.content) for m in MESSAGES]
 
@@ -41,35 +43,35 @@ async def test_feedback_with_wait_returns_the_new_version_and_vllm_serves_it(cor
 
     job = await core.feedback.submit("acme", [completion], "Your name is Kuro.", wait=True)
 
-    assert (job.state, job.new_version) == (common_pb2.JOB_STATE_SUCCEEDED, 2)
+    assert (job.state, job.new_version) == (JobState.SUCCEEDED, 2)
     assert list(vllm.loaded) == ["acme--bot--v2"]  # v1 is unloaded once v2 is ready
     assert (await core.inference.chat("acme", ChatRequest("bot", MESSAGES))).version == 2
 
 
-async def test_feedback_on_an_older_versions_completion_is_allowed(core: ProxyCore, storage: FakeStorage) -> None:
+async def test_feedback_on_an_older_versions_completion_is_allowed(core: ProxyCore, storage: StorageClient) -> None:
     completion = await chat(core)
-    storage.commit("acme/bot")
+    await commit(storage, "acme/bot")
     job = await core.feedback.submit("acme", [completion], "Shorter.", wait=True)
-    assert (job.state, job.new_version) == (common_pb2.JOB_STATE_SUCCEEDED, 3)
+    assert (job.state, job.new_version) == (JobState.SUCCEEDED, 3)
 
 
 async def test_a_failed_job_is_reported_and_the_head_stays(
-    core: ProxyCore, trainer: FakeTrainer, storage: FakeStorage
+    core: ProxyCore, trainer: FakeTrainer, storage: StorageClient
 ) -> None:
     trainer.fail = True
     job = await core.feedback.submit("acme", [await chat(core)], "Shorter.", wait=True)
-    assert (job.state, job.error) == (common_pb2.JOB_STATE_FAILED, "injected failure")
-    assert storage.adapters["acme/bot"].head_version == 1
+    assert (job.state, job.error) == (JobState.FAILED, "injected failure")
+    assert await head(storage, "acme/bot") == 1
 
 
 async def test_losing_the_trainer_mid_job_reports_the_job_failed(
-    core: ProxyCore, trainer: FakeTrainer, storage: FakeStorage
+    core: ProxyCore, trainer: FakeTrainer, storage: StorageClient
 ) -> None:
     trainer.lost = True
     job = await core.feedback.submit("acme", [await chat(core)], "Shorter.", wait=True)
-    assert job.state == common_pb2.JOB_STATE_FAILED
+    assert job.state == JobState.FAILED
     assert "the trainer went away during the job" in job.error and "resubmit" in job.error
-    assert storage.adapters["acme/bot"].head_version == 1
+    assert await head(storage, "acme/bot") == 1
 
 
 async def test_a_retried_submit_is_the_same_job(core: ProxyCore, trainer: FakeTrainer) -> None:
@@ -86,7 +88,7 @@ def test_job_keys_are_scoped_to_the_tenant_and_the_request() -> None:
     assert key == job_key("acme", "", ["c2", "c1"], "Shorter.", None)
     assert key != job_key("beta", "", ["c1", "c2"], "Shorter.", None)
     assert key != job_key("acme", "", ["c1", "c2"], "Longer.", None)
-    assert key != job_key("acme", "", ["c1", "c2"], "Shorter.", common_pb2.SdpoConfig(steps=2))
+    assert key != job_key("acme", "", ["c1", "c2"], "Shorter.", {"steps": 2})
     assert job_key("acme", "k", [], "", None) != job_key("beta", "k", [], "", None)
 
 
@@ -118,9 +120,9 @@ async def test_feedback_on_another_tenants_completion_is_not_found(core: ProxyCo
 
 
 async def test_completions_of_two_adapters_or_of_the_base_model_are_refused(
-    core: ProxyCore, storage: FakeStorage, trainer: FakeTrainer
+    core: ProxyCore, storage: StorageClient, trainer: FakeTrainer
 ) -> None:
-    storage.add("acme/other")
+    await add(storage, "acme/other")
     with pytest.raises(InvalidArgument, match="one adapter only, got acme/bot, acme/other"):
         await core.feedback.submit("acme", [await chat(core), await chat(core, model="other")], "Shorter.")
     with pytest.raises(InvalidArgument, match="answered by the base model"):
@@ -132,7 +134,7 @@ async def test_watch_follows_own_jobs_only(core: ProxyCore) -> None:
     job = await core.feedback.submit("acme", [await chat(core)], "Shorter.")
 
     states = [s.state async for s in core.feedback.watch("acme", job.job_id)]
-    assert states == [common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_SUCCEEDED]
+    assert states == [JobState.QUEUED, JobState.SUCCEEDED]
     with pytest.raises(NotFound, match=f"job '{job.job_id}' not found"):
         async for _ in core.feedback.watch("beta", job.job_id):
             pass

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.proxy.core import ProxyCore
+from services.proxy.domain import ChatRequest, ChatResult, Sampling, Started
 from services.proxy.limits import RequestTooLarge
-from services.proxy.types import ChatRequest, ChatResult, Message, Sampling, Started
-from tests.unit.proxy.fakes import BASE, FakeStorage, FakeVllm
+from services.storage.client import StorageClient
+from tests.unit.proxy.fakes import BASE, FakeVllm, add
 
 MESSAGES = (Message("system", "Be brief."), Message("user", "Hi"))
 
@@ -36,7 +38,7 @@ async def test_chat_with_an_adapter_is_served_by_its_head_and_recorded(core: Pro
     rollout = await core.rollouts.get("acme", result.completion_id)
     assert rollout.prompt_ids == tuple(vllm.prompt_ids(sent["messages"]))
     assert rollout.response_ids == tuple(vllm.ids)
-    assert rollout.logprobs == (-0.5, -1.5, -2.5, -3.5)
+    assert rollout.sampled_logprobs == (-0.5, -1.5, -2.5, -3.5)
     assert (rollout.adapter, rollout.version, rollout.messages) == ("acme/bot", 1, MESSAGES)
 
 
@@ -59,8 +61,8 @@ async def test_unknown_or_foreign_adapters_are_not_found_alike(core: ProxyCore, 
     assert vllm.chats == [] and vllm.loaded == {}
 
 
-async def test_adapter_without_a_version_is_refused(core: ProxyCore, storage: FakeStorage) -> None:
-    storage.add("acme/empty", versions=0)
+async def test_adapter_without_a_version_is_refused(core: ProxyCore, storage: StorageClient) -> None:
+    await add(storage, "acme/empty", versions=0)
     with pytest.raises(FailedPrecondition, match="no version yet"):
         await core.inference.chat("acme", ask("empty"))
 
@@ -107,7 +109,7 @@ async def test_stream_relays_deltas_then_a_final_result_after_the_rollout(core: 
     assert (started.completion_id, started.version) == (final.completion_id, 1)
     assert vllm.chats[-1]["stream"] is True and vllm.chats[-1]["stream_options"] == {"include_usage": True}
     rollout = await core.rollouts.get("acme", final.completion_id)
-    assert rollout.response_ids == tuple(vllm.ids) and len(rollout.logprobs) == 4
+    assert rollout.response_ids == tuple(vllm.ids) and len(rollout.sampled_logprobs) == 4
 
 
 async def test_stream_and_plain_chat_record_the_same_tokens(core: ProxyCore) -> None:
@@ -115,7 +117,12 @@ async def test_stream_and_plain_chat_record_the_same_tokens(core: ProxyCore) -> 
     streamed = (await collect(core, "acme", ask()))[-1]
 
     a, b = [await core.rollouts.get("acme", r.completion_id) for r in (plain, streamed)]
-    assert (a.prompt_ids, a.response_ids, a.logprobs, a.text) == (b.prompt_ids, b.response_ids, b.logprobs, b.text)
+    assert (a.prompt_ids, a.response_ids, a.sampled_logprobs, a.text) == (
+        b.prompt_ids,
+        b.response_ids,
+        b.sampled_logprobs,
+        b.text,
+    )
 
 
 async def test_a_stream_broken_midway_records_nothing_and_releases_its_adapter(core: ProxyCore, vllm: FakeVllm) -> None:

@@ -11,15 +11,29 @@ import pytest
 from services.common.errors import DataLoss
 from services.proxy.loras import LoraManager
 from services.proxy.vllm import VllmClient
-from tests.unit.proxy.fakes import FakeStorage, FakeVllm
+from services.storage.client import StorageClient
+from tests.unit.proxy.fakes import FakeVllm, add
 
 
 @pytest.fixture
-async def manager(tmp_path: Path, storage: FakeStorage, vllm: FakeVllm) -> AsyncIterator[LoraManager]:
+def downloads() -> list[tuple[str, int]]:
+    """(adapter, version) of every download from storage, in order."""
+    return []
+
+
+@pytest.fixture
+async def manager(
+    tmp_path: Path, storage: StorageClient, vllm: FakeVllm, downloads: list[tuple[str, int]]
+) -> AsyncIterator[LoraManager]:
     for name in ("acme/a", "acme/b", "acme/c"):
-        storage.add(name, versions=2)
+        await add(storage, name, versions=2)
+
+    async def fetch(adapter: str, version: int, dest: Path) -> None:
+        downloads.append((adapter, version))
+        await storage.download_version(adapter, version, dest)
+
     client = VllmClient("http://vllm.test", **vllm.client_kwargs())
-    yield LoraManager(client, storage.download_version, tmp_path / "adapters", max_loaded=2)
+    yield LoraManager(client, fetch, tmp_path / "adapters", max_loaded=2)
     await client.close()
 
 
@@ -69,7 +83,7 @@ async def test_rollback_makes_the_older_version_current(manager: LoraManager, vl
 
 
 async def test_concurrent_requests_load_a_version_once(
-    manager: LoraManager, vllm: FakeVllm, storage: FakeStorage
+    manager: LoraManager, vllm: FakeVllm, downloads: list[tuple[str, int]]
 ) -> None:
     async def use() -> str:
         async with manager.lease("acme/a", 1) as name:
@@ -78,7 +92,7 @@ async def test_concurrent_requests_load_a_version_once(
     names = await asyncio.gather(*(use() for _ in range(8)))
     assert set(names) == {"acme--a--v1"}
     assert vllm.lora_calls == [("load", "acme--a--v1")]
-    assert storage.downloads == [("acme/a", 1)]
+    assert downloads == [("acme/a", 1)]
 
 
 async def test_forget_unloads_every_idle_version(manager: LoraManager, vllm: FakeVllm) -> None:

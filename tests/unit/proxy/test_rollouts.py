@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from services.common.domain import Message
 from services.common.errors import NotFound
 from services.common.objectstore import LocalFolderStore
+from services.proxy.domain import Sampling
 from services.proxy.rollouts import Rollout, RolloutStore, completion_date, new_completion_id
-from services.proxy.types import Message, Sampling
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -24,7 +26,7 @@ def make(tenant: str = "acme", when: datetime = NOW) -> Rollout:
         messages=(Message("user", "Hi"),),
         prompt_ids=(1, 2, 3),
         response_ids=(4, 2),
-        logprobs=(-0.25, -1.0),
+        sampled_logprobs=(-0.25, -1.0),
         sampling=Sampling(max_tokens=16, temperature=0.0, stop=("\n",)),
         text="Yo",
         finish_reason="stop",
@@ -100,3 +102,11 @@ def test_completion_ids_carry_their_day() -> None:
     completion_id = new_completion_id(NOW)
     assert completion_date(completion_id) == NOW.date()
     assert completion_date("chatcmpl-123") is None
+
+
+def test_a_rollout_stored_before_the_rename_still_reads() -> None:
+    """Rollouts written before ``sampled_logprobs`` had its name keep the behaviour log-probs under "logprobs"."""
+    rollout = make()
+    body = json.loads(rollout.to_json())
+    body["logprobs"] = body.pop("sampled_logprobs")
+    assert Rollout.from_json(json.dumps(body).encode()) == rollout

@@ -8,7 +8,6 @@ import io
 import json
 import zipfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import httpx
@@ -17,54 +16,14 @@ import pytest
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.proxy.server import ProxyServer, build_server
+from services.proxy.server import build_server
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
-from tests.unit.proxy.fakes import FakeStorage, FakeTrainer, FakeVllm
+from services.storage.client import StorageClient
+from tests.unit.proxy.conftest import Proxy
+from tests.unit.proxy.fakes import FakeVllm, commit
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-
-
-@dataclass
-class Proxy:
-    server: ProxyServer
-    http: httpx.AsyncClient
-    channel: grpc.aio.Channel
-    keys: dict[str, str]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
-
-    def auth(self, tenant: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.keys[tenant]}"}
-
-    def metadata(self, tenant: str) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.keys[tenant]}"),)
-
-    def openai(self, tenant: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=self.keys[tenant], max_retries=0)
-
-
-@pytest.fixture
-async def proxy(
-    settings: ProxySettings, storage: FakeStorage, trainer: FakeTrainer, vllm: FakeVllm, keys: dict[str, str]
-) -> AsyncIterator[Proxy]:
-    server, ready, stop = build_server(
-        settings, storage=storage, trainer=trainer, vllm=VllmClient(settings.vllm_url, **vllm.client_kwargs())
-    )
-    port = await server.start()
-    try:
-        await ready()
-        await server.set_serving(True)
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as http,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-        ):
-            yield Proxy(server, http, channel, keys)
-    finally:
-        await server.stop()
-        await stop()
 
 
 def sse_events(body: str) -> list[dict | str]:
@@ -212,10 +171,10 @@ async def test_feedback_over_http(proxy: Proxy) -> None:
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "feedback"
 
 
-async def test_adapters_over_http(proxy: Proxy, storage: FakeStorage) -> None:
+async def test_adapters_over_http(proxy: Proxy, storage: StorageClient) -> None:
     auth = proxy.auth("acme")
     created = await proxy.http.post("/v1/adapters", headers=auth, json={"name": "helper", "lora": {"rank": 4}})
-    storage.commit("acme/helper")
+    await commit(storage, "acme/helper")
     listed = await proxy.http.get("/v1/adapters", headers=auth)
     got = await proxy.http.get("/v1/adapters/acme/helper", headers=auth)
     versions = await proxy.http.get("/v1/adapters/helper/versions", headers=auth)
@@ -235,6 +194,28 @@ async def test_adapters_over_http(proxy: Proxy, storage: FakeStorage) -> None:
     assert archive.read("adapter_model.safetensors") == b"v2"
     assert foreign.status_code == 404 and foreign.json()["error"]["message"] == "adapter 'beta/secret' not found"
     assert deleted.json() == {"deleted": True}
+
+
+async def test_the_json_of_adapters_versions_and_jobs_is_documented(proxy: Proxy) -> None:
+    schema = (await proxy.http.get("/openapi.json")).json()
+    objects = schema["components"]["schemas"]
+    assert {"AdapterObject", "VersionObject", "LineageObject", "JobObject", "StepMetricsObject"} <= set(objects)
+    assert "JOB_STATE_SUCCEEDED" in objects["JobObject"]["properties"]["state"]["enum"]
+    versions = schema["paths"]["/v1/adapters/{name}/versions"]["get"]["responses"]["200"]
+    assert versions["content"]["application/json"]["schema"]["$ref"].endswith("/VersionListResponse")
+
+
+async def test_adapter_and_version_json_has_every_field(proxy: Proxy, storage: StorageClient) -> None:
+    auth = proxy.auth("acme")
+    adapter = (await proxy.http.get("/v1/adapters/bot", headers=auth)).json()["adapter"]
+    version = (await proxy.http.get("/v1/adapters/bot/versions", headers=auth)).json()["versions"][0]
+
+    assert adapter["lora"] == {"rank": 8, "alpha": 16, "target_modules": [], "dropout": 0.0}
+    assert (adapter["head_version"], adapter["tags"]) == (1, {})
+    assert adapter["created_at"].endswith("Z") and adapter["created_at"][:4].isdigit()
+    assert (version["version"], version["parent_version"]) == (1, 0)
+    assert set(version["lineage"]) == {"job_id", "completion_ids", "feedback", "metrics", "extra"}
+    assert sorted(f["path"] for f in version["files"]) == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 async def test_metrics_and_request_ids(proxy: Proxy) -> None:
@@ -316,7 +297,7 @@ async def test_grpc_errors_carry_their_status_and_details(proxy: Proxy, vllm: Fa
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_grpc_feedback_and_adapters(proxy: Proxy, storage: FakeStorage) -> None:
+async def test_grpc_feedback_and_adapters(proxy: Proxy, storage: StorageClient) -> None:
     meta = proxy.metadata("acme")
     inference = proxy_pb2_grpc.InferenceServiceStub(proxy.channel)
     feedback = proxy_pb2_grpc.FeedbackServiceStub(proxy.channel)

@@ -1,16 +1,16 @@
-"""The proxy core's own types: what a chat asks for and what it answers (no gRPC, no HTTP here)."""
+"""The proxy's own types: what a chat asks for and what it answers (no gRPC, no HTTP here).
+
+Adapters, versions and jobs are the storage's and the trainer's types (``services.storage.domain``,
+``services.trainer.domain``); chat messages are ``services.common.domain.Message``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.domain import Message
+
 ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One chat turn as both transports hand it to the core."""
+
     #: An adapter ("tenant/adapter" or "adapter" in the caller's tenant) or the base model's name.
     model: str
     messages: tuple[Message, ...]
@@ -47,6 +49,8 @@ class Started:
 
 @dataclass(frozen=True)
 class ChatResult:
+    """A finished answer, recorded as a rollout before it is returned."""
+
     completion_id: str
     #: What the caller asked for, as resolved: the full adapter name or the base model's name.
     model: str
@@ -58,6 +62,7 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    #: Unix seconds; 0 where the transport does not carry it (gRPC).
     created: int
 
 
