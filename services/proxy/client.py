@@ -21,17 +21,18 @@ from services.common.client import ServiceClient, open_channel
 from services.common.convert import lora_to_proto
 from services.common.domain import LoraSpec
 from services.proxy import convert
-from services.proxy.domain import ChatRequest, ChatResult
+from services.proxy.domain import ChatRequest, ChatResult, ScoreRequest, ScoreResult
 from services.storage.domain import Adapter, Version
 from services.trainer.domain import JobView
 
 
 class InferenceClient(ServiceClient):
-    """``claas.v1.InferenceService``: chat with the base model or one of the caller's adapters."""
+    """``claas.v1.InferenceService``: chat with the base model or one of the caller's adapters, and score
+    completions under them."""
 
     SERVICE = "claas.v1.InferenceService"
-    #: A chat samples anew and records a new completion: never retried.
-    IDEMPOTENT = ()
+    #: A chat samples anew and records a new completion: never retried. A score is a read.
+    IDEMPOTENT = ("Score",)
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float | None = None) -> None:
         super().__init__(channel)
@@ -51,6 +52,11 @@ class InferenceClient(ServiceClient):
                 yield convert.chat_result_from_proto(event.final, request.model)
             else:
                 yield event.delta
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        """Teacher-forced log-probs of ``request.completion`` after ``request.messages`` (version 0 = head)."""
+        response = await self._unary(self._stub.Score, convert.score_request_to_proto(request), timeout=self._timeout)
+        return convert.score_result_from_proto(response)
 
 
 class FeedbackClient(ServiceClient):

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from services.common.convert import float32, lora_from_proto, messages_from_proto, messages_to_proto
 from services.common.domain import LoraSpec
 from services.common.errors import DataLoss, InvalidArgument
-from services.proxy.domain import ChatRequest, ChatResult, Sampling
+from services.proxy.domain import ChatRequest, ChatResult, Sampling, ScoreRequest, ScoreResult
 from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
 from services.storage.domain import Version
 from services.storage.layout import chunks
@@ -96,6 +96,50 @@ def chat_result_from_proto(response: proxy_pb2.ChatResponse, model: str) -> Chat
         completion_tokens=response.usage.completion_tokens,
         finish_reason=response.finish_reason,
         created=0,  # not part of the gRPC answer
+    )
+
+
+def score_request_to_proto(request: ScoreRequest) -> proxy_pb2.InferenceServiceScoreRequest:
+    return proxy_pb2.InferenceServiceScoreRequest(
+        model=request.model,
+        messages=messages_to_proto(request.messages),
+        completion=request.completion,
+        version=request.version,
+    )
+
+
+def score_request_from_proto(request: proxy_pb2.InferenceServiceScoreRequest) -> ScoreRequest:
+    return ScoreRequest(
+        model=request.model,
+        messages=messages_from_proto(request.messages),
+        completion=request.completion,
+        version=request.version,
+    )
+
+
+def score_result_to_proto(result: ScoreResult) -> proxy_pb2.InferenceServiceScoreResponse:
+    return proxy_pb2.InferenceServiceScoreResponse(
+        model=result.model,
+        adapter=result.adapter,
+        version=result.version,
+        tokens=list(result.tokens),
+        token_ids=list(result.token_ids),
+        logprobs=list(result.logprobs),
+        logprob_sum=result.logprob_sum,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+
+
+def score_result_from_proto(response: proxy_pb2.InferenceServiceScoreResponse) -> ScoreResult:
+    return ScoreResult(
+        model=response.model,
+        adapter=response.adapter,
+        version=response.version,
+        tokens=tuple(response.tokens),
+        token_ids=tuple(response.token_ids),
+        logprobs=tuple(response.logprobs),
+        prompt_tokens=response.prompt_tokens,
     )
 
 

@@ -18,10 +18,12 @@ from services.common.objectstore import ObjectStore
 from services.proxy.adapters import AdapterFactory, Adapters, AdapterSource
 from services.proxy.domain import ModelInfo
 from services.proxy.feedback import Feedback, JobRunner
+from services.proxy.gate import EngineGate
 from services.proxy.inference import Inference
 from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import RolloutStore
+from services.proxy.scoring import Scoring
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
 from services.storage.domain import HeadEvent, Version
@@ -35,6 +37,8 @@ class ServingSource(AdapterSource, Protocol):
     """What serving needs of storage: the adapters, their version files, and the changes of their heads."""
 
     async def download_version(self, name: str, version: int, dest: Path) -> Version: ...
+
+    async def get_version(self, name: str, version: int = 0) -> Version: ...
 
     def watch_heads(self, prefix: str = "", *, send_initial: bool = True) -> AsyncIterator[HeadEvent]: ...
 
@@ -52,7 +56,7 @@ async def _ignore(up: bool) -> None:
 
 
 class ProxyCore:
-    """The one core behind both transports: ``inference``, ``feedback`` and ``adapters`` for the calls,
+    """The one core behind both transports: ``inference``, ``scoring``, ``feedback`` and ``adapters`` for the calls,
     ``models`` for the model list, and the background work (``start``/``stop``): vLLM's health, preloading
     new heads of adapters in use, sweeping expired rollouts. Made inside the running event loop."""
 
@@ -78,12 +82,23 @@ class ProxyCore:
             max_messages=settings.max_messages,
             max_request_bytes=settings.max_request_bytes,
         )
+        self.gate = EngineGate(enabled=settings.exclusive_scoring)
         self.inference = Inference(
             storage=storage,
             loras=self.loras,
             vllm=vllm,
             rollouts=self.rollouts,
             limits=limits,
+            base_model=settings.base_model,
+            gate=self.gate,
+        )
+        self.scoring = Scoring(
+            inference=self.inference,
+            storage=storage,
+            loras=self.loras,
+            vllm=vllm,
+            limits=limits,
+            gate=self.gate,
             base_model=settings.base_model,
         )
         self.feedback = Feedback(

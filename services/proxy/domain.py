@@ -34,6 +34,80 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     #: Remove <think>...</think> from the text the caller sees; the rollout keeps every token.
     strip_thinking: bool = False
+    #: Return the sampled tokens' logprobs with this many alternatives each (0..20); None returns none.
+    top_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One text completion (OpenAI's legacy ``/v1/completions``): a raw prompt, no chat template."""
+
+    model: str
+    prompt: str
+    sampling: Sampling = field(default_factory=Sampling)
+    #: Return the sampled tokens' logprobs with this many alternatives each (0..5); None returns none.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position, as vLLM reports it."""
+
+    token: str
+    logprob: float
+    #: UTF-8 bytes of the token (chat only; None where vLLM gives none).
+    bytes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token, its logprob and the most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed answer: new text and, when asked for, the logprobs of its tokens."""
+
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Teacher-forced scoring of ``completion`` as the assistant's answer to ``messages``."""
+
+    model: str
+    messages: tuple[Message, ...]
+    completion: str
+    #: Adapter version; 0 = the head (and the only value the base model takes).
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The completion's tokens (the template's, end of turn included) and log p of each given the rest."""
+
+    model: str
+    #: Full adapter name; empty for the base model.
+    adapter: str
+    version: int
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def logprob_sum(self) -> float:
+        return float(sum(self.logprobs))
 
 
 @dataclass(frozen=True)
@@ -64,6 +138,8 @@ class ChatResult:
     finish_reason: str
     #: Unix seconds; 0 where the transport does not carry it (gRPC).
     created: int
+    #: The sampled tokens' logprobs when the request asked for them, else None.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

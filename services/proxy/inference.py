@@ -1,7 +1,11 @@
-"""Chat: resolve the model to an adapter head, make vLLM serve it, forward, record the rollout.
+"""Chat and text completions: resolve the model to an adapter head, make vLLM serve it, forward, record
+the rollout.
 
 The rollout (exact prompt and response token ids, sampled logprobs) is written before the answer is
-returned, and for a stream before its final event, so feedback can always find it.
+returned, and for a stream before its final event, so feedback can always find it. A text completion has no
+conversation, yet the teacher scores the answer under one: its rollout's ``messages`` are the prompt as one
+user message (its ``prompt_ids`` stay exactly the raw prompt's tokens that vLLM saw, which the student trains
+on).
 """
 
 from __future__ import annotations
@@ -9,15 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
 from prometheus_client import Histogram
 
+from services.common.domain import Message
 from services.common.errors import ClaasError, FailedPrecondition, NotFound
-from services.proxy.domain import ChatRequest, ChatResult, Sampling, Started
+from services.proxy.answers import CHAT, TEXT, Collected, Endpoint, chat_payload, text_payload
+from services.proxy.domain import ChatRequest, ChatResult, CompletionRequest, Delta, Sampling, Started
+from services.proxy.gate import EngineGate
 from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import Rollout, RolloutStore, new_completion_id, utcnow
@@ -29,9 +36,12 @@ from services.storage.domain import Adapter
 log = structlog.get_logger("claas.proxy.inference")
 
 CHAT_SECONDS = Histogram("claas_proxy_chat_seconds", "Chat latency through the proxy.", ["stream", "adapter"])
+COMPLETION_SECONDS = Histogram(
+    "claas_proxy_completion_seconds", "Text completion latency through the proxy.", ["stream", "adapter"]
+)
 
 T = TypeVar("T")
-StreamEvent = Started | str | ChatResult
+StreamEvent = Started | Delta | ChatResult
 
 
 class AdapterReader(Protocol):
@@ -41,40 +51,32 @@ class AdapterReader(Protocol):
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
+    """What answers: the base model, or an adapter at one version."""
+
     model: str
     adapter: str = ""
     version: int = 0
 
 
-@dataclass
-class _Collected:
-    """What vLLM produced, gathered from one answer or from the chunks of a stream."""
+@dataclass(frozen=True)
+class _Call:
+    """One generation request, whatever its endpoint: what to send, and what the rollout records."""
 
-    prompt_ids: list[int] = field(default_factory=list)
-    response_ids: list[int] = field(default_factory=list)
-    sampled_logprobs: list[float] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    finish_reason: str = ""
-
-    def add_choice(self, choice: dict[str, Any], text: str | None) -> str:
-        self.response_ids.extend(choice.get("token_ids") or ())
-        self.sampled_logprobs.extend(item["logprob"] for item in (choice.get("logprobs") or {}).get("content") or ())
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
-        self.text.append(text or "")
-        return text or ""
-
-    def check(self) -> None:
-        prompt, response, logprobs = len(self.prompt_ids), len(self.response_ids), len(self.sampled_logprobs)
-        if not prompt or response != logprobs:
-            raise ClaasError(
-                f"vLLM's answer lacks token ids or logprobs ({prompt} prompt ids, {response} ids, {logprobs} logprobs)"
-            )
+    endpoint: Endpoint
+    model: str
+    #: vLLM's request without ``model`` (the served name is known only once the version is leased).
+    payload: dict[str, Any]
+    messages: tuple[Message, ...]
+    sampling: Sampling
+    seconds: Histogram
+    strip_thinking: bool = False
+    want_logprobs: bool = False
 
 
 class Inference:
-    """Chat with the base model or one of the caller's adapters, plain or streamed; every answer is
-    recorded as a rollout before it is returned."""
+    """Chat or complete text with the base model or one of the caller's adapters, plain or streamed;
+    every answer is recorded as a rollout before it is returned."""
 
     def __init__(
         self,
@@ -85,6 +87,7 @@ class Inference:
         rollouts: RolloutStore,
         limits: ChatLimits,
         base_model: str,
+        gate: EngineGate | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._storage = storage
@@ -93,80 +96,136 @@ class Inference:
         self._rollouts = rollouts
         self._limits = limits
         self._base = base_model
+        self._gate = gate or EngineGate()
         self._clock = clock
 
     async def chat(self, tenant: str, request: ChatRequest) -> ChatResult:
-        started = time.perf_counter()
+        return await self._answer(tenant, self._chat_call(request))
+
+    def chat_stream(self, tenant: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """``Started`` once vLLM accepted the request, then ``Delta``s, then the ``ChatResult`` (whose text
+        is the whole answer). Closing the iterator early cancels the request in vLLM."""
+        return self._answer_stream(tenant, self._chat_call(request, stream=True))
+
+    async def complete(self, tenant: str, request: CompletionRequest) -> ChatResult:
+        """A text completion of ``request.prompt`` (no chat template), recorded like a chat."""
+        return await self._answer(tenant, self._text_call(request))
+
+    def complete_stream(self, tenant: str, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
+        """A streamed text completion: the events of ``chat_stream``."""
+        return self._answer_stream(tenant, self._text_call(request, stream=True))
+
+    def _chat_call(self, request: ChatRequest, *, stream: bool = False) -> _Call:
         sampling = self._limits.check(request)
-        target = await self._resolve(tenant, request.model)
+        return _Call(
+            endpoint=CHAT,
+            model=request.model,
+            payload=chat_payload(request, sampling, stream=stream),
+            messages=request.messages,
+            sampling=sampling,
+            seconds=CHAT_SECONDS,
+            strip_thinking=request.strip_thinking,
+            want_logprobs=request.top_logprobs is not None,
+        )
+
+    def _text_call(self, request: CompletionRequest, *, stream: bool = False) -> _Call:
+        sampling = self._limits.check_completion(request)
+        return _Call(
+            endpoint=TEXT,
+            model=request.model,
+            payload=text_payload(request, sampling, stream=stream),
+            messages=(Message("user", request.prompt),),
+            sampling=sampling,
+            seconds=COMPLETION_SECONDS,
+            want_logprobs=request.logprobs is not None,
+        )
+
+    async def _answer(self, tenant: str, call: _Call) -> ChatResult:
+        started = time.perf_counter()
+        target = await self.resolve(tenant, call.model)
         now = self._clock()
         async with AsyncExitStack() as stack:
-            body = await self._start(stack, target, lambda m: self._vllm.chat(_payload(m, request, sampling)))
+            body = await self._start(
+                stack, target, lambda m: self._vllm.post(call.endpoint.path, {**call.payload, "model": m})
+            )
         choices = body.get("choices") or [{}]
-        collected = _Collected(prompt_ids=list(body.get("prompt_token_ids") or ()))
-        raw = collected.add_choice(choices[0], (choices[0].get("message") or {}).get("content"))
-        result = await self._record(tenant, target, request, sampling, collected, now)
-        text = strip_thinking(raw) if request.strip_thinking else raw
-        CHAT_SECONDS.labels("false", str(bool(target.adapter)).lower()).observe(time.perf_counter() - started)
-        return replace(result, text=text)
+        collected = Collected(prompt_ids=call.endpoint.prompt_ids(body))
+        collected.add_choice(call.endpoint, choices[0])
+        result = await self._record(tenant, target, call, collected, now)
+        raw = result.text
+        call.seconds.labels("false", str(bool(target.adapter)).lower()).observe(time.perf_counter() - started)
+        return replace(
+            result,
+            text=strip_thinking(raw) if call.strip_thinking else raw,
+            logprobs=tuple(collected.logprobs) if call.want_logprobs else None,
+        )
 
-    async def chat_stream(self, tenant: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """``Started`` once vLLM accepted the request, then text deltas, then the ``ChatResult`` (whose text
-        is the whole answer). Closing the iterator early cancels the request in vLLM."""
+    async def _answer_stream(self, tenant: str, call: _Call) -> AsyncIterator[StreamEvent]:
         started = time.perf_counter()
-        sampling = self._limits.check(request)
-        target = await self._resolve(tenant, request.model)
+        target = await self.resolve(tenant, call.model)
         now = self._clock()
         async with AsyncExitStack() as stack:
             chunks, first = await self._start(
-                stack, target, lambda m: _open_stream(self._vllm, _payload(m, request, sampling, stream=True))
+                stack,
+                target,
+                lambda m: _open_stream(self._vllm, call.endpoint.path, {**call.payload, "model": m}),
             )
             stack.push_async_callback(chunks.aclose)
             completion_id = new_completion_id(now)
             yield Started(completion_id, target.model, target.adapter, target.version, int(now.timestamp()))
-            collected = _Collected(prompt_ids=list(first.get("prompt_token_ids") or ()))
-            thinking = ThinkingFilter() if request.strip_thinking else None
+            collected = Collected(prompt_ids=call.endpoint.prompt_ids(first))
+            thinking = ThinkingFilter() if call.strip_thinking else None
             async for chunk in _prepend(first, chunks):
                 for choice in chunk.get("choices") or ():
-                    delta = collected.add_choice(choice, (choice.get("delta") or {}).get("content"))
-                    visible = thinking.feed(delta) if thinking else delta
-                    if visible:
-                        yield visible
+                    delta = collected.add_choice(call.endpoint, choice)
+                    if thinking:
+                        delta = Delta(thinking.feed(delta.text))
+                    elif not call.want_logprobs:
+                        delta = Delta(delta.text)
+                    if delta.text or delta.logprobs:
+                        yield delta
             rest = thinking.flush() if thinking else ""
             if rest:
-                yield rest
-        result = await self._record(tenant, target, request, sampling, collected, now, completion_id)
+                yield Delta(rest)
+        result = await self._record(tenant, target, call, collected, now, completion_id)
         raw = "".join(collected.text)
-        CHAT_SECONDS.labels("true", str(bool(target.adapter)).lower()).observe(time.perf_counter() - started)
-        yield replace(result, text=strip_thinking(raw) if request.strip_thinking else raw)
+        call.seconds.labels("true", str(bool(target.adapter)).lower()).observe(time.perf_counter() - started)
+        yield replace(result, text=strip_thinking(raw) if call.strip_thinking else raw)
 
-    async def _resolve(self, tenant: str, model: str) -> _Target:
+    async def resolve(self, tenant: str, model: str) -> Target:
+        """The base model, or the caller's adapter at its head (which must exist)."""
         if model == self._base:
-            return _Target(model=self._base)
+            return Target(model=self._base)
+        adapter = await self.adapter(tenant, model)
+        if adapter.head_version < 1:
+            raise FailedPrecondition(f"adapter '{adapter.name}' has no version yet", param="model")
+        return Target(model=adapter.name, adapter=adapter.name, version=adapter.head_version)
+
+    async def adapter(self, tenant: str, model: str) -> Adapter:
+        """The caller's adapter named ``model``; another tenant's is not found like a missing one."""
         name = qualify(tenant, model)
         try:
-            adapter = await self._storage.get_adapter(name)
+            return await self._storage.get_adapter(name)
         except NotFound:
             raise not_found(model) from None
-        if adapter.head_version < 1:
-            raise FailedPrecondition(f"adapter '{name}' has no version yet", param="model")
-        return _Target(model=name, adapter=name, version=adapter.head_version)
 
     @asynccontextmanager
-    async def _served(self, target: _Target) -> AsyncIterator[str]:
+    async def served(self, target: Target, *, current: bool = True) -> AsyncIterator[str]:
+        """The name vLLM serves ``target`` under, loaded and held while the body runs."""
         if not target.adapter:
             yield self._base
             return
-        async with self._loras.lease(target.adapter, target.version) as name:
+        async with self._loras.lease(target.adapter, target.version, current=current) as name:
             yield name
 
-    async def _start(self, stack: AsyncExitStack, target: _Target, send: Callable[[str], Awaitable[T]]) -> T:
-        """Lease the served model on ``stack`` and ``send`` to it. If vLLM lost the adapter (it restarted,
-        or someone unloaded it) it is loaded again and sent once more."""
+    async def _start(self, stack: AsyncExitStack, target: Target, send: Callable[[str], Awaitable[T]]) -> T:
+        """Lease the served model on ``stack``, enter the engine gate as a generation and ``send`` to it.
+        If vLLM lost the adapter (it restarted, or someone unloaded it) it is loaded again and sent once more."""
         for attempt in range(2):
             lease = AsyncExitStack()
-            model = await lease.enter_async_context(self._served(target))
+            model = await lease.enter_async_context(self.served(target))
             try:
+                await lease.enter_async_context(self._gate.shared())
                 answer = await send(model)
             except NotFound:
                 await lease.aclose()
@@ -185,10 +244,9 @@ class Inference:
     async def _record(
         self,
         tenant: str,
-        target: _Target,
-        request: ChatRequest,
-        sampling: Sampling,
-        collected: _Collected,
+        target: Target,
+        call: _Call,
+        collected: Collected,
         now: datetime,
         completion_id: str | None = None,
     ) -> ChatResult:
@@ -198,11 +256,11 @@ class Inference:
             tenant=tenant,
             adapter=target.adapter,
             version=target.version,
-            messages=request.messages,
+            messages=call.messages,
             prompt_ids=tuple(collected.prompt_ids),
             response_ids=tuple(collected.response_ids),
             sampled_logprobs=tuple(collected.sampled_logprobs),
-            sampling=sampling,
+            sampling=call.sampling,
             text="".join(collected.text),
             finish_reason=collected.finish_reason,
             created_at=now,
@@ -221,30 +279,11 @@ class Inference:
         )
 
 
-def _payload(model: str, request: ChatRequest, sampling: Sampling, *, stream: bool = False) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "max_tokens": sampling.max_tokens,
-        # The rollout needs exactly what was sampled: token ids of prompt and answer, and their logprobs.
-        "logprobs": True,
-        "return_token_ids": True,
-    }
-    optional = {"temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}
-    payload.update({k: v for k, v in optional.items() if v is not None})
-    if sampling.stop:
-        payload["stop"] = list(sampling.stop)
-    if stream:
-        payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
-    return payload
-
-
 async def _open_stream(
-    vllm: VllmClient, payload: dict[str, Any]
+    vllm: VllmClient, path: str, payload: dict[str, Any]
 ) -> tuple[AsyncIterator[dict[str, Any]], dict[str, Any]]:
     """The stream and its first chunk: errors vLLM reports up front surface here, before anything is sent."""
-    chunks = vllm.chat_stream(payload)
+    chunks = vllm.stream(path, payload)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:

@@ -71,9 +71,11 @@ class LoraManager:
         return adapter in self._current
 
     @asynccontextmanager
-    async def lease(self, adapter: str, version: int) -> AsyncIterator[str]:
-        """Make vLLM serve ``adapter`` at ``version`` (its current one) and hold it while the body runs."""
-        entry = await self._acquire(adapter, version)
+    async def lease(self, adapter: str, version: int, *, current: bool = True) -> AsyncIterator[str]:
+        """Make vLLM serve ``adapter`` at ``version`` and hold it while the body runs. ``version`` is the
+        adapter's current one unless ``current`` is False (an older version asked for by name, as a score
+        may): then it is loaded for the lease only and the current one stays as it was."""
+        entry = await self._acquire(adapter, version, current=current)
         try:
             yield entry.name
         finally:
@@ -102,7 +104,7 @@ class LoraManager:
         for name in list(self._entries):
             self.invalidate(name)
 
-    async def _acquire(self, adapter: str, version: int) -> _Entry:
+    async def _acquire(self, adapter: str, version: int, *, current: bool = True) -> _Entry:
         name = vllm_lora_name(adapter, version)
         async with self._lock(name):
             entry = self._entries.get(name)
@@ -113,7 +115,8 @@ class LoraManager:
             # No await between here and the caller's use: eviction cannot slip in before the lease counts.
             entry.leases += 1
             self._entries.move_to_end(name)
-        self._current[adapter] = version
+        if current:
+            self._current[adapter] = version
         await self._evict()
         return entry
 

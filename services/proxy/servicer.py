@@ -12,7 +12,7 @@ from services.common.auth import current_principal
 from services.proxy import convert
 from services.proxy.adapters import Adapters
 from services.proxy.core import ProxyCore
-from services.proxy.domain import ChatResult, Started
+from services.proxy.domain import ChatResult, Delta
 from services.proxy.tenancy import tenant_of
 from services.storage.convert import adapter_to_proto
 
@@ -55,10 +55,16 @@ class InferenceServicer(proxy_pb2_grpc.InferenceServiceServicer):
             async for event in events:
                 if isinstance(event, ChatResult):
                     yield proxy_pb2.ChatStreamResponse(final=convert.chat_result_to_proto(event))
-                elif not isinstance(event, Started):
-                    yield proxy_pb2.ChatStreamResponse(delta=event)
+                elif isinstance(event, Delta) and event.text:
+                    yield proxy_pb2.ChatStreamResponse(delta=event.text)
         finally:
             await events.aclose()  # a client gone mid-stream cancels the request in vLLM at once
+
+    async def Score(
+        self, request: proxy_pb2.InferenceServiceScoreRequest, context: grpc.aio.ServicerContext
+    ) -> proxy_pb2.InferenceServiceScoreResponse:
+        result = await self._core().scoring.score(_tenant(), convert.score_request_from_proto(request))
+        return convert.score_result_to_proto(result)
 
 
 class FeedbackServicer(proxy_pb2_grpc.FeedbackServiceServicer):

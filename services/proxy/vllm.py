@@ -43,14 +43,24 @@ class VllmClient:
             return False
         return response.status_code == 200
 
-    async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        response = await self._send("POST", "/v1/chat/completions", json=payload)
+    async def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One JSON request, its JSON answer."""
+        response = await self._send("POST", path, json=payload)
         return response.json()
 
-    async def chat_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The chunks of a streamed chat. Errors before the first chunk raise at the first ``anext``;
+    async def completions(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A text completion; with a token-id prompt and ``prompt_logprobs`` also the prompt's logprobs."""
+        return await self.post("/v1/completions", payload)
+
+    async def tokenize(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's own tokenisation (``messages`` go through the model's chat template): ``tokens``,
+        ``count`` and ``max_model_len``. Not an engine request: it runs in vLLM's API server."""
+        return await self.post("/tokenize", payload)
+
+    async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The chunks of a streamed answer. Errors before the first chunk raise at the first ``anext``;
         closing the iterator closes the connection, which makes vLLM abort the request."""
-        request = self._http.build_request("POST", "/v1/chat/completions", json=payload)
+        request = self._http.build_request("POST", path, json=payload)
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:

@@ -26,7 +26,7 @@ from claas.v1 import common_pb2 as claas_dot_v1_dot_common__pb2
 from claas.v1 import storage_pb2 as claas_dot_v1_dot_storage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63laas/v1/proxy.proto\x12\x08\x63laas.v1\x1a\x15\x63laas/v1/common.proto\x1a\x16\x63laas/v1/storage.proto\"\x96\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x89\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.claas.v1.ChatMessage\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.claas.v1.SamplingParams\x12\x16\n\x0estrip_thinking\x18\x04 \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x8c\x01\n\x0c\x43hatResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.claas.v1.Usage\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\"\x8f\x01\n\x11\x43hatStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.claas.v1.ChatMessage\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.claas.v1.SamplingParams\x12\x16\n\x0estrip_thinking\x18\x04 \x01(\x08\"U\n\x12\x43hatStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.claas.v1.ChatResponseH\x00\x42\x05\n\x03msg\"\x95\x01\n\x1c\x46\x65\x65\x64\x62\x61\x63kServiceSubmitRequest\x12\x16\n\x0e\x63ompletion_ids\x18\x01 \x03(\t\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\t\x12$\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x14.claas.v1.SdpoConfig\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"A\n\x1d\x46\x65\x65\x64\x62\x61\x63kServiceSubmitResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.claas.v1.JobStatus\"-\n\x1b\x46\x65\x65\x64\x62\x61\x63kServiceWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x1c\x46\x65\x65\x64\x62\x61\x63kServiceWatchResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.claas.v1.JobStatus\"N\n\x1c\x41\x64\x61ptersServiceCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04lora\x18\x02 \x01(\x0b\x32\x12.claas.v1.LoraSpec\"C\n\x1d\x41\x64\x61ptersServiceCreateResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"\x1c\n\x1a\x41\x64\x61ptersServiceListRequest\"B\n\x1b\x41\x64\x61ptersServiceListResponse\x12#\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x11.claas.v1.Adapter\")\n\x19\x41\x64\x61ptersServiceGetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x1a\x41\x64\x61ptersServiceGetResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\".\n\x1e\x41\x64\x61ptersServiceVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\x1f\x41\x64\x61ptersServiceVersionsResponse\x12#\n\x08versions\x18\x01 \x03(\x0b\x32\x11.claas.v1.Version\"?\n\x1e\x41\x64\x61ptersServiceRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"E\n\x1f\x41\x64\x61ptersServiceRollbackResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\",\n\x1c\x41\x64\x61ptersServiceDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x1d\x41\x64\x61ptersServiceDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"=\n\x1c\x41\x64\x61ptersServiceExportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"q\n\x1d\x41\x64\x61ptersServiceExportResponse\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.claas.v1.VersionH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg2\x94\x01\n\x10InferenceService\x12\x35\n\x04\x43hat\x12\x15.claas.v1.ChatRequest\x1a\x16.claas.v1.ChatResponse\x12I\n\nChatStream\x12\x1b.claas.v1.ChatStreamRequest\x1a\x1c.claas.v1.ChatStreamResponse0\x01\x32\xc6\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12Y\n\x06Submit\x12&.claas.v1.FeedbackServiceSubmitRequest\x1a\'.claas.v1.FeedbackServiceSubmitResponse\x12X\n\x05Watch\x12%.claas.v1.FeedbackServiceWatchRequest\x1a&.claas.v1.FeedbackServiceWatchResponse0\x01\x32\x8d\x05\n\x0f\x41\x64\x61ptersService\x12Y\n\x06\x43reate\x12&.claas.v1.AdaptersServiceCreateRequest\x1a\'.claas.v1.AdaptersServiceCreateResponse\x12S\n\x04List\x12$.claas.v1.AdaptersServiceListRequest\x1a%.claas.v1.AdaptersServiceListResponse\x12P\n\x03Get\x12#.claas.v1.AdaptersServiceGetRequest\x1a$.claas.v1.AdaptersServiceGetResponse\x12_\n\x08Versions\x12(.claas.v1.AdaptersServiceVersionsRequest\x1a).claas.v1.AdaptersServiceVersionsResponse\x12_\n\x08Rollback\x12(.claas.v1.AdaptersServiceRollbackRequest\x1a).claas.v1.AdaptersServiceRollbackResponse\x12Y\n\x06\x44\x65lete\x12&.claas.v1.AdaptersServiceDeleteRequest\x1a\'.claas.v1.AdaptersServiceDeleteResponse\x12[\n\x06\x45xport\x12&.claas.v1.AdaptersServiceExportRequest\x1a\'.claas.v1.AdaptersServiceExportResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63laas/v1/proxy.proto\x12\x08\x63laas.v1\x1a\x15\x63laas/v1/common.proto\x1a\x16\x63laas/v1/storage.proto\"\x96\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x89\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.claas.v1.ChatMessage\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.claas.v1.SamplingParams\x12\x16\n\x0estrip_thinking\x18\x04 \x01(\x08\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x8c\x01\n\x0c\x43hatResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x1e\n\x05usage\x18\x05 \x01(\x0b\x32\x0f.claas.v1.Usage\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\"\x8f\x01\n\x11\x43hatStreamRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.claas.v1.ChatMessage\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.claas.v1.SamplingParams\x12\x16\n\x0estrip_thinking\x18\x04 \x01(\x08\"U\n\x12\x43hatStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\'\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x16.claas.v1.ChatResponseH\x00\x42\x05\n\x03msg\"{\n\x1cInferenceServiceScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.claas.v1.ChatMessage\x12\x12\n\ncompletion\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\"\xcc\x01\n\x1dInferenceServiceScoreResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttoken_ids\x18\x05 \x03(\x03\x12\x10\n\x08logprobs\x18\x06 \x03(\x01\x12\x13\n\x0blogprob_sum\x18\x07 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\t \x01(\x05\"\x95\x01\n\x1c\x46\x65\x65\x64\x62\x61\x63kServiceSubmitRequest\x12\x16\n\x0e\x63ompletion_ids\x18\x01 \x03(\t\x12\x10\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\t\x12$\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x14.claas.v1.SdpoConfig\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"A\n\x1d\x46\x65\x65\x64\x62\x61\x63kServiceSubmitResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.claas.v1.JobStatus\"-\n\x1b\x46\x65\x65\x64\x62\x61\x63kServiceWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"@\n\x1c\x46\x65\x65\x64\x62\x61\x63kServiceWatchResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x13.claas.v1.JobStatus\"N\n\x1c\x41\x64\x61ptersServiceCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04lora\x18\x02 \x01(\x0b\x32\x12.claas.v1.LoraSpec\"C\n\x1d\x41\x64\x61ptersServiceCreateResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"\x1c\n\x1a\x41\x64\x61ptersServiceListRequest\"B\n\x1b\x41\x64\x61ptersServiceListResponse\x12#\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x11.claas.v1.Adapter\")\n\x19\x41\x64\x61ptersServiceGetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x1a\x41\x64\x61ptersServiceGetResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\".\n\x1e\x41\x64\x61ptersServiceVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"F\n\x1f\x41\x64\x61ptersServiceVersionsResponse\x12#\n\x08versions\x18\x01 \x03(\x0b\x32\x11.claas.v1.Version\"?\n\x1e\x41\x64\x61ptersServiceRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"E\n\x1f\x41\x64\x61ptersServiceRollbackResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\",\n\x1c\x41\x64\x61ptersServiceDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x1d\x41\x64\x61ptersServiceDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"=\n\x1c\x41\x64\x61ptersServiceExportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"q\n\x1d\x41\x64\x61ptersServiceExportResponse\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.claas.v1.VersionH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg2\xee\x01\n\x10InferenceService\x12\x35\n\x04\x43hat\x12\x15.claas.v1.ChatRequest\x1a\x16.claas.v1.ChatResponse\x12I\n\nChatStream\x12\x1b.claas.v1.ChatStreamRequest\x1a\x1c.claas.v1.ChatStreamResponse0\x01\x12X\n\x05Score\x12&.claas.v1.InferenceServiceScoreRequest\x1a\'.claas.v1.InferenceServiceScoreResponse2\xc6\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12Y\n\x06Submit\x12&.claas.v1.FeedbackServiceSubmitRequest\x1a\'.claas.v1.FeedbackServiceSubmitResponse\x12X\n\x05Watch\x12%.claas.v1.FeedbackServiceWatchRequest\x1a&.claas.v1.FeedbackServiceWatchResponse0\x01\x32\x8d\x05\n\x0f\x41\x64\x61ptersService\x12Y\n\x06\x43reate\x12&.claas.v1.AdaptersServiceCreateRequest\x1a\'.claas.v1.AdaptersServiceCreateResponse\x12S\n\x04List\x12$.claas.v1.AdaptersServiceListRequest\x1a%.claas.v1.AdaptersServiceListResponse\x12P\n\x03Get\x12#.claas.v1.AdaptersServiceGetRequest\x1a$.claas.v1.AdaptersServiceGetResponse\x12_\n\x08Versions\x12(.claas.v1.AdaptersServiceVersionsRequest\x1a).claas.v1.AdaptersServiceVersionsResponse\x12_\n\x08Rollback\x12(.claas.v1.AdaptersServiceRollbackRequest\x1a).claas.v1.AdaptersServiceRollbackResponse\x12Y\n\x06\x44\x65lete\x12&.claas.v1.AdaptersServiceDeleteRequest\x1a\'.claas.v1.AdaptersServiceDeleteResponse\x12[\n\x06\x45xport\x12&.claas.v1.AdaptersServiceExportRequest\x1a\'.claas.v1.AdaptersServiceExportResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,46 +45,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSTREAMREQUEST']._serialized_end=720
   _globals['_CHATSTREAMRESPONSE']._serialized_start=722
   _globals['_CHATSTREAMRESPONSE']._serialized_end=807
-  _globals['_FEEDBACKSERVICESUBMITREQUEST']._serialized_start=810
-  _globals['_FEEDBACKSERVICESUBMITREQUEST']._serialized_end=959
-  _globals['_FEEDBACKSERVICESUBMITRESPONSE']._serialized_start=961
-  _globals['_FEEDBACKSERVICESUBMITRESPONSE']._serialized_end=1026
-  _globals['_FEEDBACKSERVICEWATCHREQUEST']._serialized_start=1028
-  _globals['_FEEDBACKSERVICEWATCHREQUEST']._serialized_end=1073
-  _globals['_FEEDBACKSERVICEWATCHRESPONSE']._serialized_start=1075
-  _globals['_FEEDBACKSERVICEWATCHRESPONSE']._serialized_end=1139
-  _globals['_ADAPTERSSERVICECREATEREQUEST']._serialized_start=1141
-  _globals['_ADAPTERSSERVICECREATEREQUEST']._serialized_end=1219
-  _globals['_ADAPTERSSERVICECREATERESPONSE']._serialized_start=1221
-  _globals['_ADAPTERSSERVICECREATERESPONSE']._serialized_end=1288
-  _globals['_ADAPTERSSERVICELISTREQUEST']._serialized_start=1290
-  _globals['_ADAPTERSSERVICELISTREQUEST']._serialized_end=1318
-  _globals['_ADAPTERSSERVICELISTRESPONSE']._serialized_start=1320
-  _globals['_ADAPTERSSERVICELISTRESPONSE']._serialized_end=1386
-  _globals['_ADAPTERSSERVICEGETREQUEST']._serialized_start=1388
-  _globals['_ADAPTERSSERVICEGETREQUEST']._serialized_end=1429
-  _globals['_ADAPTERSSERVICEGETRESPONSE']._serialized_start=1431
-  _globals['_ADAPTERSSERVICEGETRESPONSE']._serialized_end=1495
-  _globals['_ADAPTERSSERVICEVERSIONSREQUEST']._serialized_start=1497
-  _globals['_ADAPTERSSERVICEVERSIONSREQUEST']._serialized_end=1543
-  _globals['_ADAPTERSSERVICEVERSIONSRESPONSE']._serialized_start=1545
-  _globals['_ADAPTERSSERVICEVERSIONSRESPONSE']._serialized_end=1615
-  _globals['_ADAPTERSSERVICEROLLBACKREQUEST']._serialized_start=1617
-  _globals['_ADAPTERSSERVICEROLLBACKREQUEST']._serialized_end=1680
-  _globals['_ADAPTERSSERVICEROLLBACKRESPONSE']._serialized_start=1682
-  _globals['_ADAPTERSSERVICEROLLBACKRESPONSE']._serialized_end=1751
-  _globals['_ADAPTERSSERVICEDELETEREQUEST']._serialized_start=1753
-  _globals['_ADAPTERSSERVICEDELETEREQUEST']._serialized_end=1797
-  _globals['_ADAPTERSSERVICEDELETERESPONSE']._serialized_start=1799
-  _globals['_ADAPTERSSERVICEDELETERESPONSE']._serialized_end=1847
-  _globals['_ADAPTERSSERVICEEXPORTREQUEST']._serialized_start=1849
-  _globals['_ADAPTERSSERVICEEXPORTREQUEST']._serialized_end=1910
-  _globals['_ADAPTERSSERVICEEXPORTRESPONSE']._serialized_start=1912
-  _globals['_ADAPTERSSERVICEEXPORTRESPONSE']._serialized_end=2025
-  _globals['_INFERENCESERVICE']._serialized_start=2028
-  _globals['_INFERENCESERVICE']._serialized_end=2176
-  _globals['_FEEDBACKSERVICE']._serialized_start=2179
-  _globals['_FEEDBACKSERVICE']._serialized_end=2377
-  _globals['_ADAPTERSSERVICE']._serialized_start=2380
-  _globals['_ADAPTERSSERVICE']._serialized_end=3033
+  _globals['_INFERENCESERVICESCOREREQUEST']._serialized_start=809
+  _globals['_INFERENCESERVICESCOREREQUEST']._serialized_end=932
+  _globals['_INFERENCESERVICESCORERESPONSE']._serialized_start=935
+  _globals['_INFERENCESERVICESCORERESPONSE']._serialized_end=1139
+  _globals['_FEEDBACKSERVICESUBMITREQUEST']._serialized_start=1142
+  _globals['_FEEDBACKSERVICESUBMITREQUEST']._serialized_end=1291
+  _globals['_FEEDBACKSERVICESUBMITRESPONSE']._serialized_start=1293
+  _globals['_FEEDBACKSERVICESUBMITRESPONSE']._serialized_end=1358
+  _globals['_FEEDBACKSERVICEWATCHREQUEST']._serialized_start=1360
+  _globals['_FEEDBACKSERVICEWATCHREQUEST']._serialized_end=1405
+  _globals['_FEEDBACKSERVICEWATCHRESPONSE']._serialized_start=1407
+  _globals['_FEEDBACKSERVICEWATCHRESPONSE']._serialized_end=1471
+  _globals['_ADAPTERSSERVICECREATEREQUEST']._serialized_start=1473
+  _globals['_ADAPTERSSERVICECREATEREQUEST']._serialized_end=1551
+  _globals['_ADAPTERSSERVICECREATERESPONSE']._serialized_start=1553
+  _globals['_ADAPTERSSERVICECREATERESPONSE']._serialized_end=1620
+  _globals['_ADAPTERSSERVICELISTREQUEST']._serialized_start=1622
+  _globals['_ADAPTERSSERVICELISTREQUEST']._serialized_end=1650
+  _globals['_ADAPTERSSERVICELISTRESPONSE']._serialized_start=1652
+  _globals['_ADAPTERSSERVICELISTRESPONSE']._serialized_end=1718
+  _globals['_ADAPTERSSERVICEGETREQUEST']._serialized_start=1720
+  _globals['_ADAPTERSSERVICEGETREQUEST']._serialized_end=1761
+  _globals['_ADAPTERSSERVICEGETRESPONSE']._serialized_start=1763
+  _globals['_ADAPTERSSERVICEGETRESPONSE']._serialized_end=1827
+  _globals['_ADAPTERSSERVICEVERSIONSREQUEST']._serialized_start=1829
+  _globals['_ADAPTERSSERVICEVERSIONSREQUEST']._serialized_end=1875
+  _globals['_ADAPTERSSERVICEVERSIONSRESPONSE']._serialized_start=1877
+  _globals['_ADAPTERSSERVICEVERSIONSRESPONSE']._serialized_end=1947
+  _globals['_ADAPTERSSERVICEROLLBACKREQUEST']._serialized_start=1949
+  _globals['_ADAPTERSSERVICEROLLBACKREQUEST']._serialized_end=2012
+  _globals['_ADAPTERSSERVICEROLLBACKRESPONSE']._serialized_start=2014
+  _globals['_ADAPTERSSERVICEROLLBACKRESPONSE']._serialized_end=2083
+  _globals['_ADAPTERSSERVICEDELETEREQUEST']._serialized_start=2085
+  _globals['_ADAPTERSSERVICEDELETEREQUEST']._serialized_end=2129
+  _globals['_ADAPTERSSERVICEDELETERESPONSE']._serialized_start=2131
+  _globals['_ADAPTERSSERVICEDELETERESPONSE']._serialized_end=2179
+  _globals['_ADAPTERSSERVICEEXPORTREQUEST']._serialized_start=2181
+  _globals['_ADAPTERSSERVICEEXPORTREQUEST']._serialized_end=2242
+  _globals['_ADAPTERSSERVICEEXPORTRESPONSE']._serialized_start=2244
+  _globals['_ADAPTERSSERVICEEXPORTRESPONSE']._serialized_end=2357
+  _globals['_INFERENCESERVICE']._serialized_start=2360
+  _globals['_INFERENCESERVICE']._serialized_end=2598
+  _globals['_FEEDBACKSERVICE']._serialized_start=2601
+  _globals['_FEEDBACKSERVICE']._serialized_end=2799
+  _globals['_ADAPTERSSERVICE']._serialized_start=2802
+  _globals['_ADAPTERSSERVICE']._serialized_end=3455
 # @@protoc_insertion_point(module_scope)

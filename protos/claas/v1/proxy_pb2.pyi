@@ -78,6 +78,40 @@ class ChatStreamResponse(_message.Message):
     final: ChatResponse
     def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[ChatResponse, _Mapping]] = ...) -> None: ...
 
+class InferenceServiceScoreRequest(_message.Message):
+    __slots__ = ("model", "messages", "completion", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    completion: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., completion: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class InferenceServiceScoreResponse(_message.Message):
+    __slots__ = ("model", "adapter", "version", "tokens", "token_ids", "logprobs", "logprob_sum", "prompt_tokens", "completion_tokens")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_SUM_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    adapter: str
+    version: int
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    logprobs: _containers.RepeatedScalarFieldContainer[float]
+    logprob_sum: float
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, model: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., logprob_sum: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
 class FeedbackServiceSubmitRequest(_message.Message):
     __slots__ = ("completion_ids", "feedback", "config", "wait", "idempotency_key")
     COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]

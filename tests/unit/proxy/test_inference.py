@@ -9,7 +9,7 @@ import pytest
 from services.common.domain import Message
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.proxy.core import ProxyCore
-from services.proxy.domain import ChatRequest, ChatResult, Sampling, Started
+from services.proxy.domain import ChatRequest, ChatResult, Delta, Sampling, Started
 from services.proxy.limits import RequestTooLarge
 from services.storage.client import StorageClient
 from tests.unit.proxy.fakes import BASE, FakeVllm, add
@@ -104,8 +104,9 @@ async def test_stream_relays_deltas_then_a_final_result_after_the_rollout(core: 
 
     started, *deltas, final = events
     assert isinstance(started, Started) and isinstance(final, ChatResult)
-    assert deltas == ["Hello", " world", "!"]
-    assert final.text == "".join(deltas) == "Hello world!"
+    assert deltas == [Delta("Hello"), Delta(" world"), Delta("!")]  # no logprobs asked for, none passed on
+    assert final.text == "".join(d.text for d in deltas) == "Hello world!"
+    assert final.logprobs is None
     assert (started.completion_id, started.version) == (final.completion_id, 1)
     assert vllm.chats[-1]["stream"] is True and vllm.chats[-1]["stream_options"] == {"include_usage": True}
     rollout = await core.rollouts.get("acme", final.completion_id)
@@ -132,7 +133,7 @@ async def test_a_stream_broken_midway_records_nothing_and_releases_its_adapter(c
         async for event in core.inference.chat_stream("acme", ask()):
             events.append(event)
 
-    assert events[1:] == ["Hello", " world"]
+    assert events[1:] == [Delta("Hello"), Delta(" world")]
     assert await core.rollouts._store.list("rollouts/") == []
     assert all(entry.leases == 0 for entry in core.loras._entries.values())
 
@@ -146,7 +147,7 @@ async def test_thinking_is_stripped_from_the_text_but_kept_in_the_rollout(core: 
     *_, deltas_final = events = await collect(core, "acme", request)
 
     assert plain.text == "Hi!"
-    assert "".join(e for e in events if isinstance(e, str)) == deltas_final.text == "Hi!"
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == deltas_final.text == "Hi!"
     rollout = await core.rollouts.get("acme", plain.completion_id)
     assert rollout.text == "<think>let me see</think>\n\nHi!"
     assert rollout.response_ids == (10, 11, 12, 13, 2)
