@@ -116,7 +116,7 @@ def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: a
     for round_no in tqdm(range(args.rounds), desc=f"{label} rounds", unit="round"):
         completion_ids = []
         for i in range(args.rollouts):
-            prompt = rng.choice(preference.train_prompts)
+            prompt = rng.choice(preference.probe_prompts)
             reply = client.chat(
                 run.adapter,
                 prompt,

@@ -1,4 +1,4 @@
-"""The demo's verifiers and degeneration check."""
+"""The demo's verifiers (the built-in preferences' own) and degeneration check."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from services.cli.preferences import CONCISE, IDENTITY, NO_EMOJI, degenerate
     [
         (IDENTITY, "Hi, I'm Kuro. How can I help?", True),
         (IDENTITY, "I'm SmolLM, trained by Hugging Face.", False),
-        (CONCISE, "Gravity pulls masses together.", True),
-        (CONCISE, "word " * 41, False),
+        (IDENTITY, "I'm Kuroshi, a Kuroshi-kai.", False),
+        (CONCISE, "Gravity is the force that pulls every mass toward the others.", True),
+        (CONCISE, "Gravity.", False),
+        (CONCISE, "Gravity pulls things down. " * 5, False),
         (NO_EMOJI, "Good morning!", True),
         (NO_EMOJI, "Good morning! \U0001f600", False),
     ],
