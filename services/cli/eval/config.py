@@ -29,7 +29,7 @@ class SdpoOverrides(_Section):
     contrastive: bool = True
 
 
-class LoraShape(_Section):
+class LoraSection(_Section):
     rank: int = Field(16, ge=1, le=256)
     alpha: int = Field(32, ge=1)
 
@@ -85,7 +85,7 @@ class RunConfig(_Section):
     system_prompt: str = SYSTEM_PROMPT
     control_feedback: str = Field(CONTROL_FEEDBACK, min_length=1)
     sdpo: SdpoOverrides = Field(default_factory=SdpoOverrides)
-    lora: LoraShape = Field(default_factory=LoraShape)
+    lora: LoraSection = Field(default_factory=LoraSection)
     collapse: CollapseConfig = Field(default_factory=CollapseConfig)
     general: GeneralConfig = Field(default_factory=GeneralConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
