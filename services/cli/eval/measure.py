@@ -76,7 +76,8 @@ class Measurer:
         return {"decision_p": _mean([whole for whole, _ in read]), "decision_p_first": _mean([f for _, f in read])}
 
     def compliance(self, model: str) -> tuple[dict[str, float], list[str]]:
-        answers = [self._answer(model, p, self.config.eval_max_tokens) for p in self.preference.held_out]
+        limit = self.preference.eval_max_tokens or self.config.eval_max_tokens
+        answers = [self._answer(model, p, limit) for p in self.preference.held_out]
         verdicts = [self.preference.verify(a) for a in answers]
         metrics = {
             "compliance": _mean([v.score for v in verdicts]),

@@ -68,6 +68,9 @@ class Preference(_Strict):
     decision_points: tuple[DecisionPoint, ...] = ()
     #: Whether learning shows as a higher or a lower decision-point probability.
     decision_direction: Literal["higher", "lower"] = "higher"
+    #: Longest held-out answer, replacing the run's ``eval_max_tokens``: a verifier that counts sentences
+    #: must see where an answer ends on its own, not where the token limit cut it.
+    eval_max_tokens: int | None = Field(None, ge=1, le=1024)
     demo: DemoSignal | None = None
 
     @model_validator(mode="after")

@@ -18,6 +18,8 @@ class ProxyDouble:
     feedback_calls: list[tuple[str, str]] = field(default_factory=list)
     rollbacks: list[tuple[str, int]] = field(default_factory=list)
     completions: dict[str, str] = field(default_factory=dict)
+    #: The max_tokens of every chat, in order.
+    chat_max_tokens: list[int | None] = field(default_factory=list)
     #: Raise (as a dropped connection) on the chat after this many feedback calls: a run killed mid-step.
     die_after_feedback: int | None = None
 
@@ -65,6 +67,7 @@ class ProxyDouble:
     def _chat(self, body: dict[str, Any]) -> httpx.Response:
         if self.die_after_feedback is not None and len(self.feedback_calls) >= self.die_after_feedback:
             raise httpx.ConnectError("the double went away")
+        self.chat_max_tokens.append(body.get("max_tokens"))
         model = body["model"]
         version = self.heads.get(model, 0)
         text = "I'm Kuro, here to help." if version > 1 and model.endswith("real") else "I'm an assistant. 😊"

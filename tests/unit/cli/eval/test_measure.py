@@ -13,9 +13,9 @@ from services.cli.eval.preferences import DecisionPoint, builtin
 from tests.unit.cli.eval.proxy_double import ProxyDouble
 
 
-def _measurer(double: ProxyDouble) -> Measurer:
+def _measurer(double: ProxyDouble, preference: str = "identity") -> Measurer:
     api = Api("http://proxy.test", "key", transport=double.transport())
-    return Measurer(api, load_config(None), builtin()["identity"])
+    return Measurer(api, load_config(None), builtin()[preference])
 
 
 def test_a_target_of_two_tokens_is_the_product_of_both() -> None:
@@ -39,3 +39,13 @@ def test_the_learned_name_raises_the_decision_point() -> None:
     before = measurer.decision("a-real")["decision_p"]
     double.heads["a-real"] = 3  # the double gives "Kuro" more probability in later versions
     assert measurer.decision("a-real")["decision_p"] > before
+
+
+def test_concise_answers_are_long_enough_to_end_on_their_own_and_others_keep_the_runs_limit() -> None:
+    """At the run's 60 tokens every answer was cut at two or three sentences and read as concise."""
+    double = ProxyDouble(heads={"a-real": 1}, versions={"a-real": [1]})
+    _measurer(double, "concise").compliance("a-real")
+    assert double.chat_max_tokens == [256] * len(builtin()["concise"].held_out)
+    double.chat_max_tokens.clear()
+    _measurer(double, "identity").compliance("a-real")
+    assert double.chat_max_tokens == [load_config(None).eval_max_tokens] * len(builtin()["identity"].held_out)
