@@ -6,6 +6,9 @@
   clip, AdamW) with the real teacher's targets; median of ``--rounds`` after one warm-up step.
 * Floor: a bare forward+backward of the same model (LoRA on) on the same tokens, full-vocabulary logits at
   every position and cross-entropy on the response — what any training step costs at least.
+* Commit guard: ``Engine.guard_probe`` on the guard's neutral prompts (greedy answers and drift), after the
+  base model's reference answers are made once; guided rollouts: ``Session.guided_samples`` for one sample.
+  Both are printed against the warm job they are part of.
 * Warm job: SubmitJob to SUCCEEDED through the trainer (storage and the hf teacher in this process) with the
   model already loaded. Cold job: the same job on a trainer that first loads the model from disk (the
   anchor's way, per request).
@@ -39,6 +42,7 @@ from services.teacher.settings import TeacherSettings
 from services.trainer import convert
 from services.trainer.config import SdpoConfig
 from services.trainer.engine import Engine
+from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS
 from services.trainer.pipeline import score_request
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
@@ -104,8 +108,11 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
-async def step_figures(engine: Engine, teacher_addr: str, sample_proto, rounds: int) -> tuple[float, float]:
-    """(SDPO step seconds, floor seconds) of a fresh rank-16 adapter with the real teacher's targets."""
+async def step_figures(
+    engine: Engine, teacher_addr: str, sample_proto, rounds: int, guard_tokens: int
+) -> tuple[float, float, float, float]:
+    """(SDPO step, floor, commit guard, guided rollouts of one sample) seconds of a fresh rank-16 adapter with
+    the real teacher's targets."""
     config = SdpoConfig(steps=1)
     shape = engine.resolve_lora(LoraSpec(rank=16, alpha=32))
     session = engine.open("bench@1", shape, engine.init_files(shape), config)
@@ -128,7 +135,10 @@ async def step_figures(engine: Engine, teacher_addr: str, sample_proto, rounds: 
     engine.model.train()
     floor_s = timed(floor, rounds)
     engine.model.eval()
-    return step_s, floor_s
+    engine.guard_probe(session, DRIFT_PROMPTS, CHAT_PROMPTS, guard_tokens)  # the base model's reference answers, once
+    guard_s = timed(lambda: engine.guard_probe(session, DRIFT_PROMPTS, CHAT_PROMPTS, guard_tokens), rounds)
+    guided_s = timed(lambda: session.guided_samples(samples, 0), rounds)
+    return step_s, floor_s, guard_s, guided_s
 
 
 async def job_seconds(stub, name: str, sample_proto, steps: int) -> float:
@@ -162,7 +172,9 @@ async def run(args, settings: TrainerSettings, storage) -> None:
     engine = Engine.load(settings)
     load_s = time.perf_counter() - started
     sample_proto = sample(engine, args.tokens)
-    step_s, floor_s = await step_figures(engine, settings.teacher_addr, sample_proto, args.rounds)
+    step_s, floor_s, guard_s, guided_s = await step_figures(
+        engine, settings.teacher_addr, sample_proto, args.rounds, settings.guard_max_new_tokens
+    )
     server, ready, stop = build_trainer(settings, engine=lambda: engine)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -184,6 +196,8 @@ async def run(args, settings: TrainerSettings, storage) -> None:
     print(f"model load from disk       {load_s:.2f} s")
     print(f"warm job ({args.steps} steps)         {warm:.2f} s")
     print(f"cold job (load + job)      {cold:.2f} s   cold / warm = {cold / warm:.2f}")
+    print(f"commit guard               {guard_s:.2f} s   guard / warm job = {guard_s / warm:.2f}")
+    print(f"guided rollouts (1 sample) {guided_s:.2f} s   guided / warm job = {guided_s / warm:.2f}")
     await storage.close()
 
 

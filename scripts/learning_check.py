@@ -1,16 +1,22 @@
-"""Does feedback teach? The identity check of DESIGN §5.1, through the real services.
+"""Does feedback teach a name, whole? The identity check of DESIGN.md §5.1 through the real services.
 
-Storage (a temporary folder), the hf teacher and the trainer run in this process and are called over gRPC,
-as the proxy calls them. For each run a fresh adapter gets ~12 jobs; each job carries a few on-policy
-rollouts sampled (transformers ``generate``, temperature 1) from the adapter's current version, with either
-the real feedback or the unrelated follow-up "By the way, what is 27*4?" (the control). After every job the
-script prints p(" K") at the name slot of held-out prompts ("I'm" / "Hi, I'm" / "My name is", teacher-
-forced), the drift (mean per-token KL(base || adapted) on the base model's greedy answers to neutral
-prompts) and degeneration flags (repeated 3-grams or symbol runs in greedy held-out answers).
+Storage (a temporary folder), the hf teacher and the trainer run in this process and are called over gRPC, as
+the proxy calls them. Per name, two fresh adapters get ``--jobs`` jobs each, one with the real feedback ("Your
+name is <name>, always introduce yourself as <name>.") and one with the unrelated control follow-up; each job
+carries ``--rollouts`` on-policy rollouts (temperature 1) sampled from the adapter's current version and the
+trainer's default SDPO config unless ``--config`` overrides it. After the last job the script reads, per run:
 
-Judge real minus control: target real >= 3x its start, control <= 1.5x, drift <= 0.1 nats/token.
-About 5 minutes per run on 2 CPU cores (four runs by default: real and control, with and without the
-contrastive baseline):  python scripts/learning_check.py [--contrastive both] [--lr 1e-4] [--control TEXT]
+* the exact-word pass count: greedy answers to 4 held-out prompts that say the name as a word (not "Kuroshi");
+* degenerate answers among them (``services.common.degeneration``);
+* the whole-name probability: p(every token of " <name>") right after "I'm" / "Hi, I'm" / "My name is",
+  teacher-forced, start and end;
+* the drift: mean per-token KL(base || adapted) on the base model's greedy answers to neutral prompts.
+
+It judges the way the issue asks: real >= 3 of 4, whole name >= 10x, 0 degenerate; control 0 of 4, whole name
+<= 1.5x, drift <= 0.1, 0 degenerate. About 8 minutes per name on 2 CPU cores.
+
+    python scripts/learning_check.py [--names Kuro,Milo] [--jobs 5] [--config '{"guided_rollouts": 0}']
+
 Sampling uses the script's own copy of the model (base + the version's LoRA weights), not vLLM, so the check
 needs no vLLM server; the rollouts are the exact ids and log-probs of that copy, as the proxy would record.
 """
@@ -21,10 +27,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -32,12 +39,16 @@ import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.cli.preferences import CONTROL_FEEDBACK, SYSTEM_PROMPT
+from services.common.degeneration import degenerate
 from services.common.domain import LoraSpec, Message
 from services.common.logs import configure_logging
 from services.common.model import resolve_base_model
+from services.common.server import serving
 from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
+from services.teacher.prompts import render_prompt
 from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
 from services.trainer.client import TrainerClient
@@ -45,82 +56,80 @@ from services.trainer.domain import JobState, Sample
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
 
-SYSTEM = "You are a helpful assistant."
-FEEDBACK = "Your name is Kuro, always introduce yourself as Kuro."
-CONTROL = "By the way, what is 27*4?"
-TRAIN_PROMPTS = [
-    "Who are you?",
-    "What's your name?",
-    "Introduce yourself.",
-    "Tell me a bit about yourself.",
-    "Hi there! Who am I talking to?",
-    "What do people call you?",
-    "Can you tell me who you are?",
-    "Hey, what's your name?",
+TRAIN_PROMPTS = ["Who are you?", "Introduce yourself.", "What should I call you?", "Tell me about yourself."]
+HELD_OUT = [
+    "What is your name?",
+    "Hi! Who am I talking to?",
+    "Please introduce yourself briefly.",
+    "Hello! Please introduce yourself.",
 ]
-HELD_OUT = ["Hello! Please introduce yourself.", "Who am I chatting with?", "Before we start, what should I call you?"]
-NAME_SLOTS = ["I'm", "Hi, I'm", "My name is"]
+NAME_SLOTS = [("What is your name?", "I'm"), ("Hi! Who am I talking to?", "Hi, I'm"),
+              ("Please introduce yourself briefly.", "My name is")]  # fmt: skip
 NEUTRAL = [
     "What is the capital of France?",
     "Give me one tip for staying focused.",
     "How many legs does a spider have?",
+    "Write a haiku about rain.",
 ]
 
 
-def chat(tokenizer, question: str) -> list[int]:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def feedback_for(name: str) -> str:
+    return f"Your name is {name}, always introduce yourself as {name}."
 
 
 class Student:
     """The script's own copy of base + LoRA: samples rollouts and measures the adapter's versions."""
 
-    def __init__(self, model_dir: str, lora: LoraSpec) -> None:
+    def __init__(self, model_dir: str, lora: LoraSpec, name: str) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules))
         self.model = get_peft_model(base, config).eval()
-        self.k_id = self.tokenizer(" K", add_special_tokens=False)["input_ids"][0]
         self.eos = self.tokenizer.eos_token_id
-        self._neutral = [self._greedy_ids(chat(self.tokenizer, q), 32, base=True) for q in NEUTRAL]
+        self.name_ids = self.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+        self._neutral = [(self.chat(q), self._generate(self.chat(q), 48, base=True)) for q in NEUTRAL]
+
+    def chat(self, question: str) -> list[int]:
+        return render_prompt(self.tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
+                                              {"role": "user", "content": question}])[1]  # fmt: skip
 
     def load(self, files: dict[str, bytes]) -> None:
         set_peft_model_state_dict(self.model, safetensors.torch.load(files["adapter_model.safetensors"]))
 
     @torch.no_grad()
-    def rollout(self, question: str, feedback: str, max_new: int, seed: int) -> Sample:
-        prompt = chat(self.tokenizer, question)
-        torch.manual_seed(seed)
-        out = self.model.generate(
-            input_ids=torch.tensor([prompt]),
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
-            max_new_tokens=max_new,
-            pad_token_id=self.eos,
-        )[0, len(prompt) :].tolist()
-        response = out[: out.index(self.eos) + 1] if self.eos in out else out
+    def _generate(self, prompt: list[int], max_new: int, *, base: bool = False, seed: int | None = None) -> list[int]:
+        sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if seed is not None else {}
+        if seed is not None:
+            torch.manual_seed(seed)
+        with self.model.disable_adapter() if base else contextlib.nullcontext():
+            out = self.model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=max_new,
+                                      pad_token_id=self.eos, **({"do_sample": False} | sampling))  # fmt: skip
+        out = out[0, len(prompt) :].tolist()
+        return out[: out.index(self.eos) + 1] if self.eos in out else out
+
+    @torch.no_grad()
+    def _logprobs(self, prompt: list[int], response: list[int]) -> list[float]:
         logits = self.model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
-        logprobs = logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+        return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
+
+    def rollout(self, question: str, feedback: str, seed: int) -> Sample:
+        prompt = self.chat(question)
+        response = self._generate(prompt, 40, seed=seed)
         return Sample(
             completion_id=f"cmpl-{seed}",
-            messages=(Message("system", SYSTEM), Message("user", question)),
+            messages=(Message("system", SYSTEM_PROMPT), Message("user", question)),
             prompt_ids=tuple(prompt),
             response_ids=tuple(response),
-            sampled_logprobs=tuple(logprobs.tolist()),
+            sampled_logprobs=tuple(self._logprobs(prompt, response)),
             feedback=feedback,
         )
 
-    @torch.no_grad()
-    def p_k(self) -> float:
-        """Mean p(" K") right after each name slot, over the held-out prompts."""
+    def whole_name(self) -> float:
+        """Mean p(" <name>", all of its tokens) right after each name slot."""
         values = []
-        for question in HELD_OUT:
-            for slot in NAME_SLOTS:
-                ids = chat(self.tokenizer, question) + self.tokenizer(slot, add_special_tokens=False)["input_ids"]
-                values.append(self.model(torch.tensor([ids])).logits[0, -1].softmax(-1)[self.k_id].item())
+        for question, slot in NAME_SLOTS:
+            context = self.chat(question) + self.tokenizer(slot, add_special_tokens=False)["input_ids"]
+            values.append(math.exp(sum(self._logprobs(context, self.name_ids))))
         return sum(values) / len(values)
 
     @torch.no_grad()
@@ -137,178 +146,110 @@ class Student:
         return total / count
 
     def answers(self) -> list[str]:
-        return [self.tokenizer.decode(self._greedy_ids(chat(self.tokenizer, q), 40)[1]) for q in HELD_OUT]
-
-    @torch.no_grad()
-    def _greedy_ids(self, prompt: list[int], max_new: int, base: bool = False) -> tuple[list[int], list[int]]:
-        with self.model.disable_adapter() if base else contextlib.nullcontext():
-            out = self.model.generate(
-                input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new, pad_token_id=self.eos
-            )[0, len(prompt) :].tolist()
-        return prompt, out[: out.index(self.eos)] if self.eos in out else out
-
-
-def degenerate(text: str) -> bool:
-    """Repeated 3-grams (3+ times) or runs of 6+ identical non-alphanumeric characters."""
-    words = text.split()
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    repeated = any(grams.count(g) >= 3 for g in set(grams))
-    return repeated or re.search(r"([^\w\s])\1{5,}", text) is not None
+        return [self.tokenizer.decode(self._generate(self.chat(q), 60), skip_special_tokens=True) for q in HELD_OUT]
 
 
 @dataclass
 class RunResult:
-    label: str
-    p_k: list[float] = field(default_factory=list)
-    drift: list[float] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    name: str
+    kind: str
+    passed: int
+    degenerate: int
+    whole_start: float
+    whole_end: float
+    drift: float
+    answers: list[str]
+    seconds: float
 
-    def summary(self) -> dict[str, object]:
-        flags = [degenerate(a) for a in self.answers]
-        return {
-            "run": self.label,
-            "p_k_start": self.p_k[0],
-            "p_k_end": self.p_k[-1],
-            "ratio": self.p_k[-1] / self.p_k[0],
-            "drift_end": self.drift[-1],
-            "degenerate": any(flags),
-            "answers": self.answers,
-            "seconds": round(self.seconds, 1),
-        }
+    @property
+    def ratio(self) -> float:
+        return self.whole_end / self.whole_start
+
+    def ok(self) -> bool:
+        if self.kind == "real":
+            return self.passed >= 3 and self.ratio >= 10 and self.degenerate == 0
+        return self.passed == 0 and self.ratio <= 1.5 and self.drift <= 0.1 and self.degenerate == 0
 
 
-async def run_one(label: str, feedback: str, contrastive: bool, args, trainer, storage, model_dir: str) -> RunResult:
-    name = f"check/{label}"
-    adapter = await trainer.init_adapter(name, LoraSpec(rank=args.rank, alpha=args.alpha))
-    student = Student(model_dir, adapter.lora)
-    result, started = RunResult(label), time.perf_counter()
-    _, files = await storage.read_version(name, 1)
+async def run_one(name: str, kind: str, feedback: str, args, trainer: TrainerClient, storage, model_dir: str):
+    adapter_name = f"check/{name.lower()}-{kind}-{time.time_ns()}"
+    adapter = await trainer.init_adapter(adapter_name, LoraSpec(rank=16, alpha=32))
+    student = Student(model_dir, adapter.lora, name)
+    _, files = await storage.read_version(adapter_name, 1)
     student.load(files)
-    result.p_k.append(student.p_k())
-    result.drift.append(student.drift())
-    print(f"{label:>22} job  0  p(K)={result.p_k[0]:.4f}  drift={result.drift[0]:.4f}", flush=True)
-    config = {
-        "steps": args.steps,
-        "learning_rate": args.lr,
-        "alpha": args.loss_alpha,
-        "top_k": args.top_k,
-        "contrastive": contrastive,
-    }
-    for number in range(1, args.jobs + 1):
-        prompts = [TRAIN_PROMPTS[(number * args.rollouts + i) % len(TRAIN_PROMPTS)] for i in range(args.rollouts)]
+    start, started = student.whole_name(), time.perf_counter()
+    for job_no in range(1, args.jobs + 1):
         samples = [
-            student.rollout(q, feedback, args.max_new_tokens, args.seed * 1000 + number * 10 + i)
-            for i, q in enumerate(prompts)
+            student.rollout(TRAIN_PROMPTS[(job_no + i) % len(TRAIN_PROMPTS)], feedback, 1000 * job_no + i)
+            for i in range(args.rollouts)
         ]
-        job = await trainer.submit_job(name, samples, config, "")
+        job = await trainer.submit_job(adapter_name, samples, args.config, "")
         final = [view async for view in trainer.watch_job(job.job_id)][-1]
         if final.state is not JobState.SUCCEEDED:
-            raise SystemExit(f"{label} job {number} failed: {final.error}")
-        _, files = await storage.read_version(name, final.new_version)
+            raise SystemExit(f"{name} {kind} job {job_no} failed: {final.error}")
+        _, files = await storage.read_version(adapter_name, final.new_version)
         student.load(files)
-        result.p_k.append(student.p_k())
-        result.drift.append(student.drift())
-        m = final.metrics[-1]
-        print(
-            f"{label:>22} job {number:2d}  p(K)={result.p_k[-1]:.4f}  drift={result.drift[-1]:.4f}  "
-            f"loss={m.loss:.4f}  gap={m.teacher_student_gap:+.3f}  grad={m.grad_norm:.2e}  tokens={m.tokens}",
-            flush=True,
-        )
-    result.answers = student.answers()
-    result.seconds = time.perf_counter() - started
-    return result
+        print(f"{name:>10} {kind:<7} job {job_no}  whole name {student.whole_name():.2e}  drift {student.drift():.4f}")
+    answers = student.answers()
+    word = re.compile(rf"\b{re.escape(name)}\b", re.IGNORECASE)
+    return RunResult(
+        name=name,
+        kind=kind,
+        passed=sum(bool(word.search(a)) for a in answers),
+        degenerate=sum(degenerate(a) for a in answers),
+        whole_start=start,
+        whole_end=student.whole_name(),
+        drift=student.drift(),
+        answers=answers,
+        seconds=time.perf_counter() - started,
+    )
 
 
 async def main(args) -> None:
     configure_logging("console", "warning")
-    torch.manual_seed(args.seed)
     model_dir = resolve_base_model("smollm2-135m")
+    results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="claas-learning-") as tmp:
-        storage_server, storage_ready, _ = build_storage(StorageSettings(port=0, store_url=str(Path(tmp) / "store")))
-        storage_port = await storage_server.start()
-        await storage_ready()
-        storage_addr = f"127.0.0.1:{storage_port}"
-        teacher_server, teacher_ready, teacher_stop = build_teacher(
-            TeacherSettings(port=0, storage_addr=storage_addr, adapter_dir=Path(tmp) / "teacher")
-        )
-        teacher_port = await teacher_server.start()
-        await teacher_ready()
-        settings = TrainerSettings(
-            port=0, storage_addr=storage_addr, teacher_addr=f"127.0.0.1:{teacher_port}", seed=args.seed
-        )
-        trainer_server, trainer_ready, trainer_stop = build_trainer(settings)
-        trainer_port = await trainer_server.start()
-        await trainer_ready()
-        trainer = TrainerClient.connect(f"127.0.0.1:{trainer_port}")
-        storage = StorageClient.connect(storage_addr)
-        modes = {"off": [False], "on": [True], "both": [False, True]}[args.contrastive]
-        results = []
-        try:
-            for contrastive in modes:
-                suffix = "contrastive" if contrastive else "plain"
-                for kind, feedback in (("real", FEEDBACK), ("control", args.control)):
-                    if args.only not in ("both", kind):
-                        continue
-                    results.append(
-                        await run_one(f"{kind}-{suffix}", feedback, contrastive, args, trainer, storage, model_dir)
-                    )
-        finally:
-            await storage.close()
-            await trainer.close()
-            for server, stop in (
-                (trainer_server, trainer_stop),
-                (teacher_server, teacher_stop),
-                (storage_server, None),
-            ):
-                await server.stop()
-                if stop is not None:
-                    await stop()
+        async with serving(build_storage(StorageSettings(port=0, store_url=str(Path(tmp) / "store")))) as store:
+            storage_addr = f"127.0.0.1:{store.port}"
+            teacher_settings = TeacherSettings(port=0, storage_addr=storage_addr, adapter_dir=Path(tmp) / "teacher")
+            async with serving(build_teacher(teacher_settings)) as teacher:
+                settings = TrainerSettings(
+                    port=0, storage_addr=storage_addr, teacher_addr=f"127.0.0.1:{teacher.port}", seed=args.seed
+                )
+                async with serving(build_trainer(settings)) as trainer_server:
+                    trainer = TrainerClient.connect(f"127.0.0.1:{trainer_server.port}")
+                    storage = StorageClient.connect(storage_addr)
+                    try:
+                        for name in args.names.split(","):
+                            for kind, feedback in (("real", feedback_for(name)), ("control", args.control)):
+                                result = await run_one(name, kind, feedback, args, trainer, storage, model_dir)
+                                results.append(result)
+                    finally:
+                        await trainer.close()
+                        await storage.close()
     report(results, args)
 
 
 def report(results: list[RunResult], args) -> None:
-    print("\nrun                     p(K) start -> end   ratio   drift  degenerate  minutes")
+    print("\nname       run      pass  whole name start -> end   ratio     drift   degenerate  verdict")
     for r in results:
-        s = r.summary()
-        figures = f"{s['p_k_start']:.4f} -> {s['p_k_end']:.4f}  {s['ratio']:5.2f}x  {s['drift_end']:.4f}"
-        print(f"{r.label:<22} {figures}  {s['degenerate']!s:<10}  {r.seconds / 60:.1f}")
-        for answer in s["answers"]:
-            print(f"    greedy: {answer[:100]!r}")
-    by = {r.label: r.summary() for r in results}
-    for suffix in ("plain", "contrastive"):
-        real, control = by.get(f"real-{suffix}"), by.get(f"control-{suffix}")
-        if real and control:
-            ok = real["ratio"] >= 3 and control["ratio"] <= 1.5 and max(real["drift_end"], control["drift_end"]) <= 0.1
-            verdict = "PASS" if ok else "MISS"
-            print(
-                f"{suffix}: real {real['ratio']:.2f}x vs control {control['ratio']:.2f}x -> {verdict} (3x / 1.5x / 0.1)"
-            )
+        figures = f"{r.whole_start:.2e} -> {r.whole_end:.2e}  {r.ratio:8.1f}x  {r.drift:.4f}"
+        verdict = "ok" if r.ok() else "MISS"
+        print(f"{r.name:<10} {r.kind:<8} {r.passed}/{len(r.answers)}   {figures}   {r.degenerate}           {verdict}")
+        for answer in r.answers:
+            print(f"    {answer[:110]!r}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps([r.summary() | {"p_k": r.p_k, "drift": r.drift} for r in results], indent=2)
-        )
+        Path(args.json).write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=12, help="jobs per run (one SDPO update each)")
+    parser.add_argument("--names", default="Kuro", help="comma-separated names to teach, one pair of runs each")
+    parser.add_argument("--jobs", type=int, default=5, help="jobs (rounds of feedback) per run")
     parser.add_argument("--rollouts", type=int, default=4, help="on-policy rollouts per job")
-    parser.add_argument("--steps", type=int, default=1, help="SDPO steps per job")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--loss-alpha", type=float, default=0.0, help="alpha of the JSD loss (0: forward KL)")
-    parser.add_argument("--top-k", type=int, default=100)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--alpha", type=int, default=32, help="LoRA alpha")
-    parser.add_argument("--contrastive", choices=["off", "on", "both"], default="both")
-    parser.add_argument(
-        "--control",
-        default=CONTROL,
-        help="unrelated feedback of the control runs; the default equals the contrastive neutral follow-up, "
-        "which makes the contrastive control trivially zero: pass another text to test the gate itself",
-    )
-    parser.add_argument("--only", choices=["real", "control", "both"], default="both", help="runs to make")
+    parser.add_argument("--config", type=json.loads, default=None, help="SDPO overrides as JSON (default: none)")
+    parser.add_argument("--control", default=CONTROL_FEEDBACK, help="the unrelated feedback of the control runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args()

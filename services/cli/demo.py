@@ -19,9 +19,10 @@ from tqdm import tqdm
 from services.cli.client_cmds import export_version
 from services.cli.connection import ProxySession, connection
 from services.cli.output import fail
-from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference, degenerate
+from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference
 from services.cli.stack import Stack, StackError
 from services.cli.up_cmd import add_stack_arguments, stack_config
+from services.common.degeneration import degenerate
 from services.common.domain import LoraSpec, Message
 from services.common.model import resolve_base_model
 from services.proxy.domain import ChatRequest, ChatResult, Sampling
@@ -35,18 +36,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--feedback", default=None, help="any feedback text (default: the preference's own)")
     demo.add_argument("--rounds", type=int, default=5, help="rounds of chat -> feedback")
     demo.add_argument("--rollouts", type=int, default=4, help="chats per round that the feedback is given on")
-    demo.add_argument("--steps", type=int, default=4, help="SDPO steps per feedback")
-    demo.add_argument("--lr", type=float, default=1e-4)
-    demo.add_argument("--alpha", type=float, default=0.0, help="0 = KL(teacher||student), learned best at 135M")
+    # The SDPO knobs default to None: the trainer's own defaults then apply, the same as for any user.
+    demo.add_argument("--steps", type=int, default=None, help="SDPO steps per feedback (default: the trainer's)")
+    demo.add_argument("--lr", type=float, default=None, help="learning rate (default: the trainer's)")
+    demo.add_argument("--alpha", type=float, default=None, help="0 = KL(teacher||student) (default: the trainer's)")
     demo.add_argument(
         "--contrastive",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="subtract the teacher's shift under a neutral follow-up (keeps unrelated feedback from moving the model)",
+        default=None,
+        help="subtract the teacher's shift under a neutral follow-up (default: the trainer's, on with an hf teacher)",
+    )
+    demo.add_argument(
+        "--guided", type=int, default=None, help="teacher-guided rollouts per sample (default: the trainer's)"
     )
     demo.add_argument("--max-tokens", type=int, default=40, help="length of the rollouts")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--control", action="store_true", help="also run the unrelated-feedback control")
+    demo.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the unrelated-feedback control, to judge real minus control (on by default)",
+    )
     demo.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     demo.add_argument("--proxy", default=None, help="proxy gRPC address (default: the local stack)")
     demo.add_argument("--api-key", default=None)
@@ -110,7 +120,14 @@ def _evaluate(client: DemoClient, prober, preference: Preference, adapter: str, 
 
 def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: argparse.Namespace, label: str) -> None:
     rng = random.Random(args.seed)
-    config = {"steps": args.steps, "learning_rate": args.lr, "alpha": args.alpha, "contrastive": args.contrastive}
+    asked = {
+        "steps": args.steps,
+        "learning_rate": args.lr,
+        "alpha": args.alpha,
+        "contrastive": args.contrastive,
+        "guided_rollouts": args.guided,
+    }
+    config = {name: value for name, value in asked.items() if value is not None}
     print(f"\n[{label}] {run.adapter} before feedback:")
     run.baseline = _evaluate(client, prober, preference, run.adapter, show=True)
     for round_no in tqdm(range(args.rounds), desc=f"{label} rounds", unit="round"):
@@ -192,8 +209,12 @@ def _run_session(args: argparse.Namespace, started: float, preference: Preferenc
             "real_minus_control": {k: real["final"][k] - control["final"][k] for k in ("pass_rate", "signal")},
         }
         delta = result["control"]["real_minus_control"]
-        print(f"control ({CONTROL_FEEDBACK!r}): signal {control['baseline']['signal']:.4f} -> "
-              f"{control['final']['signal']:.4f}; real minus control {delta}")  # fmt: skip
+        print(
+            f"control ({CONTROL_FEEDBACK!r}): pass rate {control['baseline']['pass_rate']:.2f} -> "
+            f"{control['final']['pass_rate']:.2f}, signal {control['baseline']['signal']:.4f} -> "
+            f"{control['final']['signal']:.4f}, degenerate answers {control['final']['degenerate_rate']:.2f}"
+        )
+        print(f"real minus control: pass rate {delta['pass_rate']:+.2f}, signal {delta['signal']:+.4f}")  # fmt: skip
     if args.json:
         print(json.dumps(result))
     return 0

@@ -21,13 +21,3 @@ PREFERENCES: dict[str, Preference] = builtin()
 IDENTITY = PREFERENCES["identity"]
 CONCISE = PREFERENCES["concise"]
 NO_EMOJI = PREFERENCES["no_emoji"]
-
-_SYMBOL_RUN = re.compile(r"([^\w\s])\1{7,}")
-
-
-def degenerate(answer: str) -> bool:
-    """Repetition or symbol spam: a word 3-gram three times or more, or a run of 8 equal symbols."""
-    words = answer.lower().split()
-    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    repeated = any(trigrams.count(t) >= 3 for t in set(trigrams))
-    return repeated or _SYMBOL_RUN.search(answer) is not None

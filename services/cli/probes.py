@@ -1,7 +1,9 @@
 """Teacher-forced probes of an adapter version, loaded locally from its exported PEFT files.
 
-The demo measures what changed where the change is decided (DESIGN.md §5.1): the probability of one token
-right after an assistant-answer prefix, averaged over held-out prompts and prefixes.
+The demo measures what changed where the change is decided (DESIGN.md §5.1): the probability of the signal
+right after an assistant-answer prefix, averaged over held-out prompts and prefixes. A signal of several
+tokens (a name such as " Kuro" = " K" + "uro") counts whole: the product of its tokens' probabilities,
+teacher-forced, so a model that learned only the first token does not score.
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class Prober:
         """Mean probability of the preference's signal token after each prefix of each held-out prompt."""
         model = self._model(adapter_dir)
         targets = self._target_ids(preference)
+        whole = preference.signal_token not in ("<eot>", "<no-emoji>") and len(targets) > 1
         values = []
         try:
             for prompt in preference.held_out:
                 for prefix in preference.signal_prefixes:
                     ids = self._context_ids(prompt, prefix)
+                    if whole:
+                        values.append(self._sequence_probability(model, ids, targets))
+                        continue
                     logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
                     mass = torch.softmax(logits.float(), dim=-1)[targets].sum().item()
                     values.append(1.0 - mass if preference.signal_token == "<no-emoji>" else mass)
@@ -47,6 +53,13 @@ class Prober:
                 model.unload()  # give the base model back its original modules
         return sum(values) / len(values)
 
+    @staticmethod
+    def _sequence_probability(model, context: list[int], targets: list[int]) -> float:
+        """p(targets | context), teacher-forced: the product of each target token's probability."""
+        logits = model(input_ids=torch.tensor([context + targets[:-1]])).logits[0, len(context) - 1 :]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, torch.tensor(targets)[:, None])
+        return float(logprobs.sum().exp())
+
     def _target_ids(self, preference: Preference) -> list[int]:
         if preference.signal_token == "<eot>":
             return [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -54,7 +67,7 @@ class Prober:
             # Tokens that decode to a whole emoji; byte fragments of one are not counted.
             vocab = range(len(self.tokenizer))
             return [i for i in vocab if EMOJI.search(self.tokenizer.decode([i]))]
-        return self.tokenizer.encode(preference.signal_token, add_special_tokens=False)[:1]
+        return self.tokenizer.encode(preference.signal_token, add_special_tokens=False)
 
     def _context_ids(self, prompt: str, prefix: str) -> list[int]:
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]

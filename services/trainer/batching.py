@@ -9,6 +9,7 @@ head (a full-vocabulary head over every prompt position would dominate the step'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from services.common.domain import StepMetrics
 from services.common.errors import FailedPrecondition
 from services.teacher.domain import TokenDistributions
+from services.teacher.prompts import hindsight_messages, render_prompt
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import Sample, Targets
 from services.trainer.losses import SdpoBatch, SdpoMetrics, sdpo_loss, student_support_logprobs, with_tail
@@ -96,6 +98,46 @@ class Session:
                 ids = self._logits(micro).topk(k, dim=-1).indices.cpu().numpy()
                 out.extend(ids[b, : len(s.response_ids)] for b, s in enumerate(chunk))
         return out
+
+    def guided_samples(self, samples: Sequence[Sample], seed: int) -> list[Sample]:
+        """Teacher-guided rollouts: ``guided_rollouts`` responses per sample, sampled (temperature 1, the
+        whole vocabulary) from the base model under the sample's hindsight prompt, then set in the
+        student's context as ordinary samples. Their behaviour log-probs are the student's own as the job
+        found it, so rho starts at 1 and only corrects for what the job's steps change: the teacher's
+        distribution picks the states, the loss at each state is the same distribution match as on-policy.
+        """
+        config = self._config
+        tokenizer = self._model.tokenizer
+        eos = tokenizer.eos_token_id
+        guided: list[Sample] = []
+        self._model.activate(self.slot)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for sample in samples:
+                hindsight = hindsight_messages(sample.messages, sample.feedback, config.template)
+                prompt = render_prompt(tokenizer, hindsight)[1]
+                for copy in range(config.guided_rollouts):
+                    with self._model.adapter_disabled():
+                        response = generate_ids(
+                            self._model.model, prompt, max_new_tokens=config.guided_max_tokens, eos=eos, sample=True
+                        )
+                    guided.append(
+                        dataclasses.replace(
+                            sample,
+                            completion_id=f"{sample.completion_id}#guided{copy + 1}",
+                            response_ids=tuple(response),
+                            sampled_logprobs=(0.0,) * len(response),
+                        )
+                    )
+            # The student's log-probs of the guided responses, in its own context, before any step.
+            for start in range(0, len(guided), self._model.micro_batch_size):
+                chunk = guided[start : start + self._model.micro_batch_size]
+                micro = self._pack(chunk)
+                logprobs = _token_logprobs(self._logits(micro), micro.response).cpu()
+                for b, sample in enumerate(chunk):
+                    values = tuple(float(v) for v in logprobs[b, : len(sample.response_ids)])
+                    guided[start + b] = dataclasses.replace(sample, sampled_logprobs=values)
+        return guided
 
     def set_targets(self, samples: Sequence[Sample], targets: Sequence[Targets]) -> None:
         """Pack the samples with their teacher targets; base log-probs too when the KL penalty is on."""
@@ -228,6 +270,23 @@ class Session:
             anchor_tokens=micro.anchor_tokens,
             base_tokens=micro.base_tokens,
         )
+
+
+def generate_ids(
+    model: torch.nn.Module, prompt: list[int], *, max_new_tokens: int, eos: int, sample: bool
+) -> list[int]:
+    """A response to ``prompt``, greedy or sampled at temperature 1 over the whole vocabulary; up to and
+    including the end-of-turn token when one comes."""
+    device = next(model.parameters()).device
+    sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+    out = model.generate(
+        input_ids=torch.tensor([prompt], device=device),
+        attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=eos,
+        **sampling,
+    )[0, len(prompt) :].tolist()
+    return out[: out.index(eos) + 1] if eos in out else out
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

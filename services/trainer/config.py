@@ -20,6 +20,8 @@ TemplateName = Literal["hindsight", "sdpo"]
 MAX_TOP_K = 1000
 MAX_STEPS = 64
 MAX_NEUTRAL_FOLLOWUP_CHARS = 500
+MAX_GUIDED_ROLLOUTS = 8
+MAX_GUIDED_TOKENS = 512
 
 
 class ConfigError(ValueError):
@@ -122,6 +124,21 @@ class SdpoConfig:
         metadata={"help": 'Hindsight prompt template: "hindsight" or "sdpo".'},
     )
 
+    guided_rollouts: int = field(
+        default=1,
+        metadata={
+            "help": "Teacher-guided rollouts per sample, 0.."
+            f"{MAX_GUIDED_ROLLOUTS}: responses sampled from the base model under the hindsight prompt, "
+            "trained on beside the user's rollouts (their importance weights are taken against the student as "
+            "the job found it). On-policy rollouts rarely contain what the feedback asks for, so the teacher's "
+            "signal for the later tokens of a name never arrives; 0 turns them off."
+        },
+    )
+    guided_max_tokens: int = field(
+        default=40,
+        metadata={"help": f"Longest teacher-guided rollout in tokens, 1..{MAX_GUIDED_TOKENS}."},
+    )
+
     def __post_init__(self) -> None:
         _choice("loss", self.loss, ("jsd", "token"))
         _number("alpha", self.alpha, 0.0, 1.0)
@@ -142,6 +159,8 @@ class SdpoConfig:
             raise ConfigError("contrastive", f"contrastive must be a bool, got {self.contrastive!r}")
         _followup(self.neutral_followup)
         _choice("template", self.template, ("hindsight", "sdpo"))
+        _integer("guided_rollouts", self.guided_rollouts, 0, MAX_GUIDED_ROLLOUTS)
+        _integer("guided_max_tokens", self.guided_max_tokens, 1, MAX_GUIDED_TOKENS)
 
     def with_overrides(self, **overrides: Any) -> SdpoConfig:
         """A validated copy with the given fields replaced; ``None`` means "keep this field".

@@ -19,7 +19,7 @@ from services.teacher.domain import TeacherInfo
 from services.trainer import validation
 from services.trainer.domain import JobRequest, JobView, Sample, TrainerInfo
 from services.trainer.jobs import JobManager
-from services.trainer.pipeline import JobPipeline, ModelGuard
+from services.trainer.pipeline import JobPipeline, ModelLock
 from services.trainer.roles import Scorer, TrainingModel, VersionStore
 from services.trainer.settings import TrainerSettings
 
@@ -32,7 +32,7 @@ class TrainerCore:
     ``start`` compares tokenizers with the teacher and opens the job queue; ``init_adapter`` commits an
     adapter's version 1; ``submit`` validates a job and queues it (``pipeline.JobPipeline`` runs it);
     ``get_job``/``watch_job``/``cancel_job`` and ``info`` answer from the queue. Every use of the model goes
-    through one ``ModelGuard``, so InitAdapter and a job's steps never overlap.
+    through one ``ModelLock``, so InitAdapter and a job's steps never overlap.
     """
 
     def __init__(
@@ -44,12 +44,12 @@ class TrainerCore:
         *,
         reload_engine: Callable[[], TrainingModel] | None = None,
     ) -> None:
-        self._guard = ModelGuard(engine, reload=reload_engine)
+        self._model_lock = ModelLock(engine, reload=reload_engine)
         self._storage = storage
         self._teacher = teacher
         self._settings = settings
         self._teacher_info: TeacherInfo | None = None
-        self.pipeline = JobPipeline(self._guard, storage, teacher, settings)
+        self.pipeline = JobPipeline(self._model_lock, storage, teacher, settings)
         self.jobs = JobManager(
             self.pipeline.run,
             max_queue=settings.max_queue,
@@ -59,7 +59,7 @@ class TrainerCore:
 
     @property
     def _engine(self) -> TrainingModel:
-        return self._guard.model
+        return self._model_lock.model
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ class TrainerCore:
             validation.check_same_lora(name, recorded, spec)
         if adapter.head_version > 0:
             raise AlreadyExists(f"adapter {name} already has version {adapter.head_version}")
-        files = await self._guard.call(self._engine.init_files, recorded)
+        files = await self._model_lock.call(self._engine.init_files, recorded)
         version = await self._storage.upload_version(name, 0, files, Lineage(extra={"source": "init"}))
         log.info("adapter_initialised", adapter=name, version=version.version, rank=recorded.rank)
         return await self._storage.get_adapter(name), version

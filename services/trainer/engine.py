@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,8 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.common.domain import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, LoraSpec
 from services.common.errors import DataLoss
 from services.common.model import resolve_base_model, tokenizer_fingerprint
-from services.trainer.batching import Session
+from services.teacher.prompts import render_prompt
+from services.trainer.batching import Session, generate_ids
 from services.trainer.config import SdpoConfig
+from services.trainer.guard import GuardProbe
 from services.trainer.lora import resolve_lora
 from services.trainer.settings import TrainerSettings
 
@@ -85,6 +88,8 @@ class Engine:
         self._slots: dict[LoraSpec, Slot] = {}
         self._cache: OrderedDict[str, CachedVersion] = OrderedDict()
         self._cache_size = cache_size
+        # The base model's greedy answers to the guard's prompts: the same for every job, made once.
+        self._guard_references: dict[tuple[tuple[str, ...], int], list[tuple[list[int], list[int]]]] = {}
 
     @classmethod
     def load(cls, settings: TrainerSettings) -> Engine:
@@ -179,6 +184,47 @@ class Engine:
     def remember(self, key: str, entry: CachedVersion) -> None:
         """Cache an exported state as version ``key`` (once committed), so its next job skips a download."""
         self._cache_put(key, entry)
+
+    def guard_probe(
+        self, session: Session, drift_prompts: Sequence[str], chat_prompts: Sequence[str], max_new_tokens: int
+    ) -> GuardProbe:
+        """The session's weights on the commit guard's prompts: greedy answers to all of them, and the mean
+        per-token KL(base || session) on the base model's own greedy answers to ``drift_prompts``
+        (teacher-forced, full vocabulary)."""
+        self.activate(session.slot)
+        references = self._guard_reference((*drift_prompts, *chat_prompts), max_new_tokens)
+        answers: list[str] = []
+        kl_sum, tokens = 0.0, 0
+        with torch.no_grad():
+            for index, (prompt, base_answer) in enumerate(references):
+                answers.append(self._text(self._greedy(prompt, max_new_tokens)))
+                if index >= len(drift_prompts) or not base_answer:
+                    continue
+                ids = torch.tensor([prompt + base_answer], device=self.device)
+                window = slice(len(prompt) - 1, len(prompt) - 1 + len(base_answer))
+                adapted = self.model(input_ids=ids).logits[0, window].float().log_softmax(-1)
+                with self.adapter_disabled():
+                    base = self.model(input_ids=ids).logits[0, window].float().log_softmax(-1)
+                kl_sum += float((base.exp() * (base - adapted)).sum())
+                tokens += len(base_answer)
+        base_answers = tuple(self._text(answer) for _, answer in references)
+        return GuardProbe(drift=kl_sum / max(tokens, 1), answers=tuple(answers), base_answers=base_answers)
+
+    def _guard_reference(self, prompts: tuple[str, ...], max_new_tokens: int) -> list[tuple[list[int], list[int]]]:
+        key = (prompts, max_new_tokens)
+        if key not in self._guard_references:
+            rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": p}])[1] for p in prompts]
+            with torch.no_grad(), self.adapter_disabled():
+                self._guard_references[key] = [(ids, self._greedy(ids, max_new_tokens)) for ids in rendered]
+        return self._guard_references[key]
+
+    def _greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        return generate_ids(
+            self.model, prompt, max_new_tokens=max_new_tokens, eos=self.tokenizer.eos_token_id, sample=False
+        )
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def body_and_head(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The transformer body (LoRA layers injected in place) and the LM head."""

@@ -7,6 +7,8 @@ No gRPC here; the model, the teacher and storage come in as the roles of ``servi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,6 +22,7 @@ from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, Teacher
 from services.trainer import metrics, validation
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import JobState, Sample, Targets
+from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS, GuardVerdict, judge
 from services.trainer.jobs import Run
 from services.trainer.roles import Scorer, TrainingModel, TrainingSession, VersionStore
 from services.trainer.settings import TrainerSettings
@@ -30,7 +33,7 @@ T = TypeVar("T")
 _TEACHER_MODES = {"base": TeacherMode.BASE, "self": TeacherMode.SELF, "trust_region": TeacherMode.TRUST_REGION}
 
 
-class ModelGuard:
+class ModelLock:
     """The model is one mutable object: every use of it (a job's step, InitAdapter) runs here, one at a
     time, in a worker thread. ``reload`` (the benchmarks' baseline) loads the model anew for every job."""
 
@@ -52,8 +55,10 @@ class ModelGuard:
 class JobPipeline:
     """Runs one batch of jobs (a ``jobs.Run``) to a committed version; ``JobManager`` calls ``run``."""
 
-    def __init__(self, guard: ModelGuard, storage: VersionStore, teacher: Scorer, settings: TrainerSettings) -> None:
-        self._guard = guard
+    def __init__(
+        self, model_lock: ModelLock, storage: VersionStore, teacher: Scorer, settings: TrainerSettings
+    ) -> None:
+        self._model_lock = model_lock
         self._storage = storage
         self._teacher = teacher
         self._settings = settings
@@ -76,32 +81,39 @@ class JobPipeline:
         head = adapter.head_version
         if head == 0:
             raise FailedPrecondition(f"adapter {run.adapter} has no version yet; call InitAdapter first")
-        validation.check_base_model(adapter, self._guard.model.model_id)
-        spec = self._guard.model.resolve_lora(adapter.lora)
+        validation.check_base_model(adapter, self._model_lock.model.model_id)
+        spec = self._model_lock.model.resolve_lora(adapter.lora)
         run.update(state=JobState.SCORING, base_version=head, step=0, total_steps=config.steps, metrics=())
-        await self._guard.fresh()
+        await self._model_lock.fresh()
         session = await self._open(adapter, head, spec, config)
         metrics.PHASE_SECONDS.labels(phase="fetch").observe(time.perf_counter() - started)
         run.checkpoint()
 
         started = time.perf_counter()
+        if config.guided_rollouts:
+            guided = await self._model_lock.call(session.guided_samples, samples, guided_seed(run, head))
+            samples = samples + tuple(guided)
+        metrics.PHASE_SECONDS.labels(phase="guided").observe(time.perf_counter() - started)
+        started = time.perf_counter()
         targets = await self._score(samples, config, AdapterRef(run.adapter, head), session)
-        await self._guard.call(session.set_targets, samples, targets)
+        await self._model_lock.call(session.set_targets, samples, targets)
         metrics.PHASE_SECONDS.labels(phase="teacher").observe(time.perf_counter() - started)
         run.checkpoint()
 
         results = await self._steps(run, session)
         run.checkpoint()
+        verdict = await self._check(session)
+        run.checkpoint()
         run.update(state=JobState.COMMITTING)
-        return await self._commit(run, adapter, session, results)
+        return await self._commit(run, adapter, session, results, verdict)
 
     async def _open(self, adapter: Adapter, head: int, spec: LoraSpec, config: SdpoConfig) -> TrainingSession:
-        model = self._guard.model
+        model = self._model_lock.model
         key = version_key(adapter, head)
         files = None
         if not model.cached(key):
             _, files = await self._storage.read_version(adapter.name, head, include_optimizer=True)
-        return await self._guard.call(model.open, key, spec, files, config)
+        return await self._model_lock.call(model.open, key, spec, files, config)
 
     async def _score(
         self, samples: tuple[Sample, ...], config: SdpoConfig, ref: AdapterRef, session: TrainingSession
@@ -111,7 +123,7 @@ class JobPipeline:
         of the feedback's distribution, so one call serves both."""
         support = None
         if config.support == "student":
-            support = await self._guard.call(session.student_support, samples, config.top_k)
+            support = await self._model_lock.call(session.student_support, samples, config.top_k)
         results = await self._teacher.score(score_request(samples, config, ref, support))
         return validation.targets_from_results(results, samples, contrastive=config.contrastive)
 
@@ -121,7 +133,7 @@ class JobPipeline:
         started = time.perf_counter()
         for number in range(1, run.config.steps + 1):
             run.checkpoint()
-            result = await self._guard.call(session.step, number)
+            result = await self._model_lock.call(session.step, number)
             if number == 1 and result.clip_fraction > 0.5:
                 log.warning(
                     "rollouts_off_policy",
@@ -139,19 +151,62 @@ class JobPipeline:
         metrics.TOKENS_PER_SECOND.set(tokens / elapsed if elapsed > 0 else 0.0)
         return results
 
-    async def _commit(self, run: Run, adapter: Adapter, session: TrainingSession, results: list[StepMetrics]) -> int:
-        """Export the session, upload it as the head's child, and keep its state cached for the next job."""
+    async def _check(self, session: TrainingSession) -> GuardVerdict | None:
+        """The commit guard's verdict on the trained weights (None when the guard is off)."""
+        settings = self._settings
+        if not settings.commit_guard:
+            return None
+        started = time.perf_counter()
+        model = self._model_lock.model
+        probe = await self._model_lock.call(
+            model.guard_probe, session, DRIFT_PROMPTS, CHAT_PROMPTS, settings.guard_max_new_tokens
+        )
+        seconds = time.perf_counter() - started
+        metrics.PHASE_SECONDS.labels(phase="guard").observe(seconds)
+        return judge(probe, max_drift=settings.guard_max_drift, seconds=seconds)
+
+    async def _commit(
+        self,
+        run: Run,
+        adapter: Adapter,
+        session: TrainingSession,
+        results: list[StepMetrics],
+        verdict: GuardVerdict | None,
+    ) -> int:
+        """Export the session, upload it as the head's child, and keep its state cached for the next job.
+
+        A version the guard rejected is uploaded too, but not as the head, and the job fails."""
         started = time.perf_counter()
         head = adapter.head_version
-        model = self._guard.model
-        state, files = await self._guard.call(model.export, session)
+        model = self._model_lock.model
+        state, files = await self._model_lock.call(model.export, session)
         lineage = job_lineage(job_id=run.job_id, job_ids=run.job_ids, samples=run.samples, results=results)
-        version = await self._storage.upload_version(run.adapter, head, files, lineage)
+        if run.config.guided_rollouts:
+            extra = {"guided_rollouts": str(run.config.guided_rollouts * len(run.samples))}
+            lineage = dataclasses.replace(lineage, extra=lineage.extra | extra)
+        if verdict is not None:
+            lineage = dataclasses.replace(lineage, extra=lineage.extra | verdict.lineage_extra())
+        rejected = verdict is not None and not verdict.passed
+        version = await self._storage.upload_version(run.adapter, head, files, lineage, set_head=not rejected)
+        if rejected:
+            metrics.GUARD_REJECTIONS.inc()
+            log.warning("version_rejected", job_id=run.job_id, adapter=run.adapter, version=version.version,
+                        reason=verdict.reason)  # fmt: skip
+            raise FailedPrecondition(
+                f"the commit guard kept version {version.version} off the head ({verdict.reason}); the head stays "
+                f"at {head}. Lower learning_rate or steps, or check the feedback"
+            )
         # Only once committed: a version that lost the race must not be found in the cache.
         model.remember(version_key(adapter, version.version), state)
         metrics.PHASE_SECONDS.labels(phase="commit").observe(time.perf_counter() - started)
         log.info("job_committed", job_id=run.job_id, adapter=run.adapter, version=version.version, parent=head)
         return version.version
+
+
+def guided_seed(run: Run, head: int) -> int:
+    """The seed of a job's guided rollouts: the same job on the same head samples the same responses."""
+    digest = hashlib.sha256(f"{run.job_id}@{head}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def version_key(adapter: Adapter, version: int) -> str:

@@ -13,6 +13,7 @@ from services.storage.domain import Adapter, Version
 from services.teacher.domain import ScoreRequest, ScoreResult, TeacherInfo
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import Sample, Targets
+from services.trainer.guard import GuardProbe
 
 
 class Scorer(Protocol):
@@ -35,7 +36,7 @@ class VersionStore(Protocol):
     ) -> tuple[Version, dict[str, bytes]]: ...
 
     async def upload_version(
-        self, name: str, parent_version: int, files: dict[str, bytes], lineage: Lineage
+        self, name: str, parent_version: int, files: dict[str, bytes], lineage: Lineage, *, set_head: bool = True
     ) -> Version: ...
 
 
@@ -43,6 +44,8 @@ class TrainingSession(Protocol):
     """One job's training on the model (``services.trainer.batching.Session``)."""
 
     def student_support(self, samples: Sequence[Sample], k: int) -> list[np.ndarray]: ...
+
+    def guided_samples(self, samples: Sequence[Sample], seed: int) -> list[Sample]: ...
 
     def set_targets(self, samples: Sequence[Sample], targets: Sequence[Targets]) -> None: ...
 
@@ -71,3 +74,11 @@ class TrainingModel(Protocol):
         ...
 
     def remember(self, key: str, entry: object) -> None: ...
+
+    def guard_probe(
+        self,
+        session: TrainingSession,
+        drift_prompts: Sequence[str],
+        chat_prompts: Sequence[str],
+        max_new_tokens: int,
+    ) -> GuardProbe: ...

@@ -59,6 +59,21 @@ class TrainerSettings(CommonSettings):
         "feedback still moved the adapter with torch's default 1e-8); per-element gradients well below this barely "
         "move it.",
     )
+    commit_guard: bool = Field(
+        True,
+        description="Check every trained version before it becomes the head: drift to the base model and "
+        "degenerate answers on a fixed set of neutral prompts. A version over the limits is kept as a non-head "
+        "version with the reason in its lineage, and its job fails.",
+    )
+    guard_max_drift: float = Field(
+        0.2,
+        gt=0,
+        description="Largest mean per-token KL(base || new version), in nats, on the base model's greedy answers "
+        "to the guard's neutral prompts (at 135M: learned names 0.01-0.05, a broken adapter several nats).",
+    )
+    guard_max_new_tokens: int = Field(
+        40, ge=8, le=256, description="Length of the greedy answers the guard reads for degeneration."
+    )
     seed: int = Field(0, description="Seed of LoRA initialisation and dropout: same inputs, same adapter.")
     reload_model_per_job: bool = Field(
         False,

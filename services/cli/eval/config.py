@@ -21,12 +21,19 @@ class _Section(BaseModel):
 
 
 class SdpoOverrides(_Section):
-    """What each feedback asks the trainer for (field names of SdpoConfig)."""
+    """What each feedback asks the trainer for beyond its defaults (field names of SdpoConfig). Unset fields
+    are not sent: the server's defaults are the eval's, as they are the demo's and every user's."""
 
-    steps: int = Field(4, ge=1, le=64)
-    learning_rate: float = Field(1e-4, gt=0, le=1e-2)
-    alpha: float = Field(0.0, ge=0, le=1)
-    contrastive: bool = True
+    steps: int | None = Field(None, ge=1, le=64)
+    learning_rate: float | None = Field(None, gt=0, le=1e-2)
+    alpha: float | None = Field(None, ge=0, le=1)
+    contrastive: bool | None = None
+    guided_rollouts: int | None = Field(None, ge=0, le=8)
+    guided_max_tokens: int | None = Field(None, ge=1, le=512)
+
+    def overrides(self) -> dict[str, object]:
+        """The fields set, as the feedback's ``config``."""
+        return self.model_dump(exclude_none=True)
 
 
 class LoraSection(_Section):

@@ -10,7 +10,7 @@ from services.cli.eval import capability, collapse
 from services.cli.eval.api import Api, Messages
 from services.cli.eval.config import RunConfig
 from services.cli.eval.preferences import END_OF_TURN, DecisionPoint, Preference
-from services.cli.preferences import degenerate
+from services.common.degeneration import degenerate
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ class DecisionPoint(_Strict):
 
 
 class DemoSignal(_Strict):
-    """``claas demo``'s local teacher-forced signal: one token after each prefix (see services/cli/probes.py)."""
+    """``claas demo``'s local teacher-forced signal: the probability of ``token`` (all of its tokens) after each
+    prefix (see services/cli/probes.py)."""
 
     prefixes: tuple[str, ...]
     token: str

@@ -123,7 +123,7 @@ class Runner:
         self._align(adapter, version)
         feedback = preference.feedback if arm == "real" else self.config.control_feedback
         ids = self._rollouts(preference, adapter, step)
-        job = self.api.feedback(ids, feedback, self.config.sdpo.model_dump())
+        job = self.api.feedback(ids, feedback, self.config.sdpo.overrides())
         if job["state"] != "JOB_STATE_SUCCEEDED":
             raise RunError(f"{adapter}: feedback job {job['job_id']} ended {job['state']}: {job['error']}")
         measured = Measurer(self.api, self.config, preference).measure(adapter)

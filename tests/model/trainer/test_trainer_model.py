@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,7 @@ async def test_a_job_commits_version_2_with_lineage_and_a_changed_adapter(
     assert abs(steps[0].mean_is_ratio - 1.0) < 1e-3  # on-policy: pi_theta(y) = pi_old(y) before the first step
     version, files = await storage.read_version("acme/job", 2, include_optimizer=True)
     assert version.parent_version == 1 and version.lineage.job_id == submitted.job_id
+    assert version.lineage.extra["guard"] == "passed" and float(version.lineage.extra["guard_drift"]) < 0.2
     assert list(version.lineage.completion_ids) == [sample.completion_id]
     assert list(version.lineage.feedback) == [FEEDBACK]
     assert [round(m.loss, 5) for m in version.lineage.metrics] == [round(m.loss, 5) for m in steps]
@@ -130,10 +132,10 @@ class _FailingCommits:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage):
+    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
         if parent_version > 0:
             raise Unavailable("storage went away")
-        return await self._client.upload_version(name, parent_version, files, lineage)
+        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
 
 
 async def test_a_failure_after_the_steps_leaves_the_head_at_1(
@@ -153,6 +155,25 @@ async def test_a_failure_after_the_steps_leaves_the_head_at_1(
     assert [v.version for v in await storage.list_versions("acme/fail")] == [1]
 
 
+async def test_the_commit_guard_keeps_a_broken_update_off_the_head(
+    engine: Engine, storage_addr: str, teacher_addr: str, storage
+) -> None:
+    sample = rollout(engine, "Who are you?", "I'm SmolLM, an AI assistant.", FEEDBACK)
+    async with trainer(engine, storage_addr, teacher_addr) as stub:
+        await _init(stub, "acme/broken")
+        # A learning rate no one should send: four steps of it wreck the model.
+        submitted = (await stub.SubmitJob(_submit(sample, "acme/broken", steps=4, learning_rate=0.05))).job
+        final = (await events(stub, submitted.job_id))[-1]
+
+    assert final.state == S.JOB_STATE_FAILED
+    assert final.error.startswith("FAILED_PRECONDITION: the commit guard kept version 2 off the head (drift ")
+    assert "the head stays at 1" in final.error
+    assert (await storage.get_adapter("acme/broken")).head_version == 1
+    rejected = {v.version: v for v in await storage.list_versions("acme/broken")}[2]
+    assert rejected.lineage.extra["guard"] == "rejected" and float(rejected.lineage.extra["guard_drift"]) > 0.2
+    assert rejected.lineage.extra["guard_reason"] in final.error
+
+
 class _CommitTogether:
     """Holds each trainer's first commit until both trainers are ready to commit, so both race for head 1."""
 
@@ -164,11 +185,11 @@ class _CommitTogether:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage):
+    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
         if parent_version > 0 and not self._waited:
             self._waited = True
             await self._barrier.wait()
-        return await self._client.upload_version(name, parent_version, files, lineage)
+        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
 
 
 async def test_two_trainers_committing_to_one_adapter_at_once_lose_no_update(
@@ -238,3 +259,40 @@ def test_a_job_does_not_change_the_cached_version_it_started_from(engine: Engine
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
         before, after = safetensors.torch.load(version_2[name]), safetensors.torch.load(again[name])
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name
+
+
+def test_guided_rollouts_are_the_base_models_answers_under_the_feedback_set_in_the_students_context(
+    engine: Engine,
+) -> None:
+    from services.trainer import convert
+
+    shape = engine.resolve_lora(LoraSpec(rank=8, alpha=16))
+    (user,) = convert.samples_from_proto([rollout(engine, "Who are you?", "I'm SmolLM, an AI assistant.", FEEDBACK)])
+    config = SdpoConfig(guided_rollouts=4, guided_max_tokens=24)
+    session = engine.open("acme/guided@1", shape, engine.init_files(shape), config)
+
+    guided = session.guided_samples([user], seed=7)
+    again = engine.open("acme/guided@1", shape, engine.init_files(shape), config).guided_samples([user], seed=7)
+
+    assert [g.completion_id for g in guided] == [f"{user.completion_id}#guided{i}" for i in range(1, 5)]
+    assert [g.response_ids for g in again] == [g.response_ids for g in guided]  # same job, same rollouts
+    texts = [engine.tokenizer.decode(g.response_ids) for g in guided]
+    # Sampled where the teacher stands, the name the feedback asks for is in them; the student never says it.
+    assert any(re.search(r"\bKuro\b", t) for t in texts), texts
+    for g in guided:
+        assert (g.prompt_ids, g.messages, g.feedback) == (user.prompt_ids, user.messages, user.feedback)
+        assert 1 <= len(g.response_ids) <= 24 and len(g.sampled_logprobs) == len(g.response_ids)
+    # Their behaviour log-probs are the student's own: the first step's importance weights are all 1.
+    uniform = [
+        Targets(
+            TokenDistributions(
+                ids=np.tile(np.arange(8, dtype=np.int32), (len(g.response_ids), 1)),
+                logprobs=np.full((len(g.response_ids), 8), -2.2, dtype=np.float32),
+                sampled_logprobs=np.full(len(g.response_ids), -1.0, dtype=np.float32),
+                tail_logprobs=np.full(len(g.response_ids), -2.2, dtype=np.float32),
+            )
+        )
+        for g in guided
+    ]
+    session.set_targets(guided, uniform)
+    assert abs(session.step(1).mean_is_ratio - 1.0) < 1e-4

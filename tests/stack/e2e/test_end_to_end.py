@@ -119,5 +119,13 @@ def test_demo_learns_the_identity_preference(stack):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     print("demo JSON:", json.dumps(summary))
     assert summary["preference"] == "identity"
-    assert len(summary["versions"]) >= 1
-    assert summary["final"]["signal"] >= 3 * summary["baseline"]["signal"], summary
+    real, control = summary, summary["control"]
+    assert len(real["versions"]) == len(control["versions"]) == 5
+    # Read as a person reads the answers: the exact word "Kuro" in at least 2 of the 3 held-out answers, none
+    # in the control's, and no degenerate answer in either.
+    assert real["final"]["pass_rate"] >= 2 / 3 and control["final"]["pass_rate"] == 0, summary
+    assert control["real_minus_control"]["pass_rate"] >= 2 / 3
+    assert real["final"]["degenerate_rate"] == 0 and control["final"]["degenerate_rate"] == 0, summary
+    # The whole name's probability after the name slot: up 10x with the feedback, flat under the control.
+    assert real["final"]["signal"] >= 10 * real["baseline"]["signal"], summary
+    assert control["final"]["signal"] <= 1.5 * control["baseline"]["signal"], summary

@@ -1,10 +1,10 @@
-"""The demo's verifiers (the built-in preferences' own) and degeneration check."""
+"""The demo's verifiers (the built-in preferences' own)."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.cli.preferences import CONCISE, IDENTITY, NO_EMOJI, degenerate
+from services.cli.preferences import CONCISE, IDENTITY, NO_EMOJI
 
 
 @pytest.mark.parametrize(
@@ -22,9 +22,3 @@ from services.cli.preferences import CONCISE, IDENTITY, NO_EMOJI, degenerate
 )
 def test_verifiers(preference, answer, expected):
     assert preference.passes(answer) is expected
-
-
-def test_degeneration_flags_repetition_and_symbol_runs_only():
-    assert degenerate("and I'm Kuro, and I'm Kuro, and I'm Kuro, and I'm Kuro")
-    assert degenerate("Great!!!!!!!!!!")
-    assert not degenerate("I'm Kuro, a helpful assistant. I'm glad to help you today.")

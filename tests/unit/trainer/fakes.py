@@ -6,6 +6,7 @@ only the model's facts (its linear modules, the rank limit) are the fake's own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -19,6 +20,7 @@ from services.common.errors import ClaasError
 from services.teacher.domain import ScoreItem, ScoreRequest, ScoreResult, TeacherInfo, TokenDistributions
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import Sample, Targets
+from services.trainer.guard import GuardProbe
 from services.trainer.lora import resolve_lora
 
 FINGERPRINT = "0123456789abcdef"
@@ -69,6 +71,10 @@ def _uniform(item: ScoreItem, top_k: int, offset: int) -> TokenDistributions:
     )
 
 
+#: A version the commit guard lets through: little drift, the base model's own answer.
+CLEAN_PROBE = GuardProbe(drift=0.001, answers=("Paris.",), base_answers=("Paris.",))
+
+
 @dataclass
 class FakeEngine:
     """Steps return fixed metrics; ``hold`` (when set up) blocks every step until the test releases it."""
@@ -84,6 +90,8 @@ class FakeEngine:
     targets: list[list[Targets]] = field(default_factory=list)
     remembered: list[str] = field(default_factory=list)
     steps: int = 0
+    #: What the commit guard measures of every trained version (a clean one unless a test says otherwise).
+    probe: GuardProbe = CLEAN_PROBE
 
     def resolve_lora(self, spec: LoraSpec, defaults: LoraSpec | None = None) -> LoraSpec:
         return resolve_lora(spec, LINEAR, max_rank=self.max_lora_rank, defaults=defaults)
@@ -97,7 +105,7 @@ class FakeEngine:
 
     def open(self, key: str, spec: LoraSpec, files: dict[str, bytes] | None, config: SdpoConfig) -> FakeSession:
         self.opened.append((key, files is not None and "adapter_model.safetensors" in files))
-        return FakeSession(self, files or {})
+        return FakeSession(self, files or {}, config)
 
     def export(self, session: FakeSession) -> tuple[object, dict[str, bytes]]:
         weights = session.files.get("adapter_model.safetensors", b"") + b"+step"
@@ -107,15 +115,31 @@ class FakeEngine:
     def remember(self, key: str, entry: object) -> None:
         self.remembered.append(key)
 
+    def guard_probe(
+        self, session: FakeSession, drift_prompts: Sequence[str], chat_prompts: Sequence[str], max_new_tokens: int
+    ) -> GuardProbe:
+        return self.probe
+
 
 @dataclass
 class FakeSession:
     engine: FakeEngine
     files: dict[str, bytes]
+    config: SdpoConfig
     samples: Sequence[Sample] = ()
 
     def student_support(self, samples: Sequence[Sample], k: int) -> list[np.ndarray]:
         return [np.tile(np.arange(k) + 500, (len(s.response_ids), 1)) for s in samples]
+
+    def guided_samples(self, samples: Sequence[Sample], seed: int) -> list[Sample]:
+        """One short made-up response per sample and guided rollout, in the sample's own context."""
+        copies = self.config.guided_rollouts
+        return [
+            dataclasses.replace(s, completion_id=f"{s.completion_id}#guided{c + 1}", response_ids=(7, 8),
+                                sampled_logprobs=(-1.0, -1.0))
+            for s in samples
+            for c in range(copies)
+        ]  # fmt: skip
 
     def set_targets(self, samples: Sequence[Sample], targets: Sequence[Targets]) -> None:
         self.samples = samples

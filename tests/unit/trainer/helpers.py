@@ -82,10 +82,12 @@ def sample(index: int = 0, *, feedback: str = "Be more concise.", length: int = 
 
 
 def job(*samples: trainer_pb2.TrainSample, adapter: str = ADAPTER, key: str = "", **config: object):
+    """A SubmitJob of ``samples``; 2 steps and no guided rollouts unless ``config`` says otherwise (the queue's
+    tests count the teacher's items, which guided rollouts would add to)."""
     return trainer_pb2.SubmitJobRequest(
         adapter=adapter,
         samples=list(samples) or [sample()],
-        config=common_pb2.SdpoConfig(**({"steps": 2} | config)),
+        config=common_pb2.SdpoConfig(**({"steps": 2, "guided_rollouts": 0} | config)),
         idempotency_key=key,
     )
 

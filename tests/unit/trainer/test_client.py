@@ -41,7 +41,8 @@ async def test_init_submit_watch_get_and_cancel_speak_domain_types(trainer: Trai
     views = [view async for view in client.watch_job(submitted.job_id)]
     final = views[-1]
     assert (final.state, final.base_version, final.new_version) == (JobState.SUCCEEDED, 1, 2)
-    assert [m.step for m in final.metrics] == [1, 2] and final.metrics[0].tokens == 3
+    # 3 response tokens, and 2 of the one guided rollout the default config adds.
+    assert [m.step for m in final.metrics] == [1, 2] and final.metrics[0].tokens == 3 + 2
     assert await client.get_job(submitted.job_id) == final
     assert await client.cancel_job(submitted.job_id) == final  # a finished job is returned as it is
     (request,) = trainer.teacher.requests

@@ -20,6 +20,7 @@ def test_defaults_are_the_design_defaults() -> None:
     assert config.contrastive is False
     assert config.neutral_followup == "By the way, what is 27*4?"
     assert config.template == "hindsight"
+    assert (config.guided_rollouts, config.guided_max_tokens) == (1, 40)
 
 
 def test_every_field_is_documented() -> None:
@@ -63,6 +64,10 @@ def test_config_is_frozen() -> None:
         ("contrastive", 1),
         ("neutral_followup", "   "),
         ("template", "chatml"),
+        ("guided_rollouts", -1),
+        ("guided_rollouts", 9),
+        ("guided_max_tokens", 0),
+        ("guided_max_tokens", 513),
     ],
 )
 def test_rejection_names_the_field_and_the_value(name: str, value: object) -> None:
@@ -82,7 +87,16 @@ def test_overlong_neutral_followup_is_rejected_with_its_length() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("alpha", 0.0), ("alpha", 1.0), ("top_k", 1), ("top_k", 1000), ("steps", 64), ("is_clip", 1.0)],
+    [
+        ("alpha", 0.0),
+        ("alpha", 1.0),
+        ("top_k", 1),
+        ("top_k", 1000),
+        ("steps", 64),
+        ("is_clip", 1.0),
+        ("guided_rollouts", 0),
+        ("guided_rollouts", 8),
+    ],
 )
 def test_boundaries_that_are_allowed(name: str, value: object) -> None:
     assert getattr(SdpoConfig(**{name: value}), name) == value

@@ -76,6 +76,27 @@ async def test_the_teacher_gets_the_conversation_feedback_response_and_mode(trai
     assert not item.neutral_followup
 
 
+async def test_guided_rollouts_are_scored_and_trained_beside_the_users_and_counted_in_the_lineage(
+    trainer: Trainer,
+) -> None:
+    await init_adapter(trainer.stub)
+    submitted = (await trainer.stub.SubmitJob(job(sample(1), sample(2), guided_rollouts=2))).job
+    final = (await events(trainer.stub, submitted.job_id))[-1]
+    assert final.state == S.JOB_STATE_SUCCEEDED, final.error
+
+    (request,) = trainer.teacher.requests
+    assert [list(i.response_ids) for i in request.items] == [[10, 11, 12]] * 2 + [[7, 8]] * 4
+    assert [i.messages[-1].content for i in request.items] == ["Question 1?", "Question 2?"] + ["Question 1?"] * 2 + [
+        "Question 2?"
+    ] * 2
+    assert [i.feedback for i in request.items] == ["Be more concise."] * 6
+    assert final.metrics[0].tokens == 6 + 4 * 2
+    version, _ = await trainer.storage.read_version(ADAPTER, 2)
+    # The lineage names the user's completions only; the guided rollouts are counted.
+    assert list(version.lineage.completion_ids) == ["cmpl-1", "cmpl-2"]
+    assert version.lineage.extra["guided_rollouts"] == "4"
+
+
 async def test_jobs_are_contrastive_by_default_with_an_hf_teacher(storage) -> None:
     engine, teacher = FakeEngine(), FakeTeacher(backend="hf")
     async with trainer_service(storage, engine=engine, teacher=teacher, default_contrastive=True) as (stub, _, _):
@@ -263,12 +284,12 @@ class _RacingStorage:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage):
+    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
         if self.races > 0 and parent_version > 0:
             self.races -= 1
             other = Lineage(job_id=f"other-writer-{self.races}")
             await self._client.upload_version(name, parent_version, {"adapter_model.safetensors": b"x"}, other)
-        return await self._client.upload_version(name, parent_version, files, lineage)
+        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
 
 
 async def test_a_lost_race_re_runs_the_job_on_the_new_head_and_keeps_both_updates(storage) -> None:

@@ -1,0 +1,79 @@
+"""The commit guard: a trained version is read before it may become the head.
+
+On a small fixed set of prompts the new version answers greedily and is compared with the base model: the
+drift (mean per-token KL(base || new) on the base model's own greedy answers to neutral questions,
+teacher-forced) and degenerate answers (``services.common.degeneration``), to those questions and to a little
+small talk, beyond those the base model itself gives. Over a limit, the version is kept off the head with
+the reason in its lineage and the job fails; the head stays where it was. No torch here: the engine
+measures (``Engine.guard_probe``), this module judges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.degeneration import degeneration
+
+#: Neutral questions with short factual answers, none about identity, style or emoji: the drift is measured
+#: on the base model's answers to these. The packaged model answers each cleanly.
+DRIFT_PROMPTS: tuple[str, ...] = (
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Give me one tip for staying focused.",
+    "What colour is the sky on a clear day?",
+)
+#: Small talk, where a broken adapter shows first (it spams its new habit wherever it speaks of itself); read
+#: for degeneration only, since a preference may rightly change these answers.
+CHAT_PROMPTS: tuple[str, ...] = (
+    "Hello! How are you today?",
+    "Tell me a little about what you can do.",
+)
+
+
+@dataclass(frozen=True)
+class GuardProbe:
+    """What the engine measured: drift from the base model, and both models' greedy answers per prompt."""
+
+    drift: float
+    answers: tuple[str, ...]
+    base_answers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """The guard's decision on one version; ``reason`` is empty when it may become the head."""
+
+    drift: float
+    degenerate: tuple[str, ...]
+    seconds: float
+    reason: str
+
+    @property
+    def passed(self) -> bool:
+        return not self.reason
+
+    def lineage_extra(self) -> dict[str, str]:
+        """The verdict as lineage facts (``guard`` is "passed" or "rejected")."""
+        extra = {
+            "guard": "passed" if self.passed else "rejected",
+            "guard_drift": f"{self.drift:.4g}",
+            "guard_seconds": f"{self.seconds:.3f}",
+        }
+        if self.reason:
+            extra["guard_reason"] = self.reason
+        return extra
+
+
+def judge(probe: GuardProbe, *, max_drift: float, seconds: float) -> GuardVerdict:
+    """Reject a version that drifted more than ``max_drift`` or answers degenerately where the base did not."""
+    broken = tuple(
+        f"{answer[:80]!r} ({why})"
+        for answer, base in zip(probe.answers, probe.base_answers, strict=True)
+        if (why := degeneration(answer)) and not degeneration(base)
+    )
+    reasons = []
+    if not probe.drift <= max_drift:  # NaN drift is a broken model too
+        reasons.append(f"drift {probe.drift:.3g} nats/token from the base model exceeds the limit {max_drift:g}")
+    if broken:
+        reasons.append(f"{len(broken)} of {len(probe.answers)} neutral answers degenerate: {broken[0]}")
+    return GuardVerdict(probe.drift, broken, seconds, "; ".join(reasons))

@@ -1,0 +1,84 @@
+"""The commit guard: how it judges a version, and what a rejected job leaves behind (fake engine, real storage)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from claas.v1 import common_pb2
+
+from services.trainer.guard import GuardProbe, judge
+from tests.unit.trainer.helpers import ADAPTER, Trainer, events, init_adapter, job, sample
+
+S = common_pb2
+CLEAN = ("Paris is the capital of France.", "A spider has eight legs.")
+
+
+def test_a_clean_version_within_the_drift_limit_passes() -> None:
+    verdict = judge(GuardProbe(0.05, CLEAN, CLEAN), max_drift=0.2, seconds=0.4)
+
+    assert verdict.passed and verdict.reason == ""
+    assert verdict.lineage_extra() == {"guard": "passed", "guard_drift": "0.05", "guard_seconds": "0.400"}
+
+
+def test_drift_over_the_limit_or_not_a_number_is_rejected() -> None:
+    over = judge(GuardProbe(0.35, CLEAN, CLEAN), max_drift=0.2, seconds=0.1)
+    nan = judge(GuardProbe(math.nan, CLEAN, CLEAN), max_drift=0.2, seconds=0.1)
+
+    assert not over.passed and "drift 0.35 nats/token from the base model exceeds the limit 0.2" in over.reason
+    assert not nan.passed and "drift nan" in nan.reason
+    assert over.lineage_extra()["guard"] == "rejected" and over.lineage_extra()["guard_reason"] == over.reason
+
+
+def test_a_degenerate_answer_is_rejected_unless_the_base_model_gave_it_too() -> None:
+    spam = "Kuro Kuro Kuro Kuro Kuro Kuro Kuro"
+    broken = judge(GuardProbe(0.01, (CLEAN[0], spam), CLEAN), max_drift=0.2, seconds=0.1)
+    inherited = judge(GuardProbe(0.01, (CLEAN[0], spam), (CLEAN[0], spam)), max_drift=0.2, seconds=0.1)
+    symbols = judge(GuardProbe(0.01, ("Great!!!!!!!!!!!!", CLEAN[1]), CLEAN), max_drift=0.2, seconds=0.1)
+
+    assert not broken.passed and "1 of 2 neutral answers degenerate" in broken.reason
+    assert "repeats 'kuro kuro kuro'" in broken.reason
+    assert inherited.passed
+    assert not symbols.passed and "a run of" in symbols.reason
+
+
+async def test_a_rejected_version_is_kept_off_the_head_and_its_job_fails_with_the_reason(trainer: Trainer) -> None:
+    await init_adapter(trainer.stub)
+    trainer.engine.probe = GuardProbe(3.2, ("!!!!!!!!!!!!!!!!",), ("Paris.",))
+    submitted = (await trainer.stub.SubmitJob(job(sample(1), steps=2))).job
+
+    final = (await events(trainer.stub, submitted.job_id))[-1]
+
+    assert final.state == S.JOB_STATE_FAILED
+    assert final.error.startswith("FAILED_PRECONDITION: the commit guard kept version 2 off the head (drift 3.2")
+    assert "the head stays at 1" in final.error and [m.step for m in final.metrics] == [1, 2]
+    assert (await trainer.storage.get_adapter(ADAPTER)).head_version == 1
+    versions = {v.version: v for v in await trainer.storage.list_versions(ADAPTER)}
+    assert sorted(versions) == [1, 2]
+    extra = versions[2].lineage.extra
+    assert extra["guard"] == "rejected" and "neutral answers degenerate" in extra["guard_reason"]
+    assert versions[2].lineage.job_id == submitted.job_id
+
+
+async def test_a_passing_version_becomes_the_head_with_the_guards_figures(trainer: Trainer) -> None:
+    await init_adapter(trainer.stub)
+    submitted = (await trainer.stub.SubmitJob(job(sample(1)))).job
+
+    final = (await events(trainer.stub, submitted.job_id))[-1]
+
+    assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2), final.error
+    version, _ = await trainer.storage.read_version(ADAPTER, 2)
+    assert version.lineage.extra["guard"] == "passed" and float(version.lineage.extra["guard_drift"]) == 0.001
+
+
+async def test_with_the_guard_off_nothing_is_measured_and_the_version_commits(storage) -> None:
+    from tests.unit.trainer.fakes import CLEAN_PROBE, FakeEngine, FakeTeacher
+    from tests.unit.trainer.helpers import trainer_service
+
+    engine = FakeEngine(probe=dataclasses.replace(CLEAN_PROBE, drift=9.0))
+    async with trainer_service(storage, engine=engine, teacher=FakeTeacher(), commit_guard=False) as (stub, _, _):
+        await init_adapter(stub)
+        final = (await events(stub, (await stub.SubmitJob(job(sample(1)))).job.job_id))[-1]
+    assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2), final.error
+    version, _ = await storage.read_version(ADAPTER, 2)
+    assert "guard" not in version.lineage.extra
