@@ -64,8 +64,9 @@ class GuardVerdict:
         return extra
 
 
-def judge(probe: GuardProbe, *, max_drift: float, seconds: float) -> GuardVerdict:
-    """Reject a version that drifted more than ``max_drift`` or answers degenerately where the base did not."""
+def judge(probe: GuardProbe, *, max_drift: float, max_degenerate: int, seconds: float) -> GuardVerdict:
+    """Reject a version that drifted more than ``max_drift`` or gives more than ``max_degenerate`` degenerate
+    answers where the base model did not."""
     broken = tuple(
         f"{answer[:80]!r} ({why})"
         for answer, base in zip(probe.answers, probe.base_answers, strict=True)
@@ -74,6 +75,6 @@ def judge(probe: GuardProbe, *, max_drift: float, seconds: float) -> GuardVerdic
     reasons = []
     if not probe.drift <= max_drift:  # NaN drift is a broken model too
         reasons.append(f"drift {probe.drift:.3g} nats/token from the base model exceeds the limit {max_drift:g}")
-    if broken:
-        reasons.append(f"{len(broken)} of {len(probe.answers)} neutral answers degenerate: {broken[0]}")
+    if len(broken) > max_degenerate:
+        reasons.append(f"{len(broken)} of {len(probe.answers)} guard answers degenerate: {broken[0]}")
     return GuardVerdict(probe.drift, broken, seconds, "; ".join(reasons))

@@ -91,7 +91,9 @@ class JobPipeline:
 
         started = time.perf_counter()
         if config.guided_rollouts:
-            guided = await self._model_lock.call(session.guided_samples, samples, guided_seed(run, head))
+            guided = await self._model_lock.call(
+                session.guided_samples, samples, guided_seed(run, head, self._settings.seed)
+            )
             samples = samples + tuple(guided)
         metrics.PHASE_SECONDS.labels(phase="guided").observe(time.perf_counter() - started)
         started = time.perf_counter()
@@ -163,7 +165,9 @@ class JobPipeline:
         )
         seconds = time.perf_counter() - started
         metrics.PHASE_SECONDS.labels(phase="guard").observe(seconds)
-        return judge(probe, max_drift=settings.guard_max_drift, seconds=seconds)
+        return judge(
+            probe, max_drift=settings.guard_max_drift, max_degenerate=settings.guard_max_degenerate, seconds=seconds
+        )
 
     async def _commit(
         self,
@@ -203,10 +207,11 @@ class JobPipeline:
         return version.version
 
 
-def guided_seed(run: Run, head: int) -> int:
-    """The seed of a job's guided rollouts: the same job on the same head samples the same responses."""
-    digest = hashlib.sha256(f"{run.job_id}@{head}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+def guided_seed(run: Run, head: int, seed: int) -> int:
+    """The seed of a job's guided rollouts: the same samples on the same head sample the same responses (so a
+    run is reproducible, as everything else on the CPU is, and a job re-run after a lost race is the same job)."""
+    key = "\n".join([str(seed), run.adapter, str(head), *(s.completion_id for s in run.samples)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
 def version_key(adapter: Adapter, version: int) -> str:

@@ -71,6 +71,14 @@ class TrainerSettings(CommonSettings):
         description="Largest mean per-token KL(base || new version), in nats, on the base model's greedy answers "
         "to the guard's neutral prompts (at 135M: learned names 0.01-0.05, a broken adapter several nats).",
     )
+    guard_max_degenerate: int = Field(
+        1,
+        ge=0,
+        le=6,
+        description="Degenerate answers (beyond the base model's own) the guard lets a version give on its six "
+        "prompts. One greedy loop in six short answers happens to sound updates too (measured once in the first "
+        "job of a name); a broken adapter loops on most of them.",
+    )
     guard_max_new_tokens: int = Field(
         40, ge=8, le=256, description="Length of the greedy answers the guard reads for degeneration."
     )
