@@ -22,10 +22,12 @@ DRIFT_PROMPTS: tuple[str, ...] = (
     "Give me one tip for staying focused.",
     "What colour is the sky on a clear day?",
 )
-#: Small talk, where a broken adapter shows first (it spams its new habit wherever it speaks of itself); read
-#: for degeneration only, since a preference may rightly change these answers.
+#: Small talk, where a broken adapter shows first: it spams its new habit wherever it speaks of itself (measured:
+#: unrelated feedback asking for a cat joke gave "I'm a cat-friendly cat-sitting service." four times over).
+#: Read for degeneration only, since a preference may rightly change these answers.
 CHAT_PROMPTS: tuple[str, ...] = (
     "Hello! How are you today?",
+    "Who are you?",
     "Tell me a little about what you can do.",
 )
 

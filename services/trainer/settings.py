@@ -74,8 +74,8 @@ class TrainerSettings(CommonSettings):
     guard_max_degenerate: int = Field(
         1,
         ge=0,
-        le=6,
-        description="Degenerate answers (beyond the base model's own) the guard lets a version give on its six "
+        le=7,
+        description="Degenerate answers (beyond the base model's own) the guard lets a version give on its seven "
         "prompts. One greedy loop in six short answers happens to sound updates too (measured once in the first "
         "job of a name); a broken adapter loops on most of them.",
     )
