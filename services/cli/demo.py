@@ -28,6 +28,7 @@ from services.common.model import resolve_base_model
 from services.proxy.domain import ChatRequest, ChatResult, Sampling
 from services.proxy.openai.objects import state_name
 from services.trainer.domain import JobState, JobView
+from services.trainer.guard import rejected_by_guard
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +73,8 @@ class Run:
     adapter: str
     feedback: str
     versions: list[int] = field(default_factory=list)
+    #: Rounds whose version the commit guard kept off the head.
+    rejected: int = 0
     baseline: dict = field(default_factory=dict)
     final: dict = field(default_factory=dict)
 
@@ -143,10 +146,16 @@ def _teach(client: DemoClient, prober, preference: Preference, run: Run, args: a
             )
             completion_ids.append(reply.completion_id)
         job = client.give_feedback(completion_ids, run.feedback, config)
+        if job.state is not JobState.SUCCEEDED and rejected_by_guard(job.error):
+            # The adapter keeps serving the version it had; the next round teaches from there.
+            tqdm.write(f"[{label}] round {round_no + 1}: {job.error}")
+            run.rejected += 1
+            continue
         if job.state is not JobState.SUCCEEDED:
             raise RuntimeError(f"feedback job {job.job_id} ended {state_name(job.state)}: {job.error}")
         run.versions.append(job.new_version)
-    print(f"\n[{label}] {run.adapter} after {args.rounds} rounds (v{run.versions[-1]}):")
+    head = run.versions[-1] if run.versions else 1
+    print(f"\n[{label}] {run.adapter} after {args.rounds} rounds (v{head}, {run.rejected} kept off the head):")
     run.final = _evaluate(client, prober, preference, run.adapter, show=True)
 
 
@@ -156,6 +165,7 @@ def _summary(run: Run) -> dict:
         "adapter": run.adapter,
         "feedback": run.feedback,
         "versions": run.versions,
+        "rejected_by_guard": run.rejected,
         "baseline": {k: run.baseline[k] for k in keep},
         "final": {k: run.final[k] for k in keep},
     }

@@ -32,6 +32,15 @@ CHAT_PROMPTS: tuple[str, ...] = (
 )
 
 
+#: How a job's error starts (after its status code) when the guard kept its version off the head.
+REJECTION = "the commit guard kept version"
+
+
+def rejected_by_guard(error: str) -> bool:
+    """Did a job end FAILED because the guard rejected its version (rather than a fault)?"""
+    return REJECTION in error
+
+
 @dataclass(frozen=True)
 class GuardProbe:
     """What the engine measured: drift from the base model, and both models' greedy answers per prompt."""

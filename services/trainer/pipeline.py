@@ -22,7 +22,7 @@ from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, Teacher
 from services.trainer import metrics, validation
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import JobState, Sample, Targets
-from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS, GuardVerdict, judge
+from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS, REJECTION, GuardVerdict, judge
 from services.trainer.jobs import Run
 from services.trainer.roles import Scorer, TrainingModel, TrainingSession, VersionStore
 from services.trainer.settings import TrainerSettings
@@ -197,7 +197,7 @@ class JobPipeline:
             log.warning("version_rejected", job_id=run.job_id, adapter=run.adapter, version=version.version,
                         reason=verdict.reason)  # fmt: skip
             raise FailedPrecondition(
-                f"the commit guard kept version {version.version} off the head ({verdict.reason}); the head stays "
+                f"{REJECTION} {version.version} off the head ({verdict.reason}); the head stays "
                 f"at {head}. Lower learning_rate or steps, or check the feedback"
             )
         # Only once committed: a version that lost the race must not be found in the cache.

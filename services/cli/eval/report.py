@@ -8,7 +8,7 @@ from typing import Any
 from services.cli.eval.rundir import ARMS
 
 #: Metrics where lower is better; for the others higher is better (or neither, like entropy).
-LOWER_IS_BETTER = frozenset({"degenerate_rate", "drift", "self_rouge_l", "collapse_alert"})
+LOWER_IS_BETTER = frozenset({"degenerate_rate", "drift", "self_rouge_l", "collapse_alert", "guard_rejected"})
 
 
 def _series(records: list[dict[str, Any]], preference: str) -> list[dict[str, Any]]:

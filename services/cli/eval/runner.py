@@ -16,6 +16,7 @@ from services.cli.eval.judge import Judge
 from services.cli.eval.measure import Measurer, against_baseline
 from services.cli.eval.preferences import Preference
 from services.cli.eval.rundir import ARMS, RunDir, adapter_names, check_same_run, last_versions, pending
+from services.trainer.guard import rejected_by_guard
 
 #: Step metrics of the trainer, averaged over a version's SDPO steps (from the version's lineage).
 SDPO_KEYS = {"loss": "sdpo_loss", "grad_norm": "sdpo_grad_norm", "mean_is_ratio": "sdpo_is_ratio",
@@ -124,11 +125,17 @@ class Runner:
         feedback = preference.feedback if arm == "real" else self.config.control_feedback
         ids = self._rollouts(preference, adapter, step)
         job = self.api.feedback(ids, feedback, self.config.sdpo.overrides())
-        if job["state"] != "JOB_STATE_SUCCEEDED":
+        rejected = job["state"] != "JOB_STATE_SUCCEEDED" and rejected_by_guard(job["error"])
+        if job["state"] != "JOB_STATE_SUCCEEDED" and not rejected:
             raise RunError(f"{adapter}: feedback job {job['job_id']} ended {job['state']}: {job['error']}")
+        if rejected:  # the head stayed where it was: the step measures it again and says so
+            self.say(f"  {adapter}: {job['error']}")
+            job = {**job, "new_version": version}
         measured = Measurer(self.api, self.config, preference).measure(adapter)
         metrics, alerts = against_baseline(measured["metrics"], baseline["metrics"], self.config)
-        metrics |= self._sdpo(adapter, job["new_version"])
+        metrics["guard_rejected"] = float(rejected)
+        if not rejected:
+            metrics |= self._sdpo(adapter, job["new_version"])
         if self.judge is not None:
             before = baseline["answers"]["held_out"]
             metrics["judge_win_rate"] = self.judge.win_rate(

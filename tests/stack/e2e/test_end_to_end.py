@@ -120,7 +120,9 @@ def test_demo_learns_the_identity_preference(stack):
     print("demo JSON:", json.dumps(summary))
     assert summary["preference"] == "identity"
     real, control = summary, summary["control"]
-    assert len(real["versions"]) == len(control["versions"]) == 5
+    # A round whose version the commit guard rejected leaves the head where it was.
+    assert len(real["versions"]) + real["rejected_by_guard"] == 5
+    assert len(control["versions"]) + control["rejected_by_guard"] == 5
     # Read as a person reads the answers: the exact word "Kuro" in at least 2 of the 3 held-out answers, none
     # in the control's, and no degenerate answer in either.
     assert real["final"]["pass_rate"] >= 2 / 3 and control["final"]["pass_rate"] == 0, summary

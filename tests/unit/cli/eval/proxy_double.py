@@ -22,6 +22,8 @@ class ProxyDouble:
     chat_max_tokens: list[int | None] = field(default_factory=list)
     #: Raise (as a dropped connection) on the chat after this many feedback calls: a run killed mid-step.
     die_after_feedback: int | None = None
+    #: Feedback calls (1-based) whose job the commit guard rejects: FAILED, the head left where it was.
+    rejected_calls: frozenset[int] = frozenset()
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -97,6 +99,9 @@ class ProxyDouble:
     def _feedback(self, body: dict[str, Any]) -> httpx.Response:
         name = self.completions[body["completion_ids"][0]]
         self.feedback_calls.append((name, body["feedback"]))
+        if len(self.feedback_calls) in self.rejected_calls:
+            error = "FAILED_PRECONDITION: the commit guard kept version 9 off the head (drift 3 exceeds 0.2)"
+            return self._ok({"job": {"job_id": "rejected", "state": "JOB_STATE_FAILED", "error": error}})
         new = max(self.versions[name]) + 1
         self.versions[name].append(new)
         self.heads[name] = new

@@ -46,6 +46,17 @@ def test_each_step_runs_both_arms_and_the_summary_reports_real_minus_control(tmp
     assert margin["real_minus_control"] == pytest.approx(margin["real"] - margin["control"]) and margin["real"] > 0
 
 
+def test_a_step_the_commit_guard_rejected_is_recorded_on_the_unchanged_head(tmp_path: Path) -> None:
+    double = ProxyDouble(rejected_calls=frozenset({2}))  # step 1's control job
+    _runner(double, tmp_path).run()
+
+    first, second = RunDir(tmp_path).read_steps()
+    assert first["control"]["version"] == 1 and first["control"]["metrics"]["guard_rejected"] == 1.0
+    assert "sdpo_loss" not in first["control"]["metrics"]
+    assert first["real"]["metrics"]["guard_rejected"] == 0.0 and first["real"]["version"] == 2
+    assert second["control"]["version"] == 2  # the next step taught from the head it had
+
+
 def test_a_run_killed_mid_step_resumes_without_redoing_finished_steps(tmp_path: Path) -> None:
     double = ProxyDouble(die_after_feedback=3)  # step 2's real feedback committed, then the run dies
     with pytest.raises(Exception, match="went away"):
