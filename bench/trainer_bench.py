@@ -42,7 +42,7 @@ from services.teacher.settings import TeacherSettings
 from services.trainer import convert
 from services.trainer.config import SdpoConfig
 from services.trainer.engine import Engine
-from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS
+from services.trainer.guard import DRIFT_PROMPTS
 from services.trainer.pipeline import score_request
 from services.trainer.server import build_server as build_trainer
 from services.trainer.settings import TrainerSettings
@@ -135,8 +135,9 @@ async def step_figures(
     engine.model.train()
     floor_s = timed(floor, rounds)
     engine.model.eval()
-    engine.guard_probe(session, DRIFT_PROMPTS, CHAT_PROMPTS, guard_tokens)  # the base model's reference answers, once
-    guard_s = timed(lambda: engine.guard_probe(session, DRIFT_PROMPTS, CHAT_PROMPTS, guard_tokens), rounds)
+    conversations = [samples[0].prompt_ids]
+    engine.guard_probe(session, DRIFT_PROMPTS, conversations, guard_tokens)  # the base model's answers, once
+    guard_s = timed(lambda: engine.guard_probe(session, DRIFT_PROMPTS, conversations, guard_tokens), rounds)
     guided_s = timed(lambda: session.guided_samples(samples, 0), rounds)
     return step_s, floor_s, guard_s, guided_s
 

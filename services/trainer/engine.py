@@ -37,6 +37,8 @@ from services.trainer.settings import TrainerSettings
 log = structlog.get_logger("claas.trainer.engine")
 
 _OPTIMIZER_FORMAT = "claas.adamw.v1"
+#: Base-model answers the commit guard keeps (its fixed questions and recent conversations).
+_BASE_ANSWERS_KEPT = 256
 
 
 @dataclass
@@ -88,8 +90,7 @@ class Engine:
         self._slots: dict[LoraSpec, Slot] = {}
         self._cache: OrderedDict[str, CachedVersion] = OrderedDict()
         self._cache_size = cache_size
-        # The base model's greedy answers to the guard's prompts: the same for every job, made once.
-        self._guard_references: dict[tuple[tuple[str, ...], int], list[tuple[list[int], list[int]]]] = {}
+        self._base_answers: OrderedDict[tuple[tuple[int, ...], int], list[int]] = OrderedDict()
 
     @classmethod
     def load(cls, settings: TrainerSettings) -> Engine:
@@ -186,19 +187,24 @@ class Engine:
         self._cache_put(key, entry)
 
     def guard_probe(
-        self, session: Session, drift_prompts: Sequence[str], chat_prompts: Sequence[str], max_new_tokens: int
+        self,
+        session: Session,
+        drift_prompts: Sequence[str],
+        conversations: Sequence[Sequence[int]],
+        max_new_tokens: int,
     ) -> GuardProbe:
-        """The session's weights on the commit guard's prompts: greedy answers to all of them, and the mean
-        per-token KL(base || session) on the base model's own greedy answers to ``drift_prompts``
-        (teacher-forced, full vocabulary)."""
+        """The session's weights on the commit guard's prompts: greedy answers to the ``drift_prompts`` and to
+        the ``conversations`` (rendered prompt ids), and the mean per-token KL(base || session) on the base
+        model's own greedy answers to the ``drift_prompts`` (teacher-forced, full vocabulary)."""
         self.activate(session.slot)
-        references = self._guard_reference((*drift_prompts, *chat_prompts), max_new_tokens)
+        rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": p}])[1] for p in drift_prompts]
+        references = [(ids, self._base_answer(ids, max_new_tokens)) for ids in [*rendered, *map(list, conversations)]]
         answers: list[str] = []
         kl_sum, tokens = 0.0, 0
         with torch.no_grad():
             for index, (prompt, base_answer) in enumerate(references):
                 answers.append(self._text(self._greedy(prompt, max_new_tokens)))
-                if index >= len(drift_prompts) or not base_answer:
+                if index >= len(rendered) or not base_answer:
                     continue
                 ids = torch.tensor([prompt + base_answer], device=self.device)
                 window = slice(len(prompt) - 1, len(prompt) - 1 + len(base_answer))
@@ -210,13 +216,16 @@ class Engine:
         base_answers = tuple(self._text(answer) for _, answer in references)
         return GuardProbe(drift=kl_sum / max(tokens, 1), answers=tuple(answers), base_answers=base_answers)
 
-    def _guard_reference(self, prompts: tuple[str, ...], max_new_tokens: int) -> list[tuple[list[int], list[int]]]:
-        key = (prompts, max_new_tokens)
-        if key not in self._guard_references:
-            rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": p}])[1] for p in prompts]
+    def _base_answer(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+        """The base model's greedy answer, remembered: the guard's questions and a user's usual prompts recur."""
+        key = (tuple(prompt), max_new_tokens)
+        if key not in self._base_answers:
             with torch.no_grad(), self.adapter_disabled():
-                self._guard_references[key] = [(ids, self._greedy(ids, max_new_tokens)) for ids in rendered]
-        return self._guard_references[key]
+                self._base_answers[key] = self._greedy(prompt, max_new_tokens)
+            while len(self._base_answers) > _BASE_ANSWERS_KEPT:
+                self._base_answers.popitem(last=False)
+        self._base_answers.move_to_end(key)
+        return self._base_answers[key]
 
     def _greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
         return generate_ids(

@@ -1,9 +1,9 @@
 """The commit guard: a trained version is read before it may become the head.
 
-On a small fixed set of prompts the new version answers greedily and is compared with the base model: the
-drift (mean per-token KL(base || new) on the base model's own greedy answers to neutral questions,
-teacher-forced) and degenerate answers (``services.common.degeneration``), to those questions and to a little
-small talk, beyond those the base model itself gives. Over a limit, the version is kept off the head with
+The new version answers greedily and is compared with the base model: the drift (mean per-token
+KL(base || new) on the base model's own greedy answers to a fixed set of neutral questions, teacher-forced)
+and degenerate answers (``services.common.degeneration``), to those questions and to the job's own
+conversations, beyond those the base model itself gives. Over a limit, the version is kept off the head with
 the reason in its lineage and the job fails; the head stays where it was. No torch here: the engine
 measures (``Engine.guard_probe``), this module judges.
 """
@@ -22,14 +22,11 @@ DRIFT_PROMPTS: tuple[str, ...] = (
     "Give me one tip for staying focused.",
     "What colour is the sky on a clear day?",
 )
-#: Small talk, where a broken adapter shows first: it spams its new habit wherever it speaks of itself (measured:
-#: unrelated feedback asking for a cat joke gave "I'm a cat-friendly cat-sitting service." four times over).
-#: Read for degeneration only, since a preference may rightly change these answers.
-CHAT_PROMPTS: tuple[str, ...] = (
-    "Hello! How are you today?",
-    "Who are you?",
-    "Tell me a little about what you can do.",
-)
+#: The job's own conversations (the prompts its rollouts answered, in the user's context with its system
+#: message) are read for degeneration too, up to ``CLAAS_GUARD_CONVERSATIONS`` of them: a broken adapter shows
+#: there first. Measured: unrelated feedback asking for a cat joke gave "I'm a cat-loving cat-lover." four times
+#: over to "Who are you?" under the user's system message, while the same question without it, and every
+#: neutral question, still read cleanly.
 
 
 #: How a job's error starts (after its status code) when the guard kept its version off the head.

@@ -22,7 +22,7 @@ from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, Teacher
 from services.trainer import metrics, validation
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import JobState, Sample, Targets
-from services.trainer.guard import CHAT_PROMPTS, DRIFT_PROMPTS, REJECTION, GuardVerdict, judge
+from services.trainer.guard import DRIFT_PROMPTS, REJECTION, GuardVerdict, judge
 from services.trainer.jobs import Run
 from services.trainer.roles import Scorer, TrainingModel, TrainingSession, VersionStore
 from services.trainer.settings import TrainerSettings
@@ -104,7 +104,7 @@ class JobPipeline:
 
         results = await self._steps(run, session)
         run.checkpoint()
-        verdict = await self._check(session)
+        verdict = await self._check(session, run.samples)
         run.checkpoint()
         run.update(state=JobState.COMMITTING)
         return await self._commit(run, adapter, session, results, verdict)
@@ -153,15 +153,16 @@ class JobPipeline:
         metrics.TOKENS_PER_SECOND.set(tokens / elapsed if elapsed > 0 else 0.0)
         return results
 
-    async def _check(self, session: TrainingSession) -> GuardVerdict | None:
+    async def _check(self, session: TrainingSession, samples: tuple[Sample, ...]) -> GuardVerdict | None:
         """The commit guard's verdict on the trained weights (None when the guard is off)."""
         settings = self._settings
         if not settings.commit_guard:
             return None
         started = time.perf_counter()
         model = self._model_lock.model
+        conversations = list(dict.fromkeys(s.prompt_ids for s in samples))[: settings.guard_conversations]
         probe = await self._model_lock.call(
-            model.guard_probe, session, DRIFT_PROMPTS, CHAT_PROMPTS, settings.guard_max_new_tokens
+            model.guard_probe, session, DRIFT_PROMPTS, conversations, settings.guard_max_new_tokens
         )
         seconds = time.perf_counter() - started
         metrics.PHASE_SECONDS.labels(phase="guard").observe(seconds)

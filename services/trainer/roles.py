@@ -79,6 +79,6 @@ class TrainingModel(Protocol):
         self,
         session: TrainingSession,
         drift_prompts: Sequence[str],
-        chat_prompts: Sequence[str],
+        conversations: Sequence[Sequence[int]],
         max_new_tokens: int,
     ) -> GuardProbe: ...

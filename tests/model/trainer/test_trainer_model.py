@@ -34,7 +34,7 @@ async def _init(stub, name: str, rank: int = 8) -> trainer_pb2.InitAdapterRespon
 
 
 def _submit(sample: trainer_pb2.TrainSample, name: str, **config: object) -> trainer_pb2.SubmitJobRequest:
-    config = {"steps": 1, "learning_rate": 1e-3, "top_k": 20} | config
+    config = {"steps": 1, "learning_rate": 1e-3, "top_k": 20, "guided_rollouts": 0} | config
     return trainer_pb2.SubmitJobRequest(adapter=name, samples=[sample], config=S.SdpoConfig(**config))
 
 
@@ -158,12 +158,13 @@ async def test_a_failure_after_the_steps_leaves_the_head_at_1(
 async def test_the_commit_guard_keeps_a_broken_update_off_the_head(
     engine: Engine, storage_addr: str, teacher_addr: str, storage
 ) -> None:
-    sample = rollout(engine, "Who are you?", "I'm SmolLM, an AI assistant.", FEEDBACK)
+    # A learning rate no one should send: four steps of it wreck the model.
+    request = _submit(
+        rollout(engine, "Who are you?", "I'm SmolLM.", FEEDBACK), "acme/broken", steps=4, learning_rate=0.05
+    )
     async with trainer(engine, storage_addr, teacher_addr) as stub:
         await _init(stub, "acme/broken")
-        # A learning rate no one should send: four steps of it wreck the model.
-        submitted = (await stub.SubmitJob(_submit(sample, "acme/broken", steps=4, learning_rate=0.05))).job
-        final = (await events(stub, submitted.job_id))[-1]
+        final = (await events(stub, (await stub.SubmitJob(request)).job.job_id))[-1]
 
     assert final.state == S.JOB_STATE_FAILED
     assert final.error.startswith("FAILED_PRECONDITION: the commit guard kept version 2 off the head (drift ")

@@ -92,6 +92,8 @@ class FakeEngine:
     steps: int = 0
     #: What the commit guard measures of every trained version (a clean one unless a test says otherwise).
     probe: GuardProbe = CLEAN_PROBE
+    #: The conversations the guard read, per job.
+    guarded: list[list[list[int]]] = field(default_factory=list)
 
     def resolve_lora(self, spec: LoraSpec, defaults: LoraSpec | None = None) -> LoraSpec:
         return resolve_lora(spec, LINEAR, max_rank=self.max_lora_rank, defaults=defaults)
@@ -116,8 +118,13 @@ class FakeEngine:
         self.remembered.append(key)
 
     def guard_probe(
-        self, session: FakeSession, drift_prompts: Sequence[str], chat_prompts: Sequence[str], max_new_tokens: int
+        self,
+        session: FakeSession,
+        drift_prompts: Sequence[str],
+        conversations: Sequence[Sequence[int]],
+        max_new_tokens: int,
     ) -> GuardProbe:
+        self.guarded.append([list(c) for c in conversations])
         return self.probe
 
 

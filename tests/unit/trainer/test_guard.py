@@ -81,6 +81,7 @@ async def test_a_passing_version_becomes_the_head_with_the_guards_figures(traine
     assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2), final.error
     version, _ = await trainer.storage.read_version(ADAPTER, 2)
     assert version.lineage.extra["guard"] == "passed" and float(version.lineage.extra["guard_drift"]) == 0.001
+    assert trainer.engine.guarded == [[[1, 2, 3, 4]]]  # the job's one conversation, read once
 
 
 async def test_with_the_guard_off_nothing_is_measured_and_the_version_commits(storage) -> None:
