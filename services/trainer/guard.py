@@ -22,12 +22,11 @@ DRIFT_PROMPTS: tuple[str, ...] = (
     "Give me one tip for staying focused.",
     "What colour is the sky on a clear day?",
 )
-#: The job's own conversations (the prompts its rollouts answered, in the user's context with its system
-#: message) are read for degeneration too, up to ``CLAAS_GUARD_CONVERSATIONS`` of them: a broken adapter shows
-#: there first. Measured: unrelated feedback asking for a cat joke gave "I'm a cat-loving cat-lover." four times
-#: over to "Who are you?" under the user's system message, while the same question without it, and every
-#: neutral question, still read cleanly.
-
+# The job's own conversations (the prompts its rollouts answered, in the user's context with its system
+# message) are read for degeneration too, up to ``CLAAS_GUARD_CONVERSATIONS`` of them, with no degenerate
+# answer allowed: a broken adapter shows there first. Measured: unrelated feedback asking for a cat joke gave
+# "I'm a cat-loving cat-lover." four times over to "Who are you?" under the user's system message, while the
+# same question without it, and every neutral question, still read cleanly.
 
 #: How a job's error starts (after its status code) when the guard kept its version off the head.
 REJECTION = "the commit guard kept version"
@@ -72,17 +71,24 @@ class GuardVerdict:
         return extra
 
 
-def judge(probe: GuardProbe, *, max_drift: float, max_degenerate: int, seconds: float) -> GuardVerdict:
-    """Reject a version that drifted more than ``max_drift`` or gives more than ``max_degenerate`` degenerate
-    answers where the base model did not."""
-    broken = tuple(
-        f"{answer[:80]!r} ({why})"
-        for answer, base in zip(probe.answers, probe.base_answers, strict=True)
+def judge(probe: GuardProbe, *, questions: int, max_drift: float, max_degenerate: int, seconds: float) -> GuardVerdict:
+    """Reject a version that drifted more than ``max_drift``, or answers degenerately where the base model did
+    not: more than ``max_degenerate`` times on the first ``questions`` answers (the fixed neutral questions),
+    or at all on the rest (the job's own conversations, which the user reads next)."""
+    broken = [
+        (index, f"{answer[:80]!r} ({why})")
+        for index, (answer, base) in enumerate(zip(probe.answers, probe.base_answers, strict=True))
         if (why := degeneration(answer)) and not degeneration(base)
-    )
+    ]
+    on_questions = [text for index, text in broken if index < questions]
+    on_conversations = [text for index, text in broken if index >= questions]
     reasons = []
     if not probe.drift <= max_drift:  # NaN drift is a broken model too
         reasons.append(f"drift {probe.drift:.3g} nats/token from the base model exceeds the limit {max_drift:g}")
-    if len(broken) > max_degenerate:
-        reasons.append(f"{len(broken)} of {len(probe.answers)} guard answers degenerate: {broken[0]}")
-    return GuardVerdict(probe.drift, broken, seconds, "; ".join(reasons))
+    if len(on_questions) > max_degenerate:
+        reasons.append(f"{len(on_questions)} of {questions} neutral answers degenerate: {on_questions[0]}")
+    if on_conversations:
+        total = len(probe.answers) - questions
+        reasons.append(f"{len(on_conversations)} of {total} answers to the job's conversations degenerate: "
+                       f"{on_conversations[0]}")  # fmt: skip
+    return GuardVerdict(probe.drift, tuple(text for _, text in broken), seconds, "; ".join(reasons))

@@ -167,7 +167,11 @@ class JobPipeline:
         seconds = time.perf_counter() - started
         metrics.PHASE_SECONDS.labels(phase="guard").observe(seconds)
         return judge(
-            probe, max_drift=settings.guard_max_drift, max_degenerate=settings.guard_max_degenerate, seconds=seconds
+            probe,
+            questions=len(DRIFT_PROMPTS),
+            max_drift=settings.guard_max_drift,
+            max_degenerate=settings.guard_max_degenerate,
+            seconds=seconds,
         )
 
     async def _commit(

@@ -72,19 +72,19 @@ class TrainerSettings(CommonSettings):
         "to the guard's neutral prompts (at 135M: learned names 0.01-0.05, a broken adapter several nats).",
     )
     guard_conversations: int = Field(
-        2,
+        4,
         ge=0,
         le=16,
         description="How many of the job's own conversations (distinct prompts) the guard also reads for "
-        "degeneration, beside its four neutral questions.",
+        "degeneration, beside its four neutral questions; one degenerate answer there rejects the version.",
     )
     guard_max_degenerate: int = Field(
         1,
         ge=0,
-        le=20,
-        description="Degenerate answers (beyond the base model's own) the guard lets a version give. One greedy "
-        "loop in six short answers happens to sound updates too (measured once in the first job of a name); a "
-        "broken adapter loops on most of them.",
+        le=4,
+        description="Degenerate answers (beyond the base model's own) the guard lets a version give to its four "
+        "neutral questions. One greedy loop there happened to a sound update (measured in a Kuro run whose "
+        "final answers were all clean); a broken adapter loops on most of them.",
     )
     guard_max_new_tokens: int = Field(
         40, ge=8, le=256, description="Length of the greedy answers the guard reads for degeneration."

@@ -15,15 +15,15 @@ CLEAN = ("Paris is the capital of France.", "A spider has eight legs.")
 
 
 def test_a_clean_version_within_the_drift_limit_passes() -> None:
-    verdict = judge(GuardProbe(0.05, CLEAN, CLEAN), max_drift=0.2, max_degenerate=0, seconds=0.4)
+    verdict = judge(GuardProbe(0.05, CLEAN, CLEAN), questions=2, max_drift=0.2, max_degenerate=0, seconds=0.4)
 
     assert verdict.passed and verdict.reason == ""
     assert verdict.lineage_extra() == {"guard": "passed", "guard_drift": "0.05", "guard_seconds": "0.400"}
 
 
 def test_drift_over_the_limit_or_not_a_number_is_rejected() -> None:
-    over = judge(GuardProbe(0.35, CLEAN, CLEAN), max_drift=0.2, max_degenerate=0, seconds=0.1)
-    nan = judge(GuardProbe(math.nan, CLEAN, CLEAN), max_drift=0.2, max_degenerate=0, seconds=0.1)
+    over = judge(GuardProbe(0.35, CLEAN, CLEAN), questions=2, max_drift=0.2, max_degenerate=0, seconds=0.1)
+    nan = judge(GuardProbe(math.nan, CLEAN, CLEAN), questions=2, max_drift=0.2, max_degenerate=0, seconds=0.1)
 
     assert not over.passed and "drift 0.35 nats/token from the base model exceeds the limit 0.2" in over.reason
     assert not nan.passed and "drift nan" in nan.reason
@@ -32,23 +32,36 @@ def test_drift_over_the_limit_or_not_a_number_is_rejected() -> None:
 
 def test_one_degenerate_answer_may_pass_when_the_settings_allow_one() -> None:
     spam = "Kuro Kuro Kuro Kuro Kuro Kuro Kuro"
-    one = judge(GuardProbe(0.01, (CLEAN[0], spam), CLEAN), max_drift=0.2, max_degenerate=1, seconds=0.1)
-    two = judge(GuardProbe(0.01, (spam, spam), CLEAN), max_drift=0.2, max_degenerate=1, seconds=0.1)
+    one = judge(GuardProbe(0.01, (CLEAN[0], spam), CLEAN), questions=2, max_drift=0.2, max_degenerate=1, seconds=0.1)
+    two = judge(GuardProbe(0.01, (spam, spam), CLEAN), questions=2, max_drift=0.2, max_degenerate=1, seconds=0.1)
 
-    assert one.passed and one.degenerate and not two.passed and "2 of 2 guard answers degenerate" in two.reason
+    assert one.passed and one.degenerate and not two.passed and "2 of 2 neutral answers degenerate" in two.reason
+
+
+def test_any_degenerate_answer_to_the_jobs_own_conversations_is_rejected() -> None:
+    spam = "I'm a cat-friendly cat. I'm a cat-friendly cat. I'm a cat-friendly cat."
+    probe = GuardProbe(0.01, (*CLEAN, "I'm SmolLM.", spam), (*CLEAN, "I'm SmolLM.", "I'm SmolLM."))
+    verdict = judge(probe, questions=2, max_drift=0.2, max_degenerate=1, seconds=0.1)
+
+    assert not verdict.passed
+    assert verdict.reason.startswith("1 of 2 answers to the job's conversations degenerate: \"I'm a cat-friendly")
 
 
 def test_a_degenerate_answer_is_rejected_unless_the_base_model_gave_it_too() -> None:
     spam = "Kuro Kuro Kuro Kuro Kuro Kuro Kuro"
-    broken = judge(GuardProbe(0.01, (CLEAN[0], spam), CLEAN), max_drift=0.2, max_degenerate=0, seconds=0.1)
+    broken = judge(GuardProbe(0.01, (CLEAN[0], spam), CLEAN), questions=2, max_drift=0.2, max_degenerate=0, seconds=0.1)
     inherited = judge(
-        GuardProbe(0.01, (CLEAN[0], spam), (CLEAN[0], spam)), max_drift=0.2, max_degenerate=0, seconds=0.1
+        GuardProbe(0.01, (CLEAN[0], spam), (CLEAN[0], spam)), questions=2, max_drift=0.2, max_degenerate=0, seconds=0.1
     )
     symbols = judge(
-        GuardProbe(0.01, ("Great!!!!!!!!!!!!", CLEAN[1]), CLEAN), max_drift=0.2, max_degenerate=0, seconds=0.1
+        GuardProbe(0.01, ("Great!!!!!!!!!!!!", CLEAN[1]), CLEAN),
+        questions=2,
+        max_drift=0.2,
+        max_degenerate=0,
+        seconds=0.1,
     )
 
-    assert not broken.passed and "1 of 2 guard answers degenerate" in broken.reason
+    assert not broken.passed and "1 of 2 neutral answers degenerate" in broken.reason
     assert "repeats 'kuro kuro kuro'" in broken.reason
     assert inherited.passed
     assert not symbols.passed and "a run of" in symbols.reason
@@ -68,7 +81,7 @@ async def test_a_rejected_version_is_kept_off_the_head_and_its_job_fails_with_th
     versions = {v.version: v for v in await trainer.storage.list_versions(ADAPTER)}
     assert sorted(versions) == [1, 2]
     extra = versions[2].lineage.extra
-    assert extra["guard"] == "rejected" and "guard answers degenerate" in extra["guard_reason"]
+    assert extra["guard"] == "rejected" and "answers degenerate" in extra["guard_reason"]
     assert versions[2].lineage.job_id == submitted.job_id
 
 
