@@ -107,6 +107,7 @@ def test_a_completion_made_before_a_proxy_restart_still_takes_feedback(stack):
     assert job["state"] == "JOB_STATE_SUCCEEDED" and int(job["new_version"]) == 2
 
 
+@pytest.mark.timeout(2700)  # the demo's 10 rounds (real and control) take about 20 minutes on 2 cores
 def test_demo_learns_the_identity_preference(stack):
     result = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo", "--json", "--data-dir", str(stack["data_dir"])],

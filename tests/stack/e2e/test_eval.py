@@ -49,6 +49,7 @@ def _not_blank_png(path: Path) -> None:
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 1, f"{path.name} is blank"
 
 
+@pytest.mark.timeout(1800)  # four feedback jobs, each with guided rollouts and the commit guard
 def test_eval_writes_every_file_and_plot_and_resumes_after_a_kill(stack, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = _argv(stack, out)
