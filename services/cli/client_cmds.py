@@ -157,7 +157,8 @@ def _versions(args: argparse.Namespace, session: ProxySession) -> int:
     lines = []
     for v in versions:
         feedback = "; ".join(v.lineage.feedback) or v.lineage.extra.get("source", "")
-        lines.append(f"v{v.version}  parent v{v.parent_version}  {feedback}")
+        kept_off = "  [kept off the head by the commit guard]" if v.lineage.extra.get("guard") == "rejected" else ""
+        lines.append(f"v{v.version}  parent v{v.parent_version}  {feedback}{kept_off}")
     as_json = {"versions": [VersionObject.of(v).model_dump(mode="json") for v in versions]}
     emit(as_json, as_json=args.json, human="\n".join(lines))
     return 0

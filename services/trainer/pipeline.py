@@ -89,13 +89,13 @@ class JobPipeline:
         metrics.PHASE_SECONDS.labels(phase="fetch").observe(time.perf_counter() - started)
         run.checkpoint()
 
-        started = time.perf_counter()
         if config.guided_rollouts:
+            started = time.perf_counter()
             guided = await self._model_lock.call(
-                session.guided_samples, samples, guided_seed(run, head, self._settings.seed)
+                session.guided_samples, samples, guided_seed(samples, head, self._settings.seed)
             )
             samples = samples + tuple(guided)
-        metrics.PHASE_SECONDS.labels(phase="guided").observe(time.perf_counter() - started)
+            metrics.PHASE_SECONDS.labels(phase="guided").observe(time.perf_counter() - started)
         started = time.perf_counter()
         targets = await self._score(samples, config, AdapterRef(run.adapter, head), session)
         await self._model_lock.call(session.set_targets, samples, targets)
@@ -212,11 +212,14 @@ class JobPipeline:
         return version.version
 
 
-def guided_seed(run: Run, head: int, seed: int) -> int:
-    """The seed of a job's guided rollouts: the same samples on the same head sample the same responses (so a
-    run is reproducible, as everything else on the CPU is, and a job re-run after a lost race is the same job)."""
-    key = "\n".join([str(seed), run.adapter, str(head), *(s.completion_id for s in run.samples)])
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+def guided_seed(samples: tuple[Sample, ...], head: int, seed: int) -> int:
+    """The seed of a job's guided rollouts: the same rollouts and feedback on the same head sample the same
+    responses, so a run is reproducible as everything else on the CPU is (and a job re-run after a lost race
+    is the same job). The seed reads what was said, not ids or names, which differ between two runs."""
+    digest = hashlib.sha256(str(seed).encode())
+    for sample in samples:
+        digest.update(repr((head, sample.prompt_ids, sample.response_ids, sample.feedback)).encode())
+    return int.from_bytes(digest.digest()[:4], "big")
 
 
 def version_key(adapter: Adapter, version: int) -> str:

@@ -110,8 +110,10 @@ class Runner:
             ids.append(reply.completion_id)
         return ids
 
-    def _sdpo(self, adapter: str, version: int) -> dict[str, float]:
-        found = [v for v in self.api.versions(adapter) if v["version"] == version]
+    def _sdpo(self, adapter: str, job_id: str) -> dict[str, float]:
+        """The training metrics of the version a job made, kept off the head by the guard or not: the steps
+        ran either way, and a rejected step's loss is what a reader looks at first."""
+        found = [v for v in self.api.versions(adapter) if v["lineage"].get("job_id") == job_id]
         steps = found[0]["lineage"]["metrics"] if found else []
         if not steps:
             return {}
@@ -134,8 +136,7 @@ class Runner:
         measured = Measurer(self.api, self.config, preference).measure(adapter)
         metrics, alerts = against_baseline(measured["metrics"], baseline["metrics"], self.config)
         metrics["guard_rejected"] = float(rejected)
-        if not rejected:
-            metrics |= self._sdpo(adapter, job["new_version"])
+        metrics |= self._sdpo(adapter, job["job_id"])
         if self.judge is not None:
             before = baseline["answers"]["held_out"]
             metrics["judge_win_rate"] = self.judge.win_rate(

@@ -14,7 +14,8 @@ import httpx
 @dataclass
 class ProxyDouble:
     heads: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, list[int]] = field(default_factory=dict)
+    #: Every version of an adapter, as (version, the job that made it; "" for the first).
+    versions: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     feedback_calls: list[tuple[str, str]] = field(default_factory=list)
     rollbacks: list[tuple[str, int]] = field(default_factory=list)
     completions: dict[str, str] = field(default_factory=dict)
@@ -33,7 +34,7 @@ class ProxyDouble:
         body = json.loads(request.content) if request.content else {}
         if path == "/adapters":
             if request.method == "POST":
-                self.heads[body["name"]], self.versions[body["name"]] = 1, [1]
+                self.heads[body["name"]], self.versions[body["name"]] = 1, [(1, "")]
                 return self._ok({"adapter": self._adapter(body["name"])})
             return self._ok({"adapters": [self._adapter(n) for n in self.heads]})
         if path.startswith("/adapters/"):
@@ -59,7 +60,12 @@ class ProxyDouble:
         if verb == "versions":
             metrics = [{"loss": 0.5, "grad_norm": 2.0, "mean_is_ratio": 1.0, "teacher_student_gap": 0.1, "kl": 0.01}]
             return self._ok(
-                {"versions": [{"version": v, "lineage": {"metrics": metrics}} for v in self.versions[name]]}
+                {
+                    "versions": [
+                        {"version": v, "lineage": {"job_id": job_id, "metrics": metrics if job_id else []}}
+                        for v, job_id in self.versions[name]
+                    ]
+                }
             )
         if verb == "rollback":
             self.heads[name] = body["version"]
@@ -99,12 +105,12 @@ class ProxyDouble:
     def _feedback(self, body: dict[str, Any]) -> httpx.Response:
         name = self.completions[body["completion_ids"][0]]
         self.feedback_calls.append((name, body["feedback"]))
+        job_id = f"j{len(self.feedback_calls)}"
+        new = max(v for v, _ in self.versions[name]) + 1
+        self.versions[name].append((new, job_id))  # a rejected version is kept too, off the head
         if len(self.feedback_calls) in self.rejected_calls:
-            error = "FAILED_PRECONDITION: the commit guard kept version 9 off the head (drift 3 exceeds 0.2)"
-            return self._ok({"job": {"job_id": "rejected", "state": "JOB_STATE_FAILED", "error": error}})
-        new = max(self.versions[name]) + 1
-        self.versions[name].append(new)
+            error = f"FAILED_PRECONDITION: the commit guard kept version {new} off the head (drift 3 exceeds 0.2)"
+            return self._ok({"job": {"job_id": job_id, "state": "JOB_STATE_FAILED", "error": error}})
         self.heads[name] = new
-        job = {"job_id": f"j{len(self.feedback_calls)}", "state": "JOB_STATE_SUCCEEDED", "new_version": new,
-               "error": ""}  # fmt: skip
+        job = {"job_id": job_id, "state": "JOB_STATE_SUCCEEDED", "new_version": new, "error": ""}
         return self._ok({"job": job})

@@ -52,9 +52,10 @@ def test_a_step_the_commit_guard_rejected_is_recorded_on_the_unchanged_head(tmp_
 
     first, second = RunDir(tmp_path).read_steps()
     assert first["control"]["version"] == 1 and first["control"]["metrics"]["guard_rejected"] == 1.0
-    assert "sdpo_loss" not in first["control"]["metrics"]
+    # The rejected version's training steps ran: their metrics are the step's, read from that version.
+    assert first["control"]["metrics"]["sdpo_loss"] == 0.5
     assert first["real"]["metrics"]["guard_rejected"] == 0.0 and first["real"]["version"] == 2
-    assert second["control"]["version"] == 2  # the next step taught from the head it had
+    assert second["control"]["version"] == 3  # taught from the head it had; v2 is the rejected one
 
 
 def test_a_run_killed_mid_step_resumes_without_redoing_finished_steps(tmp_path: Path) -> None:
