@@ -4,10 +4,11 @@ How a write stays safe (DESIGN.md §4). This process is the only writer of the s
 replica); every change of one adapter happens under that adapter's lock. ``PutVersion`` first receives and
 verifies the whole upload privately (``upload.py``), then, under the lock:
 
-1. checks head == parent (``ABORTED`` otherwise; nothing written);
+1. returns the version the job already made if the record remembers its job id (a retry after a lost
+   answer), else checks head == parent (``ABORTED`` otherwise; nothing written);
 2. writes the record with ``last_version = pending = n`` — the reservation: n is never handed out again;
 3. writes the version's files, then its ``manifest.json``;
-4. writes the record with ``pending = 0`` and the head moved to n — the commit point.
+4. writes the record with ``pending = 0``, the head moved to n and the job id remembered — the commit point.
 
 Each object write is atomic, and readers see version n only when the record says it is committed (n <= last
 version, n != pending) and its manifest exists. A writer killed between any two writes therefore leaves the
@@ -137,8 +138,11 @@ class AdapterStore:
         if not isinstance(header, UploadHeader):
             raise InvalidArgument("PutVersion must start with a header")
         check_header(header, self._limits)
-        # Fail fast, before the bytes travel: the check that counts is repeated under the lock.
-        _check_parent(await self._load(header.name), header.parent_version, "put_version")
+        # Fail fast, before the bytes travel: the checks that count are repeated under the lock.
+        record = await self._load(header.name)
+        if record.committed_by(header.lineage.job_id):
+            return await self._already_committed(record, header)
+        _check_parent(record, header.parent_version, "put_version")
         spool = await receive(header, items, self._limits)
         # Once the bytes are verified the commit runs to its end even if the caller goes away.
         return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
@@ -149,6 +153,8 @@ class AdapterStore:
         try:
             async with self._locks[name]:
                 record = await self._load(name)
+                if record.committed_by(header.lineage.job_id):
+                    return await self._already_committed(record, header)
                 _check_parent(record, header.parent_version, "put_version")
                 if record.pending:  # an earlier write of this process failed half-way
                     await self.store.delete_prefix(layout.version_prefix(name, record.pending))
@@ -159,7 +165,12 @@ class AdapterStore:
                     await self.store.put(layout.file_key(name, n, entry.path), spool.read(entry.path))
                 info = Version(name, n, header.parent_version, header.files, header.lineage, now())
                 await self.store.put(layout.manifest_key(name, n), info.to_json())
-                committed = dataclasses.replace(reserved, pending=0, head=n if header.set_head else record.head)
+                committed = dataclasses.replace(
+                    reserved,
+                    pending=0,
+                    head=n if header.set_head else record.head,
+                    jobs=record.with_job(header.lineage.job_id, n),
+                )
                 await self._save(committed)
         finally:
             spool.close()
@@ -167,6 +178,19 @@ class AdapterStore:
         if committed.head != record.head:
             self.heads.publish(HeadEvent(name, committed.head, record.head))
         return info.public(False, PRIVATE_FILES), committed
+
+    async def _already_committed(self, record: AdapterRecord, header: UploadHeader) -> tuple[Version, AdapterRecord]:
+        """A commit retried after an ambiguous failure (the first one landed, its answer was lost): the version
+        the job made, not a second one. Its files must be the ones sent again, or the job id was reused."""
+        info = await self._manifest(record, record.committed_by(header.lineage.job_id))
+        if set(info.files) != set(header.files):
+            raise AlreadyExists(
+                f"job {header.lineage.job_id!r} already committed version {info.version} of {record.name!r} "
+                "with other files; a job id commits once",
+                param="lineage.job_id",
+            )
+        log.info("version_commit_repeated", adapter=record.name, version=info.version, job_id=header.lineage.job_id)
+        return info.public(False, PRIVATE_FILES), record
 
     async def _manifest(self, record: AdapterRecord, version: int) -> Version:
         missing = NotFound(f"version {version} of adapter {record.name!r} not found", param="version")

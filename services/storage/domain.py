@@ -12,6 +12,9 @@ from services.common.domain import Lineage, LoraSpec
 
 #: Version of the JSON layout of records and manifests.
 FORMAT = 1
+#: How many of the latest committing jobs an adapter's record remembers (a retry comes within minutes; each
+#: entry is about 50 bytes of the record).
+JOBS_REMEMBERED = 64
 
 
 def now() -> datetime:
@@ -39,6 +42,9 @@ class AdapterRecord:
     tags: dict[str, int] = field(default_factory=dict)
     last_version: int = 0
     pending: int = 0
+    #: The versions the latest jobs committed, by job id (at most ``JOBS_REMEMBERED``, oldest first): a
+    #: commit retried after an ambiguous failure finds the version it already made instead of making another.
+    jobs: dict[str, int] = field(default_factory=dict)
 
     def public(self) -> Adapter:
         """The record as callers see it."""
@@ -46,6 +52,18 @@ class AdapterRecord:
 
     def is_committed(self, version: int) -> bool:
         return 1 <= version <= self.last_version and version != self.pending
+
+    def committed_by(self, job_id: str) -> int:
+        """The version job ``job_id`` committed (0: none remembered)."""
+        version = self.jobs.get(job_id, 0) if job_id else 0
+        return version if self.is_committed(version) else 0
+
+    def with_job(self, job_id: str, version: int) -> dict[str, int]:
+        """``jobs`` with ``job_id`` -> ``version`` added, the oldest entries dropped past the bound."""
+        if not job_id:
+            return dict(self.jobs)
+        jobs = {k: v for k, v in self.jobs.items() if k != job_id} | {job_id: version}
+        return dict(list(jobs.items())[-JOBS_REMEMBERED:])
 
     def to_json(self) -> bytes:
         body = asdict(self)

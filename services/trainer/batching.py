@@ -109,26 +109,27 @@ class Session:
         config = self._config
         tokenizer = self._model.tokenizer
         eos = tokenizer.eos_token_id
-        guided: list[Sample] = []
+        copies = [(sample, copy) for sample in samples for copy in range(config.guided_rollouts)]
+        prompts = [
+            render_prompt(tokenizer, hindsight_messages(sample.messages, sample.feedback, config.template))[1]
+            for sample, _ in copies
+        ]
         self._model.activate(self.slot)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for sample in samples:
-                hindsight = hindsight_messages(sample.messages, sample.feedback, config.template)
-                prompt = render_prompt(tokenizer, hindsight)[1]
-                for copy in range(config.guided_rollouts):
-                    with self._model.adapter_disabled():
-                        response = generate_ids(
-                            self._model.model, prompt, max_new_tokens=config.guided_max_tokens, eos=eos, sample=True
-                        )
-                    guided.append(
-                        dataclasses.replace(
-                            sample,
-                            completion_id=f"{sample.completion_id}#guided{copy + 1}",
-                            response_ids=tuple(response),
-                            sampled_logprobs=(0.0,) * len(response),
-                        )
-                    )
+            with self._model.adapter_disabled():
+                responses = generate_ids(
+                    self._model.model, prompts, max_new_tokens=config.guided_max_tokens, eos=eos, sample=True
+                )
+            guided = [
+                dataclasses.replace(
+                    sample,
+                    completion_id=f"{sample.completion_id}#guided{copy + 1}",
+                    response_ids=tuple(response),
+                    sampled_logprobs=(0.0,) * len(response),
+                )
+                for (sample, copy), response in zip(copies, responses, strict=True)
+            ]
             # The student's log-probs of the guided responses, in its own context, before any step.
             for start in range(0, len(guided), self._model.micro_batch_size):
                 chunk = guided[start : start + self._model.micro_batch_size]
@@ -273,20 +274,29 @@ class Session:
 
 
 def generate_ids(
-    model: torch.nn.Module, prompt: list[int], *, max_new_tokens: int, eos: int, sample: bool
-) -> list[int]:
-    """A response to ``prompt``, greedy or sampled at temperature 1 over the whole vocabulary; up to and
-    including the end-of-turn token when one comes."""
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos: int, sample: bool
+) -> list[list[int]]:
+    """One response per prompt, greedy or sampled at temperature 1 over the whole vocabulary; each up to and
+    including the end-of-turn token when one comes. The prompts run as one left-padded batch: on a CPU a
+    batch of eight costs little more than one answer, token by token."""
+    if not prompts:
+        return []
     device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), eos, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
     sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
     out = model.generate(
-        input_ids=torch.tensor([prompt], device=device),
-        attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=device),
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
         max_new_tokens=max_new_tokens,
         pad_token_id=eos,
         **sampling,
-    )[0, len(prompt) :].tolist()
-    return out[: out.index(eos) + 1] if eos in out else out
+    )[:, width:].tolist()
+    return [row[: row.index(eos) + 1] if eos in row else row for row in out]
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

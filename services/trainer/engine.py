@@ -198,38 +198,42 @@ class Engine:
         model's own greedy answers to the ``drift_prompts`` (teacher-forced, full vocabulary)."""
         self.activate(session.slot)
         rendered = [render_prompt(self.tokenizer, [{"role": "user", "content": p}])[1] for p in drift_prompts]
-        references = [(ids, self._base_answer(ids, max_new_tokens)) for ids in [*rendered, *map(list, conversations)]]
-        answers: list[str] = []
+        prompts = [*rendered, *map(list, conversations)]
+        base = self._base_answers_of(prompts, max_new_tokens)
         kl_sum, tokens = 0.0, 0
         with torch.no_grad():
-            for index, (prompt, base_answer) in enumerate(references):
-                answers.append(self._text(self._greedy(prompt, max_new_tokens)))
-                if index >= len(rendered) or not base_answer:
+            answers = [self._text(ids) for ids in self._generate(prompts, max_new_tokens)]
+            for prompt, base_answer in zip(rendered, base, strict=False):
+                if not base_answer:
                     continue
                 ids = torch.tensor([prompt + base_answer], device=self.device)
                 window = slice(len(prompt) - 1, len(prompt) - 1 + len(base_answer))
                 adapted = self.model(input_ids=ids).logits[0, window].float().log_softmax(-1)
                 with self.adapter_disabled():
-                    base = self.model(input_ids=ids).logits[0, window].float().log_softmax(-1)
-                kl_sum += float((base.exp() * (base - adapted)).sum())
+                    reference = self.model(input_ids=ids).logits[0, window].float().log_softmax(-1)
+                kl_sum += float((reference.exp() * (reference - adapted)).sum())
                 tokens += len(base_answer)
-        base_answers = tuple(self._text(answer) for _, answer in references)
+        base_answers = tuple(self._text(answer) for answer in base)
         return GuardProbe(drift=kl_sum / max(tokens, 1), answers=tuple(answers), base_answers=base_answers)
 
-    def _base_answer(self, prompt: list[int], max_new_tokens: int) -> list[int]:
-        """The base model's greedy answer, remembered: the guard's questions and a user's usual prompts recur."""
-        key = (tuple(prompt), max_new_tokens)
-        if key not in self._base_answers:
+    def _base_answers_of(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """The base model's greedy answers, remembered: the guard's questions and a user's usual prompts recur."""
+        keys = [(tuple(prompt), max_new_tokens) for prompt in prompts]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._base_answers))
+        if missing:
             with torch.no_grad(), self.adapter_disabled():
-                self._base_answers[key] = self._greedy(prompt, max_new_tokens)
-            while len(self._base_answers) > _BASE_ANSWERS_KEPT:
-                self._base_answers.popitem(last=False)
-        self._base_answers.move_to_end(key)
-        return self._base_answers[key]
+                answers = self._generate([list(prompt) for prompt, _ in missing], max_new_tokens)
+            self._base_answers.update(zip(missing, answers, strict=True))
+        for key in keys:
+            self._base_answers.move_to_end(key)
+        found = [self._base_answers[key] for key in keys]
+        while len(self._base_answers) > _BASE_ANSWERS_KEPT:
+            self._base_answers.popitem(last=False)
+        return found
 
-    def _greedy(self, prompt: list[int], max_new_tokens: int) -> list[int]:
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         return generate_ids(
-            self.model, prompt, max_new_tokens=max_new_tokens, eos=self.tokenizer.eos_token_id, sample=False
+            self.model, prompts, max_new_tokens=max_new_tokens, eos=self.tokenizer.eos_token_id, sample=False
         )
 
     def _text(self, ids: list[int]) -> str:

@@ -16,8 +16,8 @@ from typing import TypeVar
 import structlog
 
 from services.common.domain import Lineage, LoraSpec, StepMetrics
-from services.common.errors import Aborted, FailedPrecondition
-from services.storage.domain import Adapter
+from services.common.errors import Aborted, DeadlineExceeded, FailedPrecondition, Unavailable
+from services.storage.domain import Adapter, Version
 from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
 from services.trainer import metrics, validation
 from services.trainer.config import SdpoConfig
@@ -196,7 +196,7 @@ class JobPipeline:
         if verdict is not None:
             lineage = dataclasses.replace(lineage, extra=lineage.extra | verdict.lineage_extra())
         rejected = verdict is not None and not verdict.passed
-        version = await self._storage.upload_version(run.adapter, head, files, lineage, set_head=not rejected)
+        version = await self._upload(run, head, files, lineage, set_head=not rejected)
         if rejected:
             metrics.GUARD_REJECTIONS.inc()
             log.warning("version_rejected", job_id=run.job_id, adapter=run.adapter, version=version.version,
@@ -210,6 +210,28 @@ class JobPipeline:
         metrics.PHASE_SECONDS.labels(phase="commit").observe(time.perf_counter() - started)
         log.info("job_committed", job_id=run.job_id, adapter=run.adapter, version=version.version, parent=head)
         return version.version
+
+    async def _upload(
+        self, run: Run, head: int, files: dict[str, bytes], lineage: Lineage, *, set_head: bool
+    ) -> Version:
+        """Upload the version, again after a failure that left its fate unknown: storage remembers which job
+        made which version, so a retry whose first try landed gets that version back, not a second one."""
+        failures = 0
+        while True:
+            try:
+                return await self._storage.upload_version(run.adapter, head, files, lineage, set_head=set_head)
+            except (Unavailable, DeadlineExceeded) as exc:
+                failures += 1
+                if failures > self._settings.upload_retries:
+                    raise
+                log.warning("upload_retry", job_id=run.job_id, adapter=run.adapter, failures=failures,
+                            error=exc.message)  # fmt: skip
+                await asyncio.sleep(_backoff(failures))
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before upload retry ``attempt`` (1-based): 0.5, 1, 2, ... capped at 8."""
+    return min(0.5 * 2 ** (attempt - 1), 8.0)
 
 
 def guided_seed(samples: tuple[Sample, ...], head: int, seed: int) -> int:

@@ -47,6 +47,13 @@ class TrainerSettings(CommonSettings):
     commit_retries: int = Field(
         3, ge=0, le=20, description="Re-runs of a job on the new head when another writer moved it (ABORTED)."
     )
+    upload_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of a version upload that failed without an answer (storage restarting, a lost reply); "
+        "storage commits a job once, so a retry never makes a second version.",
+    )
     adapter_cache_size: int = Field(
         4, ge=0, description="Adapter versions (weights + optimizer state) kept in memory, least recently used out."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -110,9 +111,13 @@ def adapter_files(size: int = 4096, seed: int = 0, *, optimizer: bool = False) -
     return files
 
 
-def lineage(job: str = "job-1") -> Lineage:
+_JOBS = itertools.count(1)
+
+
+def lineage(job: str = "") -> Lineage:
+    """A version's lineage; each call without ``job`` is another job (a job id commits once)."""
     return Lineage(
-        job_id=job,
+        job_id=job or f"job-{next(_JOBS)}",
         completion_ids=("cmpl-1",),
         feedback=("be more concise",),
         metrics=(StepMetrics(step=1, loss=0.25, tokens=12),),

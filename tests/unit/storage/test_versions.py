@@ -296,3 +296,24 @@ async def test_metrics_count_bytes_latency_and_conflicts(client: StorageClient, 
     assert _sample("claas_storage_sent_bytes_total") - before["out"] == public_bytes
     assert _sample("claas_rpc_seconds_count", **PUT_OK) - before["puts"] == 1
     assert _sample("claas_storage_cas_conflicts_total", operation="set_head") - before["conflicts"] == 1
+
+
+async def test_a_retried_commit_returns_the_version_it_already_made(client: StorageClient, adapter: str) -> None:
+    """Hole: storage finished a commit after its caller was gone; the caller's retry must not make another."""
+    files = adapter_files(seed=1)
+    first = await client.upload_version(adapter, 0, files, lineage("job-lost-reply"))
+    again = await client.upload_version(adapter, 0, files, lineage("job-lost-reply"))  # the head is 1 now
+
+    assert (again.version, again.parent_version) == (first.version, 0) == (1, 0)
+    assert [v.version for v in await client.list_versions(adapter)] == [1]
+    assert (await client.get_adapter(adapter)).head_version == 1
+    following = await client.upload_version(adapter, 1, adapter_files(seed=2), lineage("job-next"))
+    assert following.version == 2
+    # A job id is one commit: other files under it are refused, and nothing changes.
+    with pytest.raises(errors.AlreadyExists) as reused:
+        await client.upload_version(adapter, 2, adapter_files(seed=3), lineage("job-lost-reply"))
+    assert reused.value.message == (
+        f"job 'job-lost-reply' already committed version 1 of {adapter!r} with other files; a job id commits once"
+    )
+    assert [v.version for v in await client.list_versions(adapter)] == [1, 2]
+    assert (await client.get_adapter(adapter)).head_version == 2

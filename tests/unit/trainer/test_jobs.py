@@ -325,6 +325,32 @@ async def test_a_head_that_keeps_moving_fails_the_job_after_bounded_retries(stor
     assert job_ids_in(await storage.list_versions(ADAPTER)).count(submitted.job_id) == 0
 
 
+class _LostReplyStorage(_RacingStorage):
+    """Storage that commits a job's first upload, then loses its answer (the caller sees UNAVAILABLE)."""
+
+    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
+        from services.common.errors import Unavailable
+
+        version = await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
+        if self.races > 0 and parent_version > 0:
+            self.races -= 1
+            raise Unavailable("storage went away before it answered")
+        return version
+
+
+async def test_a_commit_whose_answer_was_lost_trains_the_feedback_once(storage) -> None:
+    """Hole: the head moved, the trainer saw UNAVAILABLE, and the user was told to resubmit (training twice)."""
+    engine, teacher = FakeEngine(), FakeTeacher()
+    async with trainer_service(_LostReplyStorage(storage, races=1), engine=engine, teacher=teacher) as (stub, _, _):
+        await init_adapter(stub)
+        submitted = (await stub.SubmitJob(job(sample(1)))).job
+        final = (await events(stub, submitted.job_id))[-1]
+
+    assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2)
+    assert job_ids_in(await storage.list_versions(ADAPTER)) == ["", submitted.job_id]
+    assert len(teacher.requests) == 1  # trained once: only the upload was repeated
+
+
 def job_ids_in(versions) -> list[str]:
     return [v.lineage.job_id for v in versions]
 
