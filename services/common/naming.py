@@ -1,21 +1,24 @@
-"""Names shared between services: how an adapter version is called on a vLLM server.
+"""Names shared between services: how an adapter version is called on a vLLM server and in folders.
 
 The proxy (serving) and the teacher (``self`` mode on the vLLM backend) load versions under the same name,
-so either can use a version the other loaded.
+so either can use a version the other loaded. The name is injective: two (adapter, version) pairs never get
+the same name, so two tenants can never share a vLLM slot or a folder.
 """
 
 from __future__ import annotations
 
 from services.common.errors import InvalidArgument
 
-#: Replaces the "/" of "tenant/adapter", which vLLM model names may not carry through every route.
-LORA_NAME_SEPARATOR = "--"
+#: Replaces the "/" of "tenant/adapter" (which vLLM model names may not carry through every route) and comes
+#: before the version. Adapter names may not contain it, which makes the name injective: "--" could not be used,
+#: since "acme--prod/bot" and "acme/prod--bot" would both have become "acme--prod--bot".
+LORA_NAME_SEPARATOR = "+"
 
 
 def vllm_lora_name(adapter: str, version: int) -> str:
-    """``"tenant/adapter"`` at version N -> ``"tenant--adapter--vN"``."""
+    """``"tenant/adapter"`` at version N -> ``"tenant+adapter+vN"``."""
     tenant, slash, name = adapter.partition("/")
-    if not slash or not tenant or not name or "/" in name:
+    if not slash or not tenant or not name or "/" in name or LORA_NAME_SEPARATOR in adapter:
         raise InvalidArgument(f"adapter name must look like 'tenant/adapter', got {adapter!r}", param="adapter")
     if version < 1:
         raise InvalidArgument(f"a served adapter version is >= 1, got {version}", param="version")

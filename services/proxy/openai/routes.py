@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.auth import Authenticator, bearer_from_header
 from services.common.errors import ClaasError, NotFound
+from services.common.naming import vllm_lora_name
 from services.proxy import convert
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatResult, Delta, Started
@@ -279,7 +280,7 @@ async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for path, data in files.items():
             archive.writestr(path, data)
-    filename = f"{header.name.replace('/', '--')}--v{header.version}.zip"
+    filename = f"{vllm_lora_name(header.name, header.version)}.zip"
     return Response(
         buffer.getvalue(),
         media_type="application/zip",

@@ -57,7 +57,7 @@ async def test_rollback_moves_the_head_and_vllm_serves_it_next(
     adapter = await core.adapters.rollback("acme", "bot", 1)
 
     assert adapter.head_version == 1 and await head(storage, "acme/bot") == 1
-    assert list(vllm.loaded) == ["acme--bot--v1"]
+    assert list(vllm.loaded) == ["acme+bot+v1"]
     assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
     with pytest.raises(InvalidArgument, match="version must be >= 1"):
         await core.adapters.rollback("acme", "bot", 0)

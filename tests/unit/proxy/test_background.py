@@ -19,7 +19,7 @@ async def test_a_new_head_of_an_adapter_in_use_is_preloaded(
 ) -> None:
     core.settings = core.settings.model_copy(update={"watch_heads": True})
     await core.inference.chat("acme", ASK)
-    assert await vllm.loads.get() == "acme--bot--v1"
+    assert await vllm.loads.get() == "acme+bot+v1"
     health: list[bool] = []
 
     async def listener(up: bool) -> None:
@@ -29,9 +29,9 @@ async def test_a_new_head_of_an_adapter_in_use_is_preloaded(
     await commit(storage, "beta/secret")  # never served here: not worth a slot (events are handled in order)
     await commit(storage, "acme/bot")  # e.g. another proxy's feedback made version 2
 
-    assert await asyncio.wait_for(vllm.loads.get(), timeout=5) == "acme--bot--v2"
+    assert await asyncio.wait_for(vllm.loads.get(), timeout=5) == "acme+bot+v2"
     assert health == [True]
-    assert list(vllm.loaded) == ["acme--bot--v2"]
+    assert list(vllm.loaded) == ["acme+bot+v2"]
 
 
 async def test_vllm_coming_back_forgets_what_was_loaded_and_flips_health(core: ProxyCore, vllm: FakeVllm) -> None:
@@ -50,4 +50,4 @@ async def test_vllm_coming_back_forgets_what_was_loaded_and_flips_health(core: P
     assert health == [True, False, True]
     assert core.loras.loaded() == []
     assert (await core.inference.chat("acme", ASK)).version == 1
-    assert list(vllm.loaded) == ["acme--bot--v1"]
+    assert list(vllm.loaded) == ["acme+bot+v1"]

@@ -44,7 +44,7 @@ async def test_feedback_with_wait_returns_the_new_version_and_vllm_serves_it(cor
     job = await core.feedback.submit("acme", [completion], "Your name is Kuro.", wait=True)
 
     assert (job.state, job.new_version) == (JobState.SUCCEEDED, 2)
-    assert list(vllm.loaded) == ["acme--bot--v2"]  # v1 is unloaded once v2 is ready
+    assert list(vllm.loaded) == ["acme+bot+v2"]  # v1 is unloaded once v2 is ready
     assert (await core.inference.chat("acme", ChatRequest("bot", MESSAGES))).version == 2
 
 

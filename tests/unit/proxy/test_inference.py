@@ -32,7 +32,7 @@ async def test_chat_with_an_adapter_is_served_by_its_head_and_recorded(core: Pro
     assert result.completion_id.startswith("cmpl-")
     assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (4, 4, "stop")
     sent = vllm.chats[-1]
-    assert sent["model"] == "acme--bot--v1"
+    assert sent["model"] == "acme+bot+v1"
     assert sent["logprobs"] is True and sent["return_token_ids"] is True
     assert (sent["temperature"], sent["max_tokens"]) == (0.0, 20)
     rollout = await core.rollouts.get("acme", result.completion_id)
@@ -177,4 +177,4 @@ async def test_an_adapter_vllm_lost_is_loaded_again(core: ProxyCore, vllm: FakeV
     streamed = (await collect(core, "acme", ask()))[-1]
 
     assert (result.version, streamed.version) == (1, 1)
-    assert [c for c in vllm.lora_calls if c[0] == "load"] == [("load", "acme--bot--v1")] * 3
+    assert [c for c in vllm.lora_calls if c[0] == "load"] == [("load", "acme+bot+v1")] * 3

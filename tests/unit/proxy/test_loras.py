@@ -41,11 +41,11 @@ async def test_a_version_is_downloaded_then_loaded_under_its_own_name(
     manager: LoraManager, vllm: FakeVllm, tmp_path: Path
 ) -> None:
     async with manager.lease("acme/a", 2) as name:
-        assert name == "acme--a--v2"
+        assert name == "acme+a+v2"
         assert vllm.loaded == {name: str(tmp_path / "adapters" / name)}
         files = sorted(p.name for p in (tmp_path / "adapters" / name).iterdir())
         assert files == ["adapter_config.json", "adapter_model.safetensors"]
-    assert manager.loaded() == ["acme--a--v2"]
+    assert manager.loaded() == ["acme+a+v2"]
 
 
 async def test_least_recently_used_idle_names_go_beyond_the_limit(manager: LoraManager, vllm: FakeVllm) -> None:
@@ -54,9 +54,9 @@ async def test_least_recently_used_idle_names_go_beyond_the_limit(manager: LoraM
     await manager.preload("acme/a", 1)  # a is now more recent than b
     await manager.preload("acme/c", 1)
 
-    assert manager.loaded() == ["acme--a--v1", "acme--c--v1"]
-    assert sorted(vllm.loaded) == ["acme--a--v1", "acme--c--v1"]
-    assert vllm.lora_calls[-1] == ("unload", "acme--b--v1")
+    assert manager.loaded() == ["acme+a+v1", "acme+c+v1"]
+    assert sorted(vllm.loaded) == ["acme+a+v1", "acme+c+v1"]
+    assert vllm.lora_calls[-1] == ("unload", "acme+b+v1")
 
 
 async def test_names_in_use_are_never_evicted_even_over_the_limit(manager: LoraManager, vllm: FakeVllm) -> None:
@@ -70,8 +70,8 @@ async def test_an_old_version_is_unloaded_when_its_last_request_ends(
 ) -> None:
     async with manager.lease("acme/a", 1) as old:
         await manager.preload("acme/a", 2)  # a new head arrives while v1 still answers
-        assert sorted(vllm.loaded) == ["acme--a--v1", "acme--a--v2"]
-    assert sorted(vllm.loaded) == ["acme--a--v2"]
+        assert sorted(vllm.loaded) == ["acme+a+v1", "acme+a+v2"]
+    assert sorted(vllm.loaded) == ["acme+a+v2"]
     assert [c for c in vllm.lora_calls if c[0] == "unload"] == [("unload", old)]
     assert not (tmp_path / "adapters" / old).exists()
 
@@ -79,7 +79,7 @@ async def test_an_old_version_is_unloaded_when_its_last_request_ends(
 async def test_rollback_makes_the_older_version_current(manager: LoraManager, vllm: FakeVllm) -> None:
     await manager.preload("acme/a", 2)
     await manager.preload("acme/a", 1)
-    assert sorted(vllm.loaded) == ["acme--a--v1"]
+    assert sorted(vllm.loaded) == ["acme+a+v1"]
 
 
 async def test_concurrent_requests_load_a_version_once(
@@ -90,8 +90,8 @@ async def test_concurrent_requests_load_a_version_once(
             return name
 
     names = await asyncio.gather(*(use() for _ in range(8)))
-    assert set(names) == {"acme--a--v1"}
-    assert vllm.lora_calls == [("load", "acme--a--v1")]
+    assert set(names) == {"acme+a+v1"}
+    assert vllm.lora_calls == [("load", "acme+a+v1")]
     assert downloads == [("acme/a", 1)]
 
 
@@ -99,7 +99,7 @@ async def test_forget_unloads_every_idle_version(manager: LoraManager, vllm: Fak
     await manager.preload("acme/a", 1)
     await manager.preload("acme/b", 1)
     await manager.forget("acme/a")
-    assert list(vllm.loaded) == ["acme--b--v1"]
+    assert list(vllm.loaded) == ["acme+b+v1"]
     assert not manager.tracks("acme/a") and manager.tracks("acme/b")
 
 
@@ -108,7 +108,7 @@ async def test_invalidated_names_are_loaded_again(manager: LoraManager, vllm: Fa
     vllm.loaded.clear()
     manager.invalidate_all()
     await manager.preload("acme/a", 1)
-    assert list(vllm.loaded) == ["acme--a--v1"]
+    assert list(vllm.loaded) == ["acme+a+v1"]
 
 
 async def test_a_failed_download_leaves_nothing_behind(manager: LoraManager, vllm: FakeVllm, tmp_path: Path) -> None:
@@ -130,13 +130,27 @@ async def test_a_name_vllm_already_serves_from_our_folder_is_kept(
     manager.invalidate_all()  # e.g. this proxy restarted; vLLM kept the name
     await manager.preload("acme/a", 1)
     assert [c for c in vllm.lora_calls if c[0] == "unload"] == []
-    assert manager.loaded() == ["acme--a--v1"]
+    assert manager.loaded() == ["acme+a+v1"]
 
 
 async def test_a_name_vllm_serves_from_elsewhere_is_replaced_by_our_files(
     manager: LoraManager, vllm: FakeVllm, tmp_path: Path
 ) -> None:
-    vllm.loaded["acme--a--v1"] = "/old/run/acme--a--v1"  # another store's v1: maybe other weights
+    vllm.loaded["acme+a+v1"] = "/old/run/acme--a--v1"  # another store's v1: maybe other weights
     async with manager.lease("acme/a", 1) as name:
         assert vllm.loaded[name] == str(tmp_path / "adapters" / name)
     assert vllm.lora_calls == [("load", name), ("unload", name), ("load", name)]
+
+
+async def test_two_tenants_never_share_a_vllm_slot(
+    manager: LoraManager, storage: StorageClient, vllm: FakeVllm, downloads: list[tuple[str, int]]
+) -> None:
+    """Hole: "acme--prod/bot" and "acme/prod--bot" were both served as "acme--prod--bot--v1"."""
+    await add(storage, "acme--prod/bot", versions=1)
+    await add(storage, "acme/prod--bot", versions=1)
+
+    async with manager.lease("acme--prod/bot", 1) as first, manager.lease("acme/prod--bot", 1) as second:
+        assert first != second
+        assert sorted(vllm.loaded) == sorted([first, second])
+        assert vllm.loaded[first] != vllm.loaded[second]  # and two folders
+    assert downloads[-2:] == [("acme--prod/bot", 1), ("acme/prod--bot", 1)]  # each tenant's own weights

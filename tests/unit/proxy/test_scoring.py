@@ -36,7 +36,7 @@ async def test_score_of_the_head_is_vllms_prompt_logprobs_of_the_templates_compl
 ) -> None:
     result = await core.scoring.score("acme", score())
 
-    ids, logprobs = expected(vllm, "acme--bot--v1", "Hey")
+    ids, logprobs = expected(vllm, "acme+bot+v1", "Hey")
     assert (result.model, result.adapter, result.version) == ("acme/bot", "acme/bot", 1)
     assert result.token_ids == tuple(ids) and result.logprobs == pytest.approx(logprobs)
     assert result.tokens == ("H", "e", "y", "\x02")
@@ -46,7 +46,7 @@ async def test_score_of_the_head_is_vllms_prompt_logprobs_of_the_templates_compl
     assert first["add_generation_prompt"] is True and second["add_generation_prompt"] is False
     assert second["messages"][-1] == {"role": "assistant", "content": "Hey"}
     sent = vllm.completions[-1]
-    assert sent["model"] == "acme--bot--v1" and sent["prompt_logprobs"] == 0
+    assert sent["model"] == "acme+bot+v1" and sent["prompt_logprobs"] == 0
     assert sent["prompt"][: result.prompt_tokens] == vllm.template(first["messages"], True)
     assert await core.rollouts._store.list("rollouts/") == []  # a read: nothing recorded
 
@@ -72,8 +72,8 @@ async def test_an_older_version_is_scored_by_its_own_weights_and_the_head_stays_
     head = await core.scoring.score("acme", score(version=2))
 
     assert (old.version, head.version) == (1, 2)
-    assert [c["model"] for c in vllm.completions] == ["acme--bot--v1", "acme--bot--v2"]
-    assert core.loras.loaded() == ["acme--bot--v2"]  # v1 was loaded for its score only
+    assert [c["model"] for c in vllm.completions] == ["acme+bot+v1", "acme+bot+v2"]
+    assert core.loras.loaded() == ["acme+bot+v2"]  # v1 was loaded for its score only
     assert (await core.inference.chat("acme", ChatRequest("bot", MESSAGES))).version == 2
 
 

@@ -119,7 +119,7 @@ async def test_text_completions_plain_and_streamed_with_legacy_logprobs(proxy: P
     assert [o for c in texts if c.logprobs for o in c.logprobs.text_offset] == choice.logprobs.text_offset
     assert chunks[-1].usage.completion_tokens == 4 and len({c.id for c in chunks}) == 1
     sent = vllm.completions[-1]
-    assert (sent["prompt"], sent["model"], sent["logprobs"], sent["max_tokens"]) == ("Once upon", "acme--bot--v1", 1, 8)
+    assert (sent["prompt"], sent["model"], sent["logprobs"], sent["max_tokens"]) == ("Once upon", "acme+bot+v1", 1, 8)
 
 
 async def test_a_text_completion_is_a_rollout_that_takes_feedback(

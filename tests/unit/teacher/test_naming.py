@@ -9,7 +9,7 @@ from services.common.naming import vllm_lora_name
 
 
 def test_versioned_name_keeps_tenant_adapter_and_version():
-    assert vllm_lora_name("acme/support-bot", 12) == "acme--support-bot--v12"
+    assert vllm_lora_name("acme/support-bot", 12) == "acme+support-bot+v12"
 
 
 @pytest.mark.parametrize(
@@ -19,8 +19,17 @@ def test_versioned_name_keeps_tenant_adapter_and_version():
         ("a/b/c", 1, "tenant/adapter"),
         ("/b", 1, "tenant/adapter"),
         ("a/b", 0, ">= 1, got 0"),
+        ("a+b/c", 1, "tenant/adapter"),
     ],
 )
 def test_bad_names_and_unresolved_versions_are_refused(adapter, version, message):
     with pytest.raises(InvalidArgument, match=message):
         vllm_lora_name(adapter, version)
+
+
+def test_the_name_is_injective_so_two_tenants_never_share_a_slot():
+    """Hole: "acme--prod/bot" and "acme/prod--bot" both became "acme--prod--bot--v3"."""
+    parts = ["acme", "acme-", "-prod", "prod", "acme--prod", "prod--bot", "bot", "v3", "bot--v3", "a.b", "a_b"]
+    pairs = [(f"{t}/{n}", v) for t in parts for n in parts for v in (1, 3, 13)]
+    names = {vllm_lora_name(adapter, version) for adapter, version in pairs}
+    assert len(names) == len(pairs)

@@ -127,7 +127,7 @@ async def test_remote_mode_asks_the_remote_server_for_the_remote_model(fake_vllm
 
 async def test_self_mode_loads_each_version_once_and_unloads_its_own_beyond_the_cache(fake_vllm, tmp_path, monkeypatch):
     storage = FakeStorage()
-    fake_vllm.models.add("acme--bot--v9")  # loaded by someone else (the proxy): used, never unloaded
+    fake_vllm.models.add("acme+bot+v9")  # loaded by someone else (the proxy): used, never unloaded
     backend, _ = await started(fake_vllm, tmp_path, monkeypatch, storage=storage)
     one = [ScoringInput((1,), (100,))]
     for version in (1, 1, 2, 9, 3):
@@ -135,16 +135,16 @@ async def test_self_mode_loads_each_version_once_and_unloads_its_own_beyond_the_
 
     loads = [b["lora_name"] for _, p, b in fake_vllm.requests if p == "/v1/load_lora_adapter"]
     unloads = [b["lora_name"] for _, p, b in fake_vllm.requests if p == "/v1/unload_lora_adapter"]
-    assert loads == ["acme--bot--v1", "acme--bot--v2", "acme--bot--v3"]
-    assert unloads == ["acme--bot--v1"]
+    assert loads == ["acme+bot+v1", "acme+bot+v2", "acme+bot+v3"]
+    assert unloads == ["acme+bot+v1"]
     assert [v for _, v, _ in storage.downloads] == [1, 2, 3]
-    assert not (tmp_path / "acme--bot--v1").exists()
-    assert (tmp_path / "acme--bot--v3" / "adapter_config.json").is_file()
+    assert not (tmp_path / "acme+bot+v1").exists()
+    assert (tmp_path / "acme+bot+v3" / "adapter_config.json").is_file()
     models = [b["model"] for _, p, b in fake_vllm.requests if p == "/v1/completions"]
-    assert models == ["acme--bot--v1", "acme--bot--v1", "acme--bot--v2", "acme--bot--v9", "acme--bot--v3"]
+    assert models == ["acme+bot+v1", "acme+bot+v1", "acme+bot+v2", "acme+bot+v9", "acme+bot+v3"]
 
     await backend.close()
-    assert fake_vllm.models == {"smollm2-135m", "acme--bot--v9"}, "close unloads only what this teacher loaded"
+    assert fake_vllm.models == {"smollm2-135m", "acme+bot+v9"}, "close unloads only what this teacher loaded"
     assert not any(tmp_path.iterdir())
 
 
