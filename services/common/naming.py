@@ -1,4 +1,5 @@
-"""Names shared between services: how an adapter version is called on a vLLM server and in folders.
+"""Names and numbers shared between services: which version numbers exist, and how an adapter version is
+called on a vLLM server and in folders.
 
 The proxy (serving) and the teacher (``self`` mode on the vLLM backend) load versions under the same name,
 so either can use a version the other loaded. The name is injective: two (adapter, version) pairs never get
@@ -13,6 +14,19 @@ from services.common.errors import InvalidArgument
 #: before the version. Adapter names may not contain it, which makes the name injective: "--" could not be used,
 #: since "acme--prod/bot" and "acme/prod--bot" would both have become "acme--prod--bot".
 LORA_NAME_SEPARATOR = "+"
+#: Versions travel as int64 between the services: a larger number from HTTP is refused, not overflowed.
+MAX_VERSION = 2**63 - 1
+
+
+def check_version(version: int, *, field: str = "version", allow_zero: bool = True, zero: str = "") -> int:
+    """A version number (0 allowed where it means "the head" or "none"); raises InvalidArgument otherwise."""
+    least = 0 if allow_zero else 1
+    if version < least:
+        meaning = f" (0 = {zero})" if zero else ""
+        raise InvalidArgument(f"{field} must be >= {least}{meaning}, got {version}", param=field)
+    if version > MAX_VERSION:
+        raise InvalidArgument(f"{field} must be at most {MAX_VERSION}, got {version}", param=field)
+    return version
 
 
 def vllm_lora_name(adapter: str, version: int) -> str:

@@ -9,7 +9,8 @@ from typing import Protocol
 import structlog
 
 from services.common.domain import EXPORTED_FILES, LoraSpec
-from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import ClaasError, NotFound, PermissionDenied
+from services.common.naming import check_version
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
 from services.storage.domain import Adapter, Version
@@ -75,8 +76,7 @@ class Adapters:
 
     async def rollback(self, tenant: str, name: str, version: int) -> Adapter:
         """Point the head at an earlier (or any committed) version; the next chat is served by it."""
-        if version < 1:
-            raise InvalidArgument(f"version must be >= 1, got {version}", param="version")
+        check_version(version, allow_zero=False)
         adapter = await self.get(tenant, name)
         if adapter.head_version != version:
             adapter = await self._storage.set_head(adapter.name, adapter.head_version, version)
@@ -96,8 +96,7 @@ class Adapters:
 
     async def export(self, tenant: str, name: str, version: int = 0) -> tuple[Version, dict[str, bytes]]:
         """The version's PEFT files (0 = head), never its optimizer state."""
-        if version < 0:
-            raise InvalidArgument(f"version must be >= 0, got {version}", param="version")
+        check_version(version, zero="the head")
         adapter = await self.get(tenant, name)
         header, files = await self._storage.read_version(adapter.name, version, include_optimizer=False)
         kept = tuple(entry for entry in header.files if entry.path in EXPORTED_FILES)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from services.common.domain import Message
 from services.common.errors import InvalidArgument
+from services.common.naming import check_version
 from services.proxy.domain import ROLES, ChatRequest, CompletionRequest, Sampling, ScoreRequest
 
 MAX_STOP_SEQUENCES = 8
@@ -53,8 +54,7 @@ class ChatLimits:
         vLLM has tokenised them, against ``max_tokens_cap`` and the model's context)."""
         _check_model(request.model)
         self.check_messages(request.messages, extra_bytes=len(request.completion.encode()))
-        if request.version < 0:
-            raise InvalidArgument(f"version must be >= 0 (0 = the head), got {request.version}", param="version")
+        check_version(request.version, zero="the head")
 
     def check_messages(self, messages: tuple[Message, ...], *, extra_bytes: int = 0) -> None:
         if not messages:

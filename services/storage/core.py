@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound
+from services.common.naming import check_version
 from services.common.objectstore import ObjectStore
 from services.storage import layout, metrics
 from services.storage.domain import (
@@ -40,7 +41,7 @@ from services.storage.domain import (
     Version,
     now,
 )
-from services.storage.layout import PRIVATE_FILES, check_name, check_prefix, check_tag, check_version
+from services.storage.layout import PRIVATE_FILES, check_name, check_prefix, check_tag
 from services.storage.upload import Spool, SpoolLimits, check_header, receive
 from services.storage.watch import HeadBroadcaster
 

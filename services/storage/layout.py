@@ -73,13 +73,6 @@ def check_sha256(path: str, digest: str) -> str:
     return digest
 
 
-def check_version(version: int, *, field: str = "version", allow_zero: bool = True) -> int:
-    if version < 0 or (version == 0 and not allow_zero):
-        least = 0 if allow_zero else 1
-        raise InvalidArgument(f"{field} must be >= {least}, got {version}", param=field)
-    return version
-
-
 def adapter_prefix(name: str) -> str:
     return f"{ROOT}{name}/"
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import DataLoss, InvalidArgument, ResourceExhausted
+from services.common.naming import check_version
 from services.storage import metrics
 from services.storage.domain import Chunk, FileEntry, UploadHeader
-from services.storage.layout import CHUNK_BYTES, MAX_FILES, check_file_name, check_name, check_sha256, check_version
+from services.storage.layout import CHUNK_BYTES, MAX_FILES, check_file_name, check_name, check_sha256
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def test_eval_writes_every_file_and_plot_and_resumes_after_a_kill(stack, tmp_pat
         [sys.executable, "-m", "services.cli", "adapters", "list", "--data-dir", str(stack["data_dir"]), "--json"],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
-    heads = {a["name"]: a["head_version"] for a in json.loads(listed.stdout)["adapters"]}
+    heads = {a["name"].partition("/")[2]: a["head_version"] for a in json.loads(listed.stdout)["adapters"]}
     for arm in ("real", "control"):
         # A step the guard rejected stays on the head it started from; the record says which one is served.
         assert last[arm]["version"] == heads[meta["adapters"]["identity"][arm]]

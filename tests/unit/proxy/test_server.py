@@ -375,3 +375,32 @@ async def test_a_client_leaving_mid_stream_cancels_the_vllm_request(proxy: Proxy
     assert (await call.read()).delta == "Hello"
     call.cancel()
     await asyncio.wait_for(vllm.stream_cancelled.wait(), timeout=10)
+
+
+SCORE_BODY = {"model": "helper", "messages": [{"role": "user", "content": "hi"}], "completion": "hello"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "param"),
+    [
+        ("post", "/v1/adapters/helper/rollback", {"json": {"version": 2**63}}, "version"),
+        ("post", "/v1/adapters/helper/rollback", {"json": {"version": 0}}, "version"),
+        ("post", "/v1/adapters/helper/rollback", {"json": {"version": -1}}, "version"),
+        ("get", "/v1/adapters/helper/export", {"params": {"version": 2**63}}, "version"),
+        ("get", "/v1/adapters/helper/export", {"params": {"version": -1}}, "version"),
+        ("post", "/v1/score", {"json": {**SCORE_BODY, "version": 2**63}}, "version"),
+    ],
+)
+async def test_versions_out_of_range_are_400_not_500(
+    proxy: Proxy, storage: StorageClient, method: str, path: str, kwargs: dict, param: str
+) -> None:
+    """Hole: a version past int64 reached protobuf, whose range error came back as HTTP 500."""
+    auth = proxy.auth("acme")
+    await proxy.http.post("/v1/adapters", headers=auth, json={"name": "helper", "lora": {"rank": 4}})
+    await commit(storage, "acme/helper")
+
+    response = await getattr(proxy.http, method)(path, headers=auth, **kwargs)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert (await proxy.http.get("/v1/adapters/acme/helper", headers=auth)).json()["adapter"]["head_version"] == 2
