@@ -184,6 +184,10 @@ class JobManager:
     def _finish(self, job: _Job, state: JobState, **fields: object) -> None:
         self._emit(job, dataclasses.replace(job.view, state=state, **fields))
         metrics.JOBS.labels(outcome=state.value).inc()
+        # A finished record answers GetJob and idempotent retries only: the tenant's prompts and answers it
+        # trained on are in the version's lineage and the rollouts, not kept here for thousands of records.
+        job.request = dataclasses.replace(job.request, samples=())
+        job.run = None
 
     def _queued_changed(self) -> None:
         metrics.QUEUE_DEPTH.set(len(self._queue))
@@ -239,9 +243,11 @@ class JobManager:
         except asyncio.CancelledError:
             self._finish_run(run, JobState.FAILED, error="the trainer stopped while the job ran; resubmit it")
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("run_crashed", job_id=run.job_id)
-            self._finish_run(run, JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+            # The exception's text may hold paths, tensors or another tenant's data: it stays in the log.
+            self._finish_run(run, JobState.FAILED, error=f"INTERNAL: the trainer failed on job {run.job_id}; "
+                             "the operator's log has the cause. Resubmit the feedback")  # fmt: skip
         else:
             self._finish_run(run, JobState.SUCCEEDED, new_version=version)
         log.info("run_finished", job_id=run.job_id, state=self._jobs[run.job_id].view.state.value)

@@ -60,7 +60,12 @@ async def test_a_crashing_runner_fails_the_job_with_the_reason_and_the_worker_go
     try:
         crashed, fine = manager.submit(_request()), manager.submit(_request())
         assert (await _finished(manager, crashed.job_id))[-1] is JobState.FAILED
-        assert manager.get(crashed.job_id).error == "internal error: RuntimeError: boom"
+        error = manager.get(crashed.job_id).error
+        assert error == (
+            f"INTERNAL: the trainer failed on job {crashed.job_id}; the operator's log has the cause. "
+            "Resubmit the feedback"
+        )
+        assert "boom" not in error  # the exception's text stays in the log
         # The second job was merged into the first (same adapter and config, waiting together).
         assert manager.get(fine.job_id).state is JobState.FAILED
         again = manager.submit(_request())
@@ -100,3 +105,24 @@ async def test_stopping_the_worker_fails_the_running_job_and_says_to_resubmit() 
 
     final = manager.get(view.job_id)
     assert final.state is JobState.FAILED and "resubmit" in final.error
+
+
+async def test_finished_records_keep_no_samples() -> None:
+    """Hole: finished jobs kept the tenant's prompts and answers for up to 10,000 records."""
+    runs: list[Run] = []
+
+    async def runner(run: Run) -> int:
+        runs.append(run)
+        return 2
+
+    manager = JobManager(runner, max_queue=10)
+    manager.start()
+    try:
+        view = manager.submit(_request("k"))
+        await _finished(manager, view.job_id)
+        record = manager._jobs[view.job_id]
+        assert record.request.samples == () and record.run is None
+        assert runs[0].samples == (SAMPLE,)  # the run itself had them
+        assert manager.find("acme/bot", "k") == manager.get(view.job_id)  # still answers a retry
+    finally:
+        await manager.stop()
