@@ -144,5 +144,10 @@ async def _fail(method: str, exc: BaseException, context: grpc.aio.ServicerConte
         await context.abort(exc.grpc_code, exc.message)
     if isinstance(exc, Exception):
         log.exception("rpc", code="INTERNAL", ms=_observe(method, "INTERNAL", started))
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        # The exception's text (paths, keys, another tenant's data) stays in the log; the caller gets the
+        # request id that finds it there.
+        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error in {method} (request {request_id}); the service's log has it"
+        )
     log.info("rpc", code="CANCELLED", ms=_observe(method, "CANCELLED", started))
