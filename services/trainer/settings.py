@@ -7,10 +7,10 @@ from typing import Literal
 from pydantic import Field
 
 from services.common.model import PACKAGED_MODEL
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, FeedbackLimits
 
 
-class TrainerSettings(CommonSettings):
+class TrainerSettings(CommonSettings, FeedbackLimits):
     """The trainer: one warm base model per device, a bounded job queue, commits through storage."""
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -34,7 +34,6 @@ class TrainerSettings(CommonSettings):
     max_job_records: int = Field(
         10_000, ge=10, description="Finished job records kept in memory (oldest dropped first) for GetJob/WatchJob."
     )
-    max_samples_per_job: int = Field(32, ge=1, description="Samples one SubmitJob may carry.")
     max_batch_samples: int = Field(
         32, ge=1, description="Largest batch that merging queued jobs of one adapter may build."
     )
@@ -43,7 +42,6 @@ class TrainerSettings(CommonSettings):
     )
     max_response_tokens: int = Field(2048, ge=1, description="Longest response (tokens) a sample may carry.")
     max_sequence_tokens: int = Field(8192, ge=2, description="Longest prompt + response (tokens) a sample may carry.")
-    max_feedback_chars: int = Field(2000, ge=1, description="Longest feedback text accepted.")
     commit_retries: int = Field(
         3, ge=0, le=20, description="Re-runs of a job on the new head when another writer moved it (ABORTED)."
     )

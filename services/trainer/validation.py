@@ -80,9 +80,9 @@ def check_samples(samples: Sequence[Sample], settings: TrainerSettings, *, vocab
     """Every sample of a job, against the job limits and the model (vocabulary, context)."""
     if not samples:
         raise InvalidArgument("a job needs at least one sample", param="samples")
-    if len(samples) > settings.max_samples_per_job:
+    if len(samples) > settings.max_feedback_completions:
         raise InvalidArgument(
-            f"a job takes at most {settings.max_samples_per_job} samples, got {len(samples)}", param="samples"
+            f"a job takes at most {settings.max_feedback_completions} samples, got {len(samples)}", param="samples"
         )
     max_sequence = min(settings.max_sequence_tokens, max_context or settings.max_sequence_tokens)
     for i, sample in enumerate(samples):

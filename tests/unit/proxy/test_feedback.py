@@ -99,7 +99,7 @@ def test_job_keys_are_scoped_to_the_tenant_and_the_request() -> None:
         (["garbage"], "Shorter.", NotFound, "completion 'garbage' not found"),
         ([], "Shorter.", InvalidArgument, "at least one completion"),
         (None, "   ", InvalidArgument, "'feedback' must not be empty"),
-        (None, "x" * 4001, InvalidArgument, "at most 4000"),
+        (None, "x" * 2001, InvalidArgument, "at most 2000"),
     ],
 )
 async def test_bad_feedback_is_refused_and_nothing_is_submitted(
