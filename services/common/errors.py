@@ -56,6 +56,12 @@ class FailedPrecondition(ClaasError):
     kind = "invalid_request_error"
 
 
+class RequestTooLarge(InvalidArgument):
+    """Over a size limit: ``INVALID_ARGUMENT`` on gRPC, HTTP 413. Retrying the same request cannot help."""
+
+    http_status = 413
+
+
 class ResourceExhausted(ClaasError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429
@@ -121,9 +127,17 @@ _BY_CODE: dict[grpc.StatusCode, type[ClaasError]] = {
 }
 
 
+#: How gRPC words a message over its size limit ("Received message larger than max (N vs. M)", "Sent ...").
+_MESSAGE_SIZE = "message larger than max"
+
+
 def from_rpc_error(error: grpc.RpcError) -> ClaasError:
     """The ClaasError matching a failed outgoing call, so a dependency's status propagates unchanged."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and details and _MESSAGE_SIZE in details:
+        # gRPC's own message-size limit: the request is too large, not the service too busy (429 would invite
+        # the same request again).
+        return RequestTooLarge(f"the request is too large for the service: {details}")
     cls = _BY_CODE.get(code, ClaasError)
     return cls(details or code.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from services.common.domain import Message
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, RequestTooLarge
 from services.common.naming import check_version
 from services.proxy.domain import ROLES, ChatRequest, CompletionRequest, Sampling, ScoreRequest
 
@@ -13,12 +13,6 @@ MAX_STOP_SEQUENCES = 8
 #: OpenAI's ranges: chat's ``top_logprobs`` 0..20, text completions' legacy ``logprobs`` 0..5.
 MAX_TOP_LOGPROBS = 20
 MAX_LEGACY_LOGPROBS = 5
-
-
-class RequestTooLarge(InvalidArgument):
-    """Over a size limit: ``INVALID_ARGUMENT`` on gRPC, HTTP 413."""
-
-    http_status = 413
 
 
 @dataclass(frozen=True)

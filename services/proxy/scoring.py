@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import structlog
 from prometheus_client import Histogram
 
-from services.common.errors import ClaasError, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import ClaasError, FailedPrecondition, InvalidArgument, NotFound, RequestTooLarge
 from services.proxy.domain import ScoreRequest, ScoreResult
 from services.proxy.gate import EngineGate
 from services.proxy.inference import Inference, Target
-from services.proxy.limits import ChatLimits, RequestTooLarge
+from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.vllm import VllmClient
 from services.storage.domain import Version

@@ -19,9 +19,8 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import ClaasError, InvalidArgument, NotFound, Unauthenticated
+from services.common.errors import ClaasError, InvalidArgument, NotFound, RequestTooLarge, Unauthenticated
 from services.common.logs import REQUEST_ID_KEY
-from services.proxy.limits import RequestTooLarge
 
 log = structlog.get_logger("claas.proxy.http")
 

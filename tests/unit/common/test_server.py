@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from services.common import errors
 from services.common.client import open_channel
 from services.common.settings import CommonSettings
 from tests.unit.common.sample_server import build
@@ -176,3 +177,16 @@ def test_wrong_setting_fails_start_naming_the_variable(tmp_path):
     assert process.returncode != 0
     assert "CLAAS_GRACE_PERIOD_S" in err
     assert not (tmp_path / "port").exists()
+
+
+async def test_a_request_over_the_message_limit_is_too_large_not_a_rate_limit(server):
+    """Hole: an oversized SubmitJob came back as 429 "rate limit", inviting the same request again."""
+    _, target = server
+    async with open_channel(target, token=TOKEN, max_message_mb=64) as channel:
+        stub = teacher_pb2_grpc.TeacherServiceStub(channel)
+        huge = teacher_pb2.ScoreItem(response_ids=[2**30] * 5_000_000)  # 25 MB, over the server's 16 MiB
+        with pytest.raises(grpc.aio.AioRpcError) as big:
+            await stub.Score(teacher_pb2.ScoreRequest(top_k=1, items=[huge]))
+    error = errors.from_rpc_error(big.value)
+    assert isinstance(error, errors.RequestTooLarge) and error.http_status == 413
+    assert error.message.startswith("the request is too large for the service: ")

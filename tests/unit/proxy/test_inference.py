@@ -7,10 +7,9 @@ from dataclasses import replace
 import pytest
 
 from services.common.domain import Message
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, RequestTooLarge, Unavailable
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatRequest, ChatResult, Delta, Sampling, Started
-from services.proxy.limits import RequestTooLarge
 from services.storage.client import StorageClient
 from tests.unit.proxy.fakes import BASE, FakeVllm, add
 

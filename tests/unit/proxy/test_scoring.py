@@ -8,11 +8,10 @@ import asyncio
 import pytest
 
 from services.common.domain import Message
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, RequestTooLarge
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatRequest, CompletionRequest, ScoreRequest
 from services.proxy.gate import EngineGate
-from services.proxy.limits import RequestTooLarge
 from services.storage.client import StorageClient
 from tests.unit.proxy.fakes import BASE, FakeVllm, add, commit
 
