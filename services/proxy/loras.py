@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from services.common.errors import ClaasError
+from services.common.locks import KeyedLocks
 from services.common.naming import vllm_lora_name
 from services.proxy.vllm import VllmClient
 
@@ -59,7 +60,7 @@ class LoraManager:
         self._dir = adapter_dir
         self._max = max_loaded
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = KeyedLocks()
         self._current: dict[str, int] = {}
 
     def loaded(self) -> list[str]:
@@ -166,6 +167,3 @@ class LoraManager:
             with suppress(OSError):
                 shutil.rmtree(entry.path)
             log.info("adapter_unloaded", adapter=entry.adapter, version=entry.version, vllm_name=entry.name)
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())

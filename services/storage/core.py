@@ -28,7 +28,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound
+from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
+from services.common.locks import KeyedLocks
 from services.common.naming import check_version
 from services.common.objectstore import ObjectStore
 from services.storage import layout, metrics
@@ -64,11 +65,18 @@ class AdapterStore:
         self._limits = limits
         self._page_size = page_size
         self._max_page_size = max_page_size
-        self._locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._locks = KeyedLocks()
         self._names: set[str] = set()
+        self._recovered = False
         self.heads = HeadBroadcaster(watch_queue_size)
 
     # -- records -------------------------------------------------------------------------------------
+
+    def _serving(self) -> None:
+        """Calls wait for crash recovery: before it ends, a pending version or a half-deleted adapter is
+        still on disk and the name index is incomplete."""
+        if not self._recovered:
+            raise Unavailable("storage is recovering from its last stop; retry in a moment")
 
     async def _load(self, name: str) -> AdapterRecord:
         try:
@@ -80,9 +88,10 @@ class AdapterStore:
         await self.store.put(layout.record_key(record.name), record.to_json())
 
     async def create_adapter(self, name: str, base_model: str, lora: LoraSpec) -> AdapterRecord:
+        self._serving()
         check_name(name)
         _check_spec(base_model, lora)
-        async with self._locks[name]:
+        async with self._locks(name):
             if await self.store.exists(layout.record_key(name)):
                 raise AlreadyExists(f"adapter {name!r} already exists", param="name")
             # Leftovers of an interrupted delete must not leak into the new adapter.
@@ -94,12 +103,14 @@ class AdapterStore:
         return record
 
     async def get_adapter(self, name: str) -> AdapterRecord:
+        self._serving()
         return await self._load(check_name(name))
 
     async def list_adapters(
         self, prefix: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[list[AdapterRecord], str]:
         """A page of adapters whose names start with ``prefix``, by name, and the next page's token."""
+        self._serving()
         check_prefix(prefix)
         if page_size < 0:
             raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
@@ -116,8 +127,9 @@ class AdapterStore:
 
     async def delete_adapter(self, name: str) -> bool:
         """Remove the record first (the adapter is gone at once), then its versions. Idempotent."""
+        self._serving()
         check_name(name)
-        async with self._locks[name]:
+        async with self._locks(name):
             try:
                 record = await self._load(name)
             except NotFound:
@@ -135,6 +147,7 @@ class AdapterStore:
 
     async def put_version(self, items: AsyncIterator[UploadHeader | Chunk]) -> tuple[Version, AdapterRecord]:
         """Receive a header then chunks; commit the version if the head still equals its parent."""
+        self._serving()
         header = await anext(items, None)
         if not isinstance(header, UploadHeader):
             raise InvalidArgument("PutVersion must start with a header")
@@ -152,7 +165,7 @@ class AdapterStore:
         header = spool.header
         name = header.name
         try:
-            async with self._locks[name]:
+            async with self._locks(name):
                 record = await self._load(name)
                 if record.committed_by(header.lineage.job_id):
                     return await self._already_committed(record, header)
@@ -206,6 +219,7 @@ class AdapterStore:
         self, name: str, version: int = 0, *, include_optimizer: bool = False, header_only: bool = False
     ) -> tuple[Version, AsyncIterator[Chunk]]:
         """A version (0 = head) and its chunks; private files only with ``include_optimizer``."""
+        self._serving()
         check_name(name)
         check_version(version)
         record = await self._load(name)
@@ -227,6 +241,7 @@ class AdapterStore:
 
     async def list_versions(self, name: str) -> list[Version]:
         """Committed versions, oldest first (private files left out)."""
+        self._serving()
         check_name(name)
         record = await self._load(name)
         keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(name))]
@@ -240,10 +255,11 @@ class AdapterStore:
 
     async def set_head(self, name: str, expected: int, version: int) -> AdapterRecord:
         """Compare-and-swap of the head (rollback): ``ABORTED`` unless the head is ``expected``."""
+        self._serving()
         check_name(name)
         check_version(expected, field="expected_head")
         check_version(version, allow_zero=False)
-        async with self._locks[name]:
+        async with self._locks(name):
             record = await self._load(name)
             _check_parent(record, expected, "set_head")
             await self._manifest(record, version)
@@ -257,10 +273,11 @@ class AdapterStore:
 
     async def set_tag(self, name: str, tag: str, version: int) -> AdapterRecord:
         """Point ``tag`` at a committed version; version 0 removes it."""
+        self._serving()
         check_name(name)
         check_tag(tag)
         check_version(version)
-        async with self._locks[name]:
+        async with self._locks(name):
             record = await self._load(name)
             tags = {k: v for k, v in record.tags.items() if k != tag}
             if version:
@@ -275,6 +292,7 @@ class AdapterStore:
 
     async def watch(self, prefix: str = "", *, send_initial: bool = False) -> AsyncIterator[HeadEvent]:
         """Head changes under ``prefix``; with ``send_initial`` first every current head (previous = 0)."""
+        self._serving()
         check_prefix(prefix)
         async with self.heads.subscribe(prefix) as events:
             if send_initial:
@@ -296,7 +314,9 @@ class AdapterStore:
                 by_adapter[parsed.name].append(parsed)
         orphans = 0
         for name, keys in by_adapter.items():
-            orphans += await self._recover_adapter(name, keys)
+            async with self._locks(name):
+                orphans += await self._recover_adapter(name, keys)
+        self._recovered = True
         log.info("recovered", adapters=len(self._names), orphan_versions=orphans)
 
     async def _recover_adapter(self, name: str, keys: list[layout.KeyInfo]) -> int:

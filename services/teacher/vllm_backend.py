@@ -33,6 +33,7 @@ import httpx
 import numpy as np
 
 from services.common.errors import ClaasError, InvalidArgument, NotFound, Unavailable
+from services.common.locks import KeyedLocks
 from services.common.model import resolve_base_model, tokenizer_fingerprint
 from services.common.naming import vllm_lora_name
 from services.teacher.adapters import AdapterFiles
@@ -113,7 +114,7 @@ class VllmBackend:
         self._remote_served = settings.remote_served_name or settings.remote_model
         self._client: httpx.AsyncClient | None = None
         self._owned: OrderedDict[str, Path] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         # Shared by every Score call: the cap is on the server's load, not per request.
         self._gate = asyncio.Semaphore(settings.vllm_max_concurrency)
         self.tokenizer = None
@@ -190,7 +191,7 @@ class VllmBackend:
 
     async def _lora(self, ref: AdapterRef) -> str:
         name = vllm_lora_name(ref.name, ref.version)
-        async with self._locks.setdefault(name, asyncio.Lock()):
+        async with self._locks(name):
             if name in self._owned:
                 self._owned.move_to_end(name)
                 return name
@@ -215,7 +216,7 @@ class VllmBackend:
         keep = self._settings.adapter_cache_size if keep is None else keep
         while len(self._owned) > keep:
             name, path = self._owned.popitem(last=False)
-            async with self._locks.setdefault(name, asyncio.Lock()):
+            async with self._locks(name):
                 # Gone from the server already (restarted, or unloaded by hand) is as good as unloaded.
                 with contextlib.suppress(InvalidArgument, NotFound):
                     await self._post(self._settings.vllm_url, "/v1/unload_lora_adapter", {"lora_name": name})

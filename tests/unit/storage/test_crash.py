@@ -78,8 +78,11 @@ async def test_killed_writer_leaves_old_head_and_restart_cleans(
             await client.upload_version(NAME, 1, adapter_files(seed=2, optimizer=True), lineage("job-2"))
         assert await asyncio.to_thread(process.wait) == -signal.SIGKILL
 
-    # Before any clean-up, a reader sees only version 1.
+    # Until its clean-up ran, a restarted storage serves nothing; then it sees only version 1.
     reader = AdapterStore(store, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20))
+    with pytest.raises(errors.Unavailable, match="recovering"):
+        await reader.get_adapter(NAME)
+    await reader.recover()
     assert (await reader.get_adapter(NAME)).head == 1
     assert [v.version for v in await reader.list_versions(NAME)] == [1]
     with pytest.raises(errors.NotFound):
@@ -145,3 +148,37 @@ async def test_restart_removes_leftovers_of_an_interrupted_delete(
     async with serve(settings) as running, connect(running.target, TOKEN) as client:
         assert await store.list(adapter_prefix(NAME)) == []
         assert await client.list_adapters() == []
+
+
+class _SlowListing:
+    """An object store whose first listing (crash recovery's) waits until the test lets it go on."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self.listing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    async def list(self, prefix: str) -> list[str]:
+        self.listing.set()
+        await self.go_on.wait()
+        return await self._store.list(prefix)
+
+
+async def test_storage_serves_no_call_before_its_crash_recovery_ended(store: ObjectStore) -> None:
+    """Hole: storage served while recovery ran, which could delete an adapter created meanwhile as leftovers."""
+    slow = _SlowListing(store)
+    core = AdapterStore(slow, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20))
+    recovery = asyncio.create_task(core.recover())
+    await slow.listing.wait()
+
+    for call in (lambda: core.create_adapter(NAME, "smollm2-135m", LORA), lambda: core.list_adapters()):
+        with pytest.raises(errors.Unavailable, match="storage is recovering from its last stop; retry"):
+            await call()
+    slow.go_on.set()
+    await recovery
+
+    await core.create_adapter(NAME, "smollm2-135m", LORA)
+    assert [r.name for r in (await core.list_adapters())[0]] == [NAME]
