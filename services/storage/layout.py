@@ -62,7 +62,8 @@ def check_prefix(prefix: str) -> str:
 
 def check_file_name(path: str) -> str:
     """A file of a version: a plain name (no folders), never the manifest itself."""
-    if not _FILE.fullmatch(path) or ".." in path or path == MANIFEST_FILE:
+    # Compared without case: "Manifest.json" would be the manifest itself on a case-insensitive disk.
+    if not _FILE.fullmatch(path) or ".." in path or path.lower() == MANIFEST_FILE:
         raise InvalidArgument(f"invalid file path {path!r}: a plain file name of A-Z a-z 0-9 . _ -")
     return path
 

@@ -38,11 +38,11 @@ def check_header(header: UploadHeader, limits: SpoolLimits) -> UploadHeader:
     for entry in header.files:
         check_file_name(entry.path)
         check_sha256(entry.path, entry.sha256)
-        if entry.path in seen:
-            raise InvalidArgument(f"file {entry.path!r} declared twice")
+        if entry.path.lower() in seen:  # "A.bin" and "a.bin" are one file on a case-insensitive disk
+            raise InvalidArgument(f"file {entry.path!r} declared twice (names are compared without case)")
         if entry.size < 0:
             raise InvalidArgument(f"file {entry.path!r}: size must be >= 0, got {entry.size}")
-        seen.add(entry.path)
+        seen.add(entry.path.lower())
     total = sum(f.size for f in header.files)
     if total > limits.max_version_bytes:
         raise ResourceExhausted(f"version of {total} bytes exceeds the limit of {limits.max_version_bytes} bytes")
@@ -60,8 +60,12 @@ class _File:
     def add(self, chunk: Chunk) -> None:
         if chunk.offset != self.size:
             raise InvalidArgument(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {self.size}")
+        if not chunk.data:
+            # An empty chunk carries nothing; an unbounded stream of them would hold the call open forever.
+            raise InvalidArgument(f"empty chunk of {chunk.path!r}: every chunk carries at least one byte")
         if self.size + len(chunk.data) > self.entry.size:
-            raise DataLoss(f"file {chunk.path!r} is longer than its declared {self.entry.size} bytes")
+            # The sender's mistake, found before anything was stored: not a loss of stored data.
+            raise InvalidArgument(f"file {chunk.path!r} is longer than its declared {self.entry.size} bytes")
         self._data.write(chunk.data)
         self._hash.update(chunk.data)
         self.size += len(chunk.data)

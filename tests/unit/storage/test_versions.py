@@ -145,8 +145,25 @@ async def test_oversized_chunk_is_resource_exhausted(client: StorageClient, adap
             ],
             "at offset 5, expected 0",
         ),
+        (  # hole: unlimited empty chunks were accepted, holding the call open
+            lambda h, c: (
+                [storage_pb2.PutVersionRequest(header=h)]
+                + [storage_pb2.PutVersionRequest(chunk=common_pb2.FileChunk(path="adapter_config.json"))] * 3
+            ),
+            "empty chunk of 'adapter_config.json'",
+        ),
+        (  # hole: a sender's extra bytes were reported as DATA_LOSS
+            lambda h, c: [
+                storage_pb2.PutVersionRequest(header=h),
+                *c,
+                storage_pb2.PutVersionRequest(
+                    chunk=common_pb2.FileChunk(path="adapter_config.json", offset=len(c[0].chunk.data), data=b"+")
+                ),
+            ],
+            "'adapter_config.json' is longer than its declared",
+        ),
     ],
-    ids=["second-header", "chunk-first", "undeclared-file", "gap"],
+    ids=["second-header", "chunk-first", "undeclared-file", "gap", "empty-chunks", "longer-than-declared"],
 )
 async def test_malformed_stream_is_invalid_argument(
     client: StorageClient, adapter: str, store: ObjectStore, mangle, details: str
@@ -167,6 +184,7 @@ async def test_malformed_stream_is_invalid_argument(
         ("../escape", "invalid file path '../escape'"),
         ("sub/file.bin", "invalid file path 'sub/file.bin'"),
         ("manifest.json", "invalid file path 'manifest.json'"),
+        ("Manifest.JSON", "invalid file path 'Manifest.JSON'"),  # hole: the manifest on a case-insensitive disk
         ("", "invalid file path ''"),
     ],
 )
@@ -317,3 +335,13 @@ async def test_a_retried_commit_returns_the_version_it_already_made(client: Stor
     )
     assert [v.version for v in await client.list_versions(adapter)] == [1, 2]
     assert (await client.get_adapter(adapter)).head_version == 2
+
+
+async def test_two_files_whose_names_differ_only_in_case_are_refused(
+    client: StorageClient, adapter: str, store: ObjectStore
+) -> None:
+    """Hole: "Weights.bin" and "weights.bin" are one file on a case-insensitive disk."""
+    with pytest.raises(errors.InvalidArgument) as failure:
+        await client.upload_version(adapter, 0, {"Weights.bin": b"a", "weights.bin": b"b"}, lineage())
+    assert failure.value.message == "file 'weights.bin' declared twice (names are compared without case)"
+    await _assert_no_version(client, store)
