@@ -6,11 +6,13 @@ import contextvars
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from services.common.errors import InvalidArgument, Unauthenticated
+from services.common.naming import check_tenant
 
 AUTH_METADATA_KEY = "authorization"
 
@@ -71,6 +73,13 @@ class InternalTokenAuth:
         return INTERNAL
 
 
+class KeysFileError(ValueError):
+    """An API keys file that cannot be used; the message (with the file's path) is for the operator only."""
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 class ApiKeyAuth:
     """Tenants' API keys, stored as SHA-256 hex digests: ``{"<sha256 of key>": "<tenant>"}``."""
 
@@ -79,14 +88,25 @@ class ApiKeyAuth:
 
     @classmethod
     def from_file(cls, path: Path) -> ApiKeyAuth:
-        """Read a keys file: a JSON object mapping ``sha256:<hex>`` (or plain hex) to a tenant name."""
+        """Read a keys file: a JSON object mapping ``sha256:<hex>`` (or plain hex) to a tenant name.
+
+        Raises ``KeysFileError`` (for the operator: it names the file) if it cannot be read or holds a bad entry."""
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise InvalidArgument(f"cannot read API keys file {path}: {exc}") from exc
+            raise KeysFileError(f"cannot read API keys file {path}: {exc}") from exc
         if not isinstance(raw, dict):
-            raise InvalidArgument(f"API keys file {path} must hold a JSON object of key hash -> tenant")
-        return cls({str(k).removeprefix("sha256:"): str(v) for k, v in raw.items()})
+            raise KeysFileError(f"API keys file {path} must hold a JSON object of key hash -> tenant")
+        hashes = {}
+        for key, tenant in raw.items():
+            digest = str(key).removeprefix("sha256:")
+            if not _SHA256_HEX.fullmatch(digest):
+                raise KeysFileError(f"API keys file {path}: {str(key)[:16]!r}... is not a SHA-256 of a key")
+            try:
+                hashes[digest] = check_tenant(tenant if isinstance(tenant, str) else "")
+            except InvalidArgument as exc:
+                raise KeysFileError(f"API keys file {path}: {exc.message}") from None
+        return cls(hashes)
 
     def authenticate(self, bearer: str | None) -> Principal:
         if bearer is None:

@@ -8,7 +8,13 @@ the same name, so two tenants can never share a vLLM slot or a folder.
 
 from __future__ import annotations
 
+import re
+
 from services.common.errors import InvalidArgument
+
+#: One part of an adapter name ("tenant/adapter"), a tenant, a tag: what storage's keys and folders can hold.
+NAME_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+NAME_PART_RULE = "1-63 of a-z 0-9 . _ - starting with a letter or digit"
 
 #: Replaces the "/" of "tenant/adapter" (which vLLM model names may not carry through every route) and comes
 #: before the version. Adapter names may not contain it, which makes the name injective: "--" could not be used,
@@ -16,6 +22,13 @@ from services.common.errors import InvalidArgument
 LORA_NAME_SEPARATOR = "+"
 #: Versions travel as int64 between the services: a larger number from HTTP is refused, not overflowed.
 MAX_VERSION = 2**63 - 1
+
+
+def check_tenant(tenant: str) -> str:
+    """A tenant name; raises InvalidArgument otherwise."""
+    if not NAME_PART.fullmatch(tenant) or ".." in tenant:
+        raise InvalidArgument(f"invalid tenant name {tenant!r}: {NAME_PART_RULE}", param="tenant")
+    return tenant
 
 
 def check_version(version: int, *, field: str = "version", allow_zero: bool = True, zero: str = "") -> int:

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import tempfile
 from pathlib import Path
 
 from services.common.auth import hash_key
-from services.common.errors import InvalidArgument
+from services.common.naming import check_tenant
 
-#: The tenant part of adapter names, as storage accepts it.
-_TENANT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 KEY_PREFIX = "claas-"
 
 
 def add_api_key(keys_file: Path, tenant: str) -> str:
     """Add a new key for ``tenant`` to ``keys_file`` (created if missing, mode 0600); return the key."""
-    if not _TENANT.fullmatch(tenant):
-        raise InvalidArgument(f"invalid tenant name {tenant!r}: 1-63 of a-z 0-9 . _ - starting with a letter or digit")
+    check_tenant(tenant)
     keys_file = keys_file.expanduser()
     keys: dict[str, str] = json.loads(keys_file.read_text()) if keys_file.exists() else {}
     key = KEY_PREFIX + secrets.token_urlsafe(32)

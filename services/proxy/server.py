@@ -13,10 +13,11 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from services.common.auth import Authenticator
+from services.common.auth import Authenticator, KeysFileError
 from services.common.errors import Unavailable
 from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
+from services.common.settings import SettingsError
 from services.proxy.core import ProxyCore, ServingSource, TrainingBackend
 from services.proxy.openai.routes import build_app
 from services.proxy.servicer import SERVICE_NAMES, add_servicers
@@ -153,7 +154,11 @@ def build_server(
             store=open_object_store(settings),
         )
 
-    server = ProxyServer(settings, KeysFileAuth(settings.api_keys_file), make_core)
+    try:
+        keys = KeysFileAuth(settings.api_keys_file)
+    except KeysFileError as exc:
+        raise SettingsError(f"CLAAS_API_KEYS_FILE: {exc}") from None
+    server = ProxyServer(settings, keys, make_core)
 
     async def stop() -> None:
         await server.stop_core()

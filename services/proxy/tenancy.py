@@ -10,8 +10,12 @@ import os
 import threading
 from pathlib import Path
 
-from services.common.auth import ApiKeyAuth, Principal
+import structlog
+
+from services.common.auth import ApiKeyAuth, KeysFileError, Principal
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
+
+log = structlog.get_logger("claas.proxy.tenancy")
 
 
 def tenant_of(principal: Principal) -> str:
@@ -47,13 +51,14 @@ class KeysFileAuth:
     """API keys from a keys file, re-read when the file changes (keys added while the proxy runs count)."""
 
     def __init__(self, path: Path | None) -> None:
+        """Raises ``KeysFileError`` if the file exists but cannot be used: the proxy does not start on it."""
         self._path = path
         self._stamp: tuple[int, int] | None = None
         self._auth = ApiKeyAuth({})
         self._lock = threading.Lock()
-        self._refresh()
+        self._refresh(starting=True)
 
-    def _refresh(self) -> None:
+    def _refresh(self, *, starting: bool = False) -> None:
         if self._path is None:
             return
         try:
@@ -63,9 +68,17 @@ class KeysFileAuth:
             return
         stamp = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
-            if stamp != self._stamp:
+            if stamp == self._stamp:
+                return
+            try:
                 self._auth = ApiKeyAuth.from_file(self._path)
-                self._stamp = stamp
+            except KeysFileError as exc:
+                if starting:
+                    raise
+                # A file being edited, or a bad edit: the keys read last stay in force, the operator is told,
+                # and no caller learns where the file is or what is wrong with it.
+                log.error("api_keys_file_unusable", error=str(exc))
+            self._stamp = stamp
 
     def authenticate(self, bearer: str | None) -> Principal:
         self._refresh()

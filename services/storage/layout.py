@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from services.common.domain import OPTIMIZER_FILE
 from services.common.errors import InvalidArgument
+from services.common.naming import NAME_PART, NAME_PART_RULE
 
 #: Largest chunk of a file in one stream message, either way (well under the gRPC message limit).
 CHUNK_BYTES = 1 << 20
@@ -26,11 +27,10 @@ RECORD_FILE = "adapter.json"
 MANIFEST_FILE = "manifest.json"
 ROOT = "adapters/"
 
-_PART = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[a-z0-9._/-]{0,128}")
-_NAME_RULE = "'tenant/adapter', each part 1-63 of a-z 0-9 . _ - starting with a letter or digit"
+_NAME_RULE = f"'tenant/adapter', each part {NAME_PART_RULE}"
 
 
 def chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -42,14 +42,14 @@ def chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
 def check_name(name: str) -> str:
     """An adapter name ``tenant/adapter``; raises InvalidArgument otherwise."""
     parts = name.split("/")
-    if len(parts) != 2 or not all(_PART.fullmatch(p) and ".." not in p for p in parts):
+    if len(parts) != 2 or not all(NAME_PART.fullmatch(p) and ".." not in p for p in parts):
         raise InvalidArgument(f"invalid adapter name {name!r}: expected {_NAME_RULE}", param="name")
     return name
 
 
 def check_tag(tag: str) -> str:
-    if not _PART.fullmatch(tag):
-        raise InvalidArgument(f"invalid tag {tag!r}: 1-63 of a-z 0-9 . _ - starting with a letter or digit")
+    if not NAME_PART.fullmatch(tag):
+        raise InvalidArgument(f"invalid tag {tag!r}: {NAME_PART_RULE}")
     return tag
 
 

@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
-from services.common.auth import Principal, hash_key
+from services.common.auth import KeysFileError, Principal, hash_key
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
 from services.proxy.keys import add_api_key
 from services.proxy.tenancy import KeysFileAuth, qualify, tenant_of
@@ -73,3 +74,29 @@ def test_tenant_names_must_be_valid_adapter_prefixes(keys_file: Path, tenant: st
 def test_internal_principals_have_no_tenant() -> None:
     with pytest.raises(Unauthenticated):
         tenant_of(Principal(tenant=None, internal=True))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{not json", "cannot read API keys file"),
+        ('["a list"]', "must hold a JSON object"),
+        (json.dumps({f"sha256:{'0' * 64}": "Evil/Tenant"}), "invalid tenant name 'Evil/Tenant'"),
+        (json.dumps({"change-me": "demo"}), "is not a SHA-256 of a key"),
+    ],
+)
+def test_a_broken_keys_file_is_the_operators_problem_never_the_callers(
+    keys_file: Path, content: str, reason: str
+) -> None:
+    """Holes: a broken keys file showed its path to an unauthenticated caller; tenant names were not checked."""
+    key = add_api_key(keys_file, "acme")
+    auth = KeysFileAuth(keys_file)
+    keys_file.write_text(content)  # a bad edit while the proxy runs
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(Unauthenticated) as refused:
+        auth.authenticate("claas-someone-else")
+    assert refused.value.message == "invalid API key" and str(keys_file) not in refused.value.message
+    assert auth.authenticate(key).tenant == "acme"  # the keys read last stay in force
+    assert [e["event"] for e in logs] == ["api_keys_file_unusable"] and reason in logs[0]["error"]  # for the operator
+    with pytest.raises(KeysFileError, match=reason):  # a proxy does not start on it
+        KeysFileAuth(keys_file)
