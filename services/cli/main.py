@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import client_cmds, config_cmd, demo, model_cmd, up_cmd
+from services.cli import client_cmds, config_cmd, demo, keys_cmd, model_cmd, up_cmd
 from services.cli.eval import command as eval_cmd
 
 #: Each command module exposes ``register(subparsers)`` and sets ``func`` on its parsers.
-COMMAND_MODULES: list = [model_cmd, up_cmd, client_cmds, demo, eval_cmd, config_cmd]
+COMMAND_MODULES: list = [model_cmd, up_cmd, client_cmds, keys_cmd, demo, eval_cmd, config_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

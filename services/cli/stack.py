@@ -22,6 +22,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.files import write_atomically
 from services.common.model import PACKAGED_MODEL, resolve_base_model
 from services.common.settings import default_data_dir
 from services.common.vllm_server import VllmOptions
@@ -29,6 +30,8 @@ from services.common.vllm_server import VllmOptions
 #: Order of start; stop goes the other way round.
 ROLES = ("storage", "teacher", "trainer", "vllm", "proxy")
 STACK_FILE = "stack.json"
+#: The local stack's API keys file (the proxy's CLAAS_API_KEYS_FILE), under its data dir.
+KEYS_FILE = "api_keys.json"
 DEFAULT_TENANT = "default"
 MAX_RESTARTS = 5
 
@@ -86,12 +89,9 @@ def _load_or_create_secrets(config: StackConfig) -> Secrets:
         data = json.loads(path.read_text())
         return Secrets(data["internal_token"], data["api_key"])
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    api_key = add_api_key(config.data_dir / "api_keys.json", DEFAULT_TENANT)
+    api_key = add_api_key(config.data_dir / KEYS_FILE, DEFAULT_TENANT)
     created = Secrets(secrets.token_urlsafe(32), api_key)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"internal_token": created.internal_token, "api_key": created.api_key}))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_atomically(path, json.dumps({"internal_token": created.internal_token, "api_key": created.api_key}))
     return created
 
 
@@ -115,7 +115,7 @@ def _service_env(config: StackConfig, role: str, token: str) -> dict[str, str]:
     if role == "proxy":
         env["CLAAS_HTTP_HOST"] = config.host
         env["CLAAS_HTTP_PORT"] = str(config.http_port)
-        env["CLAAS_API_KEYS_FILE"] = str(config.data_dir / "api_keys.json")
+        env["CLAAS_API_KEYS_FILE"] = str(config.data_dir / KEYS_FILE)
         env["CLAAS_ADAPTER_DIR"] = str(config.data_dir / "vllm-adapters")
         env["CLAAS_BASE_MODEL"] = config.served_name  # the proxy names the base model as vLLM serves it
     return env
@@ -256,10 +256,7 @@ class Stack:
             "logs": str(self.config.data_dir / "logs"),
         }
         path = self.config.data_dir / STACK_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_atomically(path, json.dumps(info, indent=2))
 
 
 class StackError(RuntimeError):

@@ -268,6 +268,16 @@ class ObjectStoreSettings(BaseSettings):
     )
 
 
+def store_secrets(settings: ObjectStoreSettings) -> dict[str, str]:
+    """The S3 credentials, by field name, when the store is S3 (a local folder needs none)."""
+    if urlparse(settings.store_url).scheme != "s3":
+        return {}
+    return {
+        "s3_access_key": settings.s3_access_key.get_secret_value(),
+        "s3_secret_key": settings.s3_secret_key.get_secret_value(),
+    }
+
+
 def open_object_store(settings: ObjectStoreSettings) -> ObjectStore:
     """The backend ``settings.store_url`` names. Opens no connection yet."""
     url = urlparse(settings.store_url)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common.auth import Authenticator
+from services.common.files import write_atomically
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import configure_logging
 from services.common.settings import CommonSettings, load_settings
@@ -112,7 +113,7 @@ async def run_server(
             await ready()
         await server.set_serving(True)
         if server.settings.port_file is not None:
-            _write_atomically(server.settings.port_file, str(port))
+            write_atomically(server.settings.port_file, str(port))
         log.info("serving", port=port)
         await stop.wait()
         log.info("stopping", grace_s=server.settings.grace_period_s)
@@ -121,12 +122,6 @@ async def run_server(
         if on_stop is not None:
             await on_stop()
         log.info("stopped")
-
-
-def _write_atomically(path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 Built = tuple[ServiceServer, Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[None]] | None]

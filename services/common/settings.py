@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLAAS_"
+#: How every example secret of the manifests starts (k8s/base/secrets): refused wherever others can connect.
+EXAMPLE_SECRET_PREFIX = "change-me"
+
+
+def beyond_loopback(host: str) -> bool:
+    """Can another machine reach a server bound to ``host``?"""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it resolves to something others reach
+        return True
 
 
 def default_data_dir() -> Path:
@@ -39,6 +52,30 @@ class CommonSettings(BaseSettings):
         None, description="If set, the bound gRPC port is written there once the service is SERVING."
     )
 
+    def listening_hosts(self) -> list[str]:
+        """Every address this service binds a server to."""
+        return [self.host]
+
+    def secrets(self) -> dict[str, str]:
+        """The secrets this service uses, by field name (subclasses add theirs)."""
+        return {"internal_token": self.internal_token}
+
+    @model_validator(mode="after")
+    def _no_example_secret_beyond_loopback(self) -> Self:
+        # On loopback an empty token is the local stack's choice; once others can connect, an empty or example
+        # secret would let anyone in who read the manifests.
+        exposed = [host for host in self.listening_hosts() if beyond_loopback(host)]
+        if not exposed:
+            return self
+        for field, value in self.secrets().items():
+            if not value or value.startswith(EXAMPLE_SECRET_PREFIX):
+                what = "empty" if not value else f"the example value ({EXAMPLE_SECRET_PREFIX}...)"
+                raise ValueError(
+                    f"{ENV_PREFIX}{field.upper()} is {what} while the service listens on {exposed[0]}: "
+                    "give it a secret of your own (k8s/README.md, Secrets), or listen on 127.0.0.1 only"
+                )
+        return self
+
 
 class FeedbackLimits(BaseSettings):
     """How much one feedback may carry. The proxy refuses first (naming the user's fields) and the trainer
@@ -67,7 +104,10 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         prefix = cls.model_config.get("env_prefix", ENV_PREFIX)
         lines = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "?"
+            field = ".".join(str(p) for p in err["loc"])
+            if not field:  # a check across fields: its message names the variables itself
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
             env_name = f"{prefix}{field}".upper()
             lines.append(f"{env_name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -14,10 +14,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common.auth import Authenticator, KeysFileError
-from services.common.errors import Unavailable
+from services.common.errors import Unauthenticated, Unavailable
 from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
-from services.common.settings import SettingsError
+from services.common.settings import EXAMPLE_SECRET_PREFIX, SettingsError, beyond_loopback
 from services.proxy.core import ProxyCore, ServingSource, TrainingBackend
 from services.proxy.openai.routes import build_app
 from services.proxy.servicer import SERVICE_NAMES, add_servicers
@@ -158,6 +158,7 @@ def build_server(
         keys = KeysFileAuth(settings.api_keys_file)
     except KeysFileError as exc:
         raise SettingsError(f"CLAAS_API_KEYS_FILE: {exc}") from None
+    _refuse_the_example_key(settings, keys)
     server = ProxyServer(settings, keys, make_core)
 
     async def stop() -> None:
@@ -166,3 +167,18 @@ def build_server(
             await client.close()
 
     return server, server.start_core, stop
+
+
+def _refuse_the_example_key(settings: ProxySettings, keys: KeysFileAuth) -> None:
+    """The manifests' example keys file lets the key "change-me" in: never where others can connect."""
+    exposed = [host for host in settings.listening_hosts() if beyond_loopback(host)]
+    if not exposed:
+        return
+    try:
+        keys.authenticate(EXAMPLE_SECRET_PREFIX)
+    except Unauthenticated:
+        return
+    raise SettingsError(
+        f"CLAAS_API_KEYS_FILE lets the example key {EXAMPLE_SECRET_PREFIX!r} in while the proxy listens on "
+        f"{exposed[0]}: make your own keys file (k8s/README.md, Secrets) or listen on 127.0.0.1 only"
+    )

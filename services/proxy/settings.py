@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from services.common.model import PACKAGED_MODEL
-from services.common.objectstore import ObjectStoreSettings
+from services.common.objectstore import ObjectStoreSettings, store_secrets
 from services.common.settings import CommonSettings, FeedbackLimits, default_data_dir
 
 
@@ -62,3 +62,9 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     watch_heads: bool = Field(
         True, description="Follow storage's head changes to preload new versions of adapters in use."
     )
+
+    def listening_hosts(self) -> list[str]:
+        return [self.host, self.http_host]
+
+    def secrets(self) -> dict[str, str]:
+        return super().secrets() | store_secrets(self)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.objectstore import ObjectStoreSettings
+from services.common.objectstore import ObjectStoreSettings, store_secrets
 from services.common.settings import CommonSettings
 
 
@@ -32,3 +32,6 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
     watch_queue_size: int = Field(
         1000, ge=1, description="Head events a watcher may have pending before it is ended as too slow."
     )
+
+    def secrets(self) -> dict[str, str]:
+        return super().secrets() | store_secrets(self)

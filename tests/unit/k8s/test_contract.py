@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 
 from services.common.model import PACKAGED_MODEL
-from services.common.settings import CommonSettings, load_settings
+from services.common.settings import EXAMPLE_SECRET_PREFIX, CommonSettings, SettingsError, load_settings
 from tests.unit.k8s.dockerfile import dockerfile_env
 from tests.unit.k8s.manifests import (
     REPO,
@@ -36,12 +36,16 @@ from tests.unit.k8s.manifests import (
 ADDRESS_FIELDS = {"storage_addr": "storage", "teacher_addr": "teacher", "trainer_addr": "trainer"}
 
 
-def loaded_settings(monkeypatch: pytest.MonkeyPatch, role: str, env: dict[str, str]) -> CommonSettings:
-    """The role's settings exactly as its process would build them from this environment."""
+def loaded_settings(
+    monkeypatch: pytest.MonkeyPatch, role: str, env: dict[str, str], *, own_secrets: bool = True
+) -> CommonSettings:
+    """The role's settings exactly as its process would build them from this environment; with
+    ``own_secrets`` the example secrets are replaced, as an operator's overlay replaces them."""
     for name in [n for n in os.environ if n.startswith("CLAAS_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        own = own_secrets and value.startswith(EXAMPLE_SECRET_PREFIX)
+        monkeypatch.setenv(name, value.replace(EXAMPLE_SECRET_PREFIX, "operators-own", 1) if own else value)
     return load_settings(settings_class(role))
 
 
@@ -99,6 +103,19 @@ def test_each_role_loads_its_settings_from_the_manifests(monkeypatch: pytest.Mon
         assert settings.internal_token, f"{role} runs without the internal token"
         assert settings.grace_period_s < pod_spec(workload)["terminationGracePeriodSeconds"], role
         assert {p["containerPort"] for p in container["ports"] if p["name"] == "metrics"} == {settings.metrics_port}
+
+
+def test_no_role_starts_on_the_example_secrets(monkeypatch: pytest.MonkeyPatch, objects: list[Obj]) -> None:
+    """Hole: the example secrets worked; a cluster applied as shipped let anyone who read them in."""
+    for role, (_, container) in role_containers(objects).items():
+        env = container_env(objects, container)
+        with pytest.raises(SettingsError, match="is the example value") as refused:
+            loaded_settings(monkeypatch, role, env, own_secrets=False)
+        assert "CLAAS_INTERNAL_TOKEN" in str(refused.value) or "CLAAS_S3_" in str(refused.value), role
+        with pytest.raises(
+            SettingsError, match=r"CLAAS_INTERNAL_TOKEN is empty while the service listens on 0\.0\.0\.0"
+        ):
+            loaded_settings(monkeypatch, role, env | {"CLAAS_INTERNAL_TOKEN": ""})
 
 
 def test_addresses_lead_to_the_roles_they_name(monkeypatch: pytest.MonkeyPatch, objects: list[Obj]) -> None:

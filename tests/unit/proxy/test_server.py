@@ -8,6 +8,7 @@ import io
 import json
 import zipfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.settings import SettingsError
 from services.proxy.server import build_server
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
@@ -404,3 +406,21 @@ async def test_versions_out_of_range_are_400_not_500(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert (await proxy.http.get("/v1/adapters/acme/helper", headers=auth)).json()["adapter"]["head_version"] == 2
+
+
+def test_the_proxy_refuses_the_example_key_where_others_can_connect(tmp_path: Path) -> None:
+    """Hole: the manifests' example keys file let "change-me" in as tenant demo."""
+    example = json.loads(
+        (Path(__file__).resolve().parents[3] / "k8s" / "base" / "secrets" / "api-keys.json").read_text()
+    )
+    keys_file = tmp_path / "api-keys.json"
+    keys_file.write_text(json.dumps(example))
+    exposed = ProxySettings(
+        api_keys_file=keys_file, http_host="0.0.0.0", internal_token="a-token-of-our-own", store_url=str(tmp_path)
+    )
+
+    with pytest.raises(
+        SettingsError, match=r"lets the example key 'change-me' in while the proxy listens on 0\.0\.0\.0"
+    ):
+        build_server(exposed)
+    build_server(exposed.model_copy(update={"http_host": "127.0.0.1"}))  # on loopback: the local stack's choice
