@@ -9,7 +9,7 @@ from typing import Protocol
 import structlog
 
 from services.common.domain import EXPORTED_FILES, LoraSpec
-from services.common.errors import ClaasError, NotFound, PermissionDenied
+from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied
 from services.common.naming import check_version
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
@@ -25,7 +25,9 @@ class AdapterSource(Protocol):
 
     async def list_adapters(self, prefix: str = "") -> list[Adapter]: ...
 
-    async def list_versions(self, name: str) -> list[Version]: ...
+    async def versions_page(
+        self, name: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Version], str]: ...
 
     async def set_head(self, name: str, expected: int, version: int) -> Adapter: ...
 
@@ -70,9 +72,14 @@ class Adapters:
         except NotFound:
             raise not_found(name) from None
 
-    async def versions(self, tenant: str, name: str) -> list[Version]:
+    async def versions(
+        self, tenant: str, name: str, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Version], str]:
+        """A page of the adapter's committed versions, oldest first, and the next page's token."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
         adapter = await self.get(tenant, name)
-        return await self._storage.list_versions(adapter.name)
+        return await self._storage.versions_page(adapter.name, page_size=page_size, page_token=page_token)
 
     async def rollback(self, tenant: str, name: str, version: int) -> Adapter:
         """Point the head at an earlier (or any committed) version; the next chat is served by it."""

@@ -125,9 +125,16 @@ class AdaptersClient(ServiceClient):
         return convert.adapter_from_proto(response.adapter)
 
     async def versions(self, name: str) -> list[Version]:
-        """Committed versions with their lineage, oldest first."""
-        response = await self._call(self._stub.Versions, proxy_pb2.AdaptersServiceVersionsRequest(name=name))
-        return [convert.version_from_proto(v) for v in response.versions]
+        """Every committed version with its lineage, oldest first, following the pages."""
+        versions: list[Version] = []
+        token = ""
+        while True:
+            request = proxy_pb2.AdaptersServiceVersionsRequest(name=name, page_token=token)
+            response = await self._call(self._stub.Versions, request)
+            versions.extend(convert.version_from_proto(v) for v in response.versions)
+            token = response.next_page_token
+            if not token:
+                return versions
 
     async def rollback(self, name: str, version: int) -> Adapter:
         """Point the head at ``version``; the next chat is served by it."""

@@ -124,8 +124,12 @@ class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
     async def Versions(
         self, request: proxy_pb2.AdaptersServiceVersionsRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.AdaptersServiceVersionsResponse:
-        versions = await self._adapters().versions(_tenant(), request.name)
-        return proxy_pb2.AdaptersServiceVersionsResponse(versions=[convert.version_to_proto(v) for v in versions])
+        versions, token = await self._adapters().versions(
+            _tenant(), request.name, page_size=request.page_size, page_token=request.page_token
+        )
+        return proxy_pb2.AdaptersServiceVersionsResponse(
+            versions=[convert.version_to_proto(v) for v in versions], next_page_token=token
+        )
 
     async def Rollback(
         self, request: proxy_pb2.AdaptersServiceRollbackRequest, context: grpc.aio.ServicerContext

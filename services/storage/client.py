@@ -66,9 +66,20 @@ class StorageClient(ServiceClient):
         return (await self._unary(self._stub.DeleteAdapter, storage_pb2.DeleteAdapterRequest(name=name))).deleted
 
     async def list_versions(self, name: str) -> list[Version]:
-        """Committed versions, oldest first."""
-        response = await self._unary(self._stub.ListVersions, storage_pb2.ListVersionsRequest(name=name))
-        return [convert.version_from_proto(v) for v in response.versions]
+        """Every committed version, oldest first, following the pages."""
+        versions: list[Version] = []
+        token = ""
+        while True:
+            page, token = await self.versions_page(name, page_token=token)
+            versions.extend(page)
+            if not token:
+                return versions
+
+    async def versions_page(self, name: str, *, page_size: int = 0, page_token: str = "") -> tuple[list[Version], str]:
+        """One page of committed versions, oldest first, and the next page's token ("" after the last)."""
+        request = storage_pb2.ListVersionsRequest(name=name, page_size=page_size, page_token=page_token)
+        response = await self._unary(self._stub.ListVersions, request)
+        return [convert.version_from_proto(v) for v in response.versions], response.next_page_token
 
     async def set_head(self, name: str, expected: int, version: int) -> Adapter:
         """Move the head from ``expected`` to ``version`` (rollback); ``errors.Aborted`` if it moved."""

@@ -48,6 +48,11 @@ from services.storage.watch import HeadBroadcaster
 
 log = structlog.get_logger("claas.storage")
 
+#: Where a page of versions ends early: the bytes of its manifests (well under the 16 MiB message limit).
+PAGE_BYTES = 4 << 20
+#: Manifests read concurrently while a page of versions is built.
+_MANIFESTS_AT_ONCE = 16
+
 
 class AdapterStore:
     """Call ``recover`` once before serving: it cleans up after crashes and builds the name index."""
@@ -239,19 +244,46 @@ class AdapterStore:
                 metrics.BYTES_SENT.inc(len(piece))
                 yield Chunk(entry.path, offset, piece)
 
-    async def list_versions(self, name: str) -> list[Version]:
-        """Committed versions, oldest first (private files left out)."""
+    async def list_versions(self, name: str, page_size: int = 0, page_token: str = "") -> tuple[list[Version], str]:
+        """A page of committed versions, oldest first (private files left out), and the next page's token.
+
+        A page holds at most ``page_size`` versions and ends early once their lineage passes
+        ``PAGE_BYTES``: a version's lineage can be large (every sample's text), and a list that grew past the
+        message limit could never be read again."""
         self._serving()
         check_name(name)
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
+        size = min(page_size or self._page_size, self._max_page_size)
+        after = _decode_version_token(page_token)
         record = await self._load(name)
         keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(name))]
         numbers = sorted(
             k.version
             for k in keys
-            if k and k.version is not None and k.file == layout.MANIFEST_FILE and record.is_committed(k.version)
+            if k
+            and k.version is not None
+            and k.version > after
+            and k.file == layout.MANIFEST_FILE
+            and record.is_committed(k.version)
         )
-        infos = await asyncio.gather(*(self._manifest(record, n) for n in numbers), return_exceptions=True)
-        return [i.public(False, PRIVATE_FILES) for i in infos if isinstance(i, Version)]
+        page: list[Version] = []
+        used, last = 0, after
+        candidates = numbers[:size]
+        for start in range(0, len(candidates), _MANIFESTS_AT_ONCE):
+            batch = candidates[start : start + _MANIFESTS_AT_ONCE]
+            infos = await asyncio.gather(*(self._manifest(record, n) for n in batch), return_exceptions=True)
+            for number, info in zip(batch, infos, strict=True):
+                last = number
+                if isinstance(info, Version):  # else deleted meanwhile
+                    page.append(info.public(False, PRIVATE_FILES))
+                    used += len(info.to_json())
+                if used > PAGE_BYTES:
+                    break
+            if used > PAGE_BYTES:
+                break
+        more = bool(numbers) and last != numbers[-1]
+        return page, _encode_token(str(last)) if more else ""
 
     async def set_head(self, name: str, expected: int, version: int) -> AdapterRecord:
         """Compare-and-swap of the head (rollback): ``ABORTED`` unless the head is ``expected``."""
@@ -369,6 +401,15 @@ def _sha256(data: bytes) -> str:
 
 def _encode_token(name: str) -> str:
     return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+def _decode_version_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        return check_version(int(base64.urlsafe_b64decode(token.encode()).decode()))
+    except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
+        raise InvalidArgument(f"invalid page_token {token!r}", param="page_token") from None
 
 
 def _decode_token(token: str) -> str:

@@ -53,8 +53,10 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
             yield storage_pb2.GetVersionResponse(chunk=convert.chunk_to_proto(chunk))
 
     async def ListVersions(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.ListVersionsResponse:
-        versions = await self._core.list_versions(request.name)
-        return storage_pb2.ListVersionsResponse(versions=[convert.version_to_proto(v) for v in versions])
+        versions, token = await self._core.list_versions(request.name, request.page_size, request.page_token)
+        return storage_pb2.ListVersionsResponse(
+            versions=[convert.version_to_proto(v) for v in versions], next_page_token=token
+        )
 
     async def SetHead(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.SetHeadResponse:
         record = await self._core.set_head(request.name, request.expected_head, request.version)

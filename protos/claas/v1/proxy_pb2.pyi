@@ -181,16 +181,22 @@ class AdaptersServiceGetResponse(_message.Message):
     def __init__(self, adapter: _Optional[_Union[_storage_pb2.Adapter, _Mapping]] = ...) -> None: ...
 
 class AdaptersServiceVersionsRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "page_size", "page_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AdaptersServiceVersionsResponse(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "next_page_token")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[_storage_pb2.Version]
-    def __init__(self, versions: _Optional[_Iterable[_Union[_storage_pb2.Version, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, versions: _Optional[_Iterable[_Union[_storage_pb2.Version, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AdaptersServiceRollbackRequest(_message.Message):
     __slots__ = ("name", "version")

@@ -114,7 +114,16 @@ class Api:
         return self._call("GET", f"/adapters/{quote(name)}")["adapter"]
 
     def versions(self, name: str) -> list[dict[str, Any]]:
-        return self._call("GET", f"/adapters/{quote(name)}/versions")["versions"]
+        """Every version, following the pages."""
+        versions: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = f"?page_token={quote(token)}" if token else ""
+            page = self._call("GET", f"/adapters/{quote(name)}/versions{query}")
+            versions.extend(page["versions"])
+            token = page.get("next_page_token") or ""
+            if not token:
+                return versions
 
     def rollback(self, name: str, version: int) -> dict[str, Any]:
         return self._call("POST", f"/adapters/{quote(name)}/rollback", {"version": version})["adapter"]

@@ -344,9 +344,11 @@ class AdapterListResponse(BaseModel):
 
 
 class VersionListResponse(BaseModel):
-    """An adapter's committed versions with their lineage, oldest first."""
+    """A page of an adapter's committed versions with their lineage, oldest first; ``next_page_token`` (absent
+    on the last page) asks for the next: ``?page_token=...`` (``?page_size=N`` sets the page's size)."""
 
     versions: list[VersionObject]
+    next_page_token: str | None = None
 
 
 class RollbackRequest(BaseModel):

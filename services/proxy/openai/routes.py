@@ -260,9 +260,11 @@ async def list_adapters(core: Core, tenant: Tenant) -> p.AdapterListResponse:
 
 
 @adapters_router.get("/{name:path}/versions", response_model=p.VersionListResponse)
-async def list_versions(name: str, core: Core, tenant: Tenant) -> p.VersionListResponse:
-    versions = await core.adapters.versions(tenant, name)
-    return p.VersionListResponse(versions=[VersionObject.of(v) for v in versions])
+async def list_versions(
+    name: str, core: Core, tenant: Tenant, page_size: int = 0, page_token: str = ""
+) -> p.VersionListResponse:
+    versions, token = await core.adapters.versions(tenant, name, page_size=page_size, page_token=page_token)
+    return p.VersionListResponse(versions=[VersionObject.of(v) for v in versions], next_page_token=token or None)
 
 
 @adapters_router.post("/{name:path}/rollback", response_model=p.AdapterResponse)

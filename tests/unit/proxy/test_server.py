@@ -424,3 +424,24 @@ def test_the_proxy_refuses_the_example_key_where_others_can_connect(tmp_path: Pa
     ):
         build_server(exposed)
     build_server(exposed.model_copy(update={"http_host": "127.0.0.1"}))  # on loopback: the local stack's choice
+
+
+async def test_versions_over_http_come_in_pages(proxy: Proxy, storage: StorageClient) -> None:
+    auth = proxy.auth("acme")
+    await proxy.http.post("/v1/adapters", headers=auth, json={"name": "paged", "lora": {"rank": 4}})
+    for _ in range(2):
+        await commit(storage, "acme/paged")
+
+    seen, token, pages = [], None, 0
+    while True:
+        params = {"page_size": 2} | ({"page_token": token} if token else {})
+        page = (await proxy.http.get("/v1/adapters/paged/versions", headers=auth, params=params)).json()
+        seen += [v["version"] for v in page["versions"]]
+        pages += 1
+        token = page.get("next_page_token")
+        if not token:
+            break
+    bad = await proxy.http.get("/v1/adapters/paged/versions", headers=auth, params={"page_size": -1})
+
+    assert (seen, pages) == ([1, 2, 3], 2)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "page_size"

@@ -84,7 +84,7 @@ async def test_killed_writer_leaves_old_head_and_restart_cleans(
         await reader.get_adapter(NAME)
     await reader.recover()
     assert (await reader.get_adapter(NAME)).head == 1
-    assert [v.version for v in await reader.list_versions(NAME)] == [1]
+    assert [v.version for v in (await reader.list_versions(NAME))[0]] == [1]
     with pytest.raises(errors.NotFound):
         await reader.read_version(NAME, 2)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -345,3 +346,29 @@ async def test_two_files_whose_names_differ_only_in_case_are_refused(
         await client.upload_version(adapter, 0, {"Weights.bin": b"a", "weights.bin": b"b"}, lineage())
     assert failure.value.message == "file 'weights.bin' declared twice (names are compared without case)"
     await _assert_no_version(client, store)
+
+
+async def test_versions_come_in_pages_that_stay_under_the_message_limit(client: StorageClient, adapter: str) -> None:
+    """Hole: ListVersions was one message; with ~70 KB of lineage per version it passed the 16 MiB limit
+    after a few hundred versions and the adapter could never be listed again."""
+    from services.common.domain import Lineage
+    from services.storage.core import PAGE_BYTES
+
+    feedback = tuple(payload(700_000, seed=9).hex()[i : i + 1000] for i in range(0, 1_400_000, 1000))
+    heavy = Lineage(job_id="", feedback=feedback)  # about 1.4 MB of lineage per version
+    for parent in range(8):
+        await client.upload_version(adapter, parent, adapter_files(seed=parent), replace(heavy, job_id=f"j{parent}"))
+
+    first, token = await client.versions_page(adapter, page_size=5)
+    assert token and 1 <= len(first) < 5  # the bytes ended the page before the count did
+    assert sum(len(v.to_json()) for v in first) <= PAGE_BYTES + 2_000_000
+    rest = []
+    while token:
+        page, token = await client.versions_page(adapter, page_size=5, page_token=token)
+        rest.extend(page)
+    assert [v.version for v in first + rest] == list(range(1, 9))
+    assert [v.version for v in await client.list_versions(adapter)] == list(range(1, 9))
+    small, token = await client.versions_page(adapter, page_size=1)
+    assert [v.version for v in small] == [1] and token
+    with pytest.raises(errors.InvalidArgument, match="invalid page_token"):
+        await client.versions_page(adapter, page_token="not-a-token")
