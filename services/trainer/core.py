@@ -53,6 +53,7 @@ class TrainerCore:
         self.jobs = JobManager(
             self.pipeline.run,
             max_queue=settings.max_queue,
+            max_queue_per_tenant=settings.max_queue_per_tenant,
             max_records=settings.max_job_records,
             max_batch_samples=settings.max_batch_samples,
         )

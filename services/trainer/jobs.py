@@ -78,11 +78,13 @@ class JobManager:
         runner: Runner,
         *,
         max_queue: int,
+        max_queue_per_tenant: int = 0,
         max_records: int = 10_000,
         max_batch_samples: int = 32,
     ) -> None:
         self._runner = runner
         self._max_queue = max_queue
+        self._max_per_tenant = max_queue_per_tenant or max_queue
         self._max_records = max_records
         self._max_batch_samples = max_batch_samples
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
@@ -121,6 +123,13 @@ class JobManager:
         known = self.find(request.adapter, request.idempotency_key)
         if known is not None:
             return known
+        tenant = request.adapter.partition("/")[0]
+        if sum(1 for job in self._queue if job.request.adapter.partition("/")[0] == tenant) >= self._max_per_tenant:
+            # Before the global bound: one tenant's burst must leave room in the queue for the others.
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has {self._max_per_tenant} jobs waiting, its quota "
+                "(CLAAS_MAX_QUEUE_PER_TENANT); retry once one has run"
+            )
         if len(self._queue) >= self._max_queue:
             raise ResourceExhausted(f"the training queue is full ({self._max_queue} jobs waiting); retry later")
         view = JobView(

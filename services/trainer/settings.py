@@ -31,6 +31,13 @@ class TrainerSettings(CommonSettings, FeedbackLimits):
     default_lora_rank: int = Field(16, ge=1, le=256, description="Rank of InitAdapter when the request gives none.")
     default_lora_alpha: int = Field(32, ge=1, description="LoRA alpha of InitAdapter when the request gives none.")
     max_queue: int = Field(64, ge=1, le=100_000, description="Jobs that may wait; more is RESOURCE_EXHAUSTED.")
+    max_queue_per_tenant: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="Jobs one tenant may have waiting (a quota: more is RESOURCE_EXHAUSTED naming it), so that "
+        "one tenant cannot fill the queue for all.",
+    )
     max_job_records: int = Field(
         10_000, ge=10, description="Finished job records kept in memory (oldest dropped first) for GetJob/WatchJob."
     )

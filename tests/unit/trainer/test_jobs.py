@@ -394,3 +394,28 @@ async def test_reload_model_per_job_loads_the_engine_for_every_job(storage) -> N
         await stop()
     assert len(loads) == 3  # at start, then once per job
     assert loads[1].steps and loads[2].steps
+
+
+async def test_one_tenant_cannot_fill_the_queue_for_the_others(storage) -> None:
+    """Hole: one tenant could fill the trainer's global queue and starve every other tenant."""
+    engine, teacher = FakeEngine(hold=threading.Event()), FakeTeacher()
+    fields = {"max_queue": 4, "max_queue_per_tenant": 2}
+    async with trainer_service(storage, engine=engine, teacher=teacher, **fields) as (stub, _, _):
+        try:
+            for name in (ADAPTER, "beta/bot"):
+                await init_adapter(stub, name)
+            running = (await stub.SubmitJob(job(sample(0)))).job
+            await wait_for(stub, running.job_id, S.JOB_STATE_TRAINING)
+            for index in (1, 2):
+                await stub.SubmitJob(job(sample(index)))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SubmitJob(job(sample(3)))
+            other = (await stub.SubmitJob(job(sample(4), adapter="beta/bot"))).job
+        finally:
+            engine.hold.set()
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == (
+        "tenant 'acme' has 2 jobs waiting, its quota (CLAAS_MAX_QUEUE_PER_TENANT); retry once one has run"
+    )
+    assert other.state == S.JOB_STATE_QUEUED  # another tenant still gets in
