@@ -28,6 +28,10 @@ class ChatLimits:
         """The request's sampling with its defaults filled in, or the reason it is refused."""
         _check_model(request.model)
         self.check_messages(request.messages)
+        if not any(m.role == "user" for m in request.messages):
+            # Its answer could never take feedback (the feedback goes after the last user turn): refuse now,
+            # not when the user gives it.
+            raise InvalidArgument("a chat needs at least one user message", param="messages")
         _check_top(request.top_logprobs, MAX_TOP_LOGPROBS, "top_logprobs")
         if request.strip_thinking and request.top_logprobs is not None:
             # The logprobs cover every token, the text would not: refuse rather than hand back a mismatch.

@@ -78,6 +78,8 @@ async def test_adapter_without_a_version_is_refused(core: ProxyCore, storage: St
         (ask(sampling=Sampling(top_p=0.0)), InvalidArgument, "top_p must be in"),
         (ask(sampling=Sampling(stop=("",))), InvalidArgument, "stop takes"),
         (ask(model=" "), InvalidArgument, "'model' is required"),
+        # Hole: a system-only chat was answered, and its feedback failed later ("no user message").
+        (ask(messages=(Message("system", "Be brief."),)), InvalidArgument, "at least one user message"),
     ],
 )
 async def test_bad_requests_are_refused_before_anything_happens(
