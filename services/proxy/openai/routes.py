@@ -9,8 +9,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
-from fastapi.responses import StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.common.auth import Authenticator, bearer_from_header
 from services.common.errors import ClaasError, NotFound
@@ -30,7 +29,9 @@ ERRORS = {status: {"model": p.ErrorResponse} for status in (400, 401, 404, 413, 
 
 
 def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], bool]) -> FastAPI:
-    app = FastAPI(title="CLaaS proxy", version="1", docs_url=None, redoc_url=None, responses=ERRORS)
+    # The schema is served behind an API key like every route, and Prometheus reads the metrics port
+    # (CLAAS_METRICS_PORT), not this public one: neither tells a stranger what runs here.
+    app = FastAPI(title="CLaaS proxy", version="1", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS)
     app.state.core = core
     app.state.auth = auth
     install_error_handlers(app)
@@ -43,9 +44,9 @@ def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], boo
         ok = serving()
         return Response(b"serving\n" if ok else b"not serving\n", status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: Tenant) -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     return app
 

@@ -16,6 +16,7 @@ import openai
 import pytest
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
 
 from services.common.settings import SettingsError
 from services.proxy.server import build_server
@@ -199,7 +200,7 @@ async def test_adapters_over_http(proxy: Proxy, storage: StorageClient) -> None:
 
 
 async def test_the_json_of_adapters_versions_and_jobs_is_documented(proxy: Proxy) -> None:
-    schema = (await proxy.http.get("/openapi.json")).json()
+    schema = (await proxy.http.get("/openapi.json", headers=proxy.auth("acme"))).json()
     objects = schema["components"]["schemas"]
     assert {"AdapterObject", "VersionObject", "LineageObject", "JobObject", "StepMetricsObject"} <= set(objects)
     assert "JOB_STATE_SUCCEEDED" in objects["JobObject"]["properties"]["state"]["enum"]
@@ -222,9 +223,16 @@ async def test_adapter_and_version_json_has_every_field(proxy: Proxy, storage: S
 
 async def test_metrics_and_request_ids(proxy: Proxy) -> None:
     response = await proxy.http.get("/v1/models", headers={**proxy.auth("acme"), "x-request-id": "req-42"})
-    metrics = await proxy.http.get("/metrics")
     assert response.headers["x-request-id"] == "req-42"
-    assert 'claas_proxy_http_requests_total{code="200",method="GET"}' in metrics.text
+    assert 'claas_proxy_http_requests_total{code="200",method="GET"}' in generate_latest().decode()
+
+
+async def test_metrics_and_the_schema_are_not_public_on_the_http_port(proxy: Proxy) -> None:
+    """Hole: /metrics and /openapi.json answered anyone on the public port."""
+    metrics = await proxy.http.get("/metrics", headers=proxy.auth("acme"))
+    anonymous = await proxy.http.get("/openapi.json")
+    assert metrics.status_code == 404  # Prometheus reads CLAAS_METRICS_PORT
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error"
 
 
 # --- gRPC -------------------------------------------------------------------------------------------
