@@ -175,14 +175,27 @@ class ProxyCore:
         """Follow head changes from storage; reconnect with back-off when storage goes away."""
         backoff = 1.0
         while True:
+            named: set[str] = set()
             try:
                 async for event in self.storage.watch_heads("", send_initial=True):
                     backoff = 1.0
-                    await self._on_head(event)
+                    if event.synced:
+                        await self._forget_missing(named)
+                    else:
+                        named.add(event.name)
+                        await self._on_head(event)
             except ClaasError as exc:
                 log.warning("watch_heads_lost", error=exc.message, retry_s=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _forget_missing(self, existing: set[str]) -> None:
+        """After (re)connecting: an adapter in use that storage no longer has was deleted while this replica
+        was not watching; its weights must not be served again."""
+        for adapter in self.loras.tracked():
+            if adapter not in existing:
+                log.info("adapter_gone_while_unwatched", adapter=adapter)
+                await self.loras.forget(adapter)
 
     async def _on_head(self, event: HeadEvent) -> None:
         if event.deleted:

@@ -89,6 +89,10 @@ class LoraManager:
         async with self.lease(adapter, version):
             pass
 
+    def tracked(self) -> list[str]:
+        """The adapters whose current version this manager serves."""
+        return list(self._current)
+
     async def forget(self, adapter: str) -> None:
         """The adapter is gone: unload every version of it that no request is using."""
         self._current.pop(adapter, None)

@@ -125,9 +125,19 @@ def chunk_from_proto(chunk: common_pb2.FileChunk) -> Chunk:
 
 def event_to_proto(event: HeadEvent) -> storage_pb2.WatchHeadsResponse:
     return storage_pb2.WatchHeadsResponse(
-        name=event.name, head_version=event.head, previous_head=event.previous, deleted=event.deleted
+        name=event.name,
+        head_version=event.head,
+        previous_head=event.previous,
+        deleted=event.deleted,
+        synced=event.synced,
     )
 
 
 def event_from_proto(event: storage_pb2.WatchHeadsResponse) -> HeadEvent:
-    return HeadEvent(name=event.name, head=event.head_version, previous=event.previous_head, deleted=event.deleted)
+    return HeadEvent(
+        name=event.name,
+        head=event.head_version,
+        previous=event.previous_head,
+        deleted=event.deleted,
+        synced=event.synced,
+    )

@@ -323,7 +323,8 @@ class AdapterStore:
     # -- watching and start-up ------------------------------------------------------------------------
 
     async def watch(self, prefix: str = "", *, send_initial: bool = False) -> AsyncIterator[HeadEvent]:
-        """Head changes under ``prefix``; with ``send_initial`` first every current head (previous = 0)."""
+        """Head changes under ``prefix``; with ``send_initial`` first every current head (previous = 0), then
+        one ``synced`` event."""
         self._serving()
         check_prefix(prefix)
         async with self.heads.subscribe(prefix) as events:
@@ -334,6 +335,7 @@ class AdapterStore:
                     except NotFound:
                         continue
                     yield HeadEvent(name, record.head, 0)
+                yield HeadEvent("", 0, 0, synced=True)
             async for event in events:
                 yield event
 

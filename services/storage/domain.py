@@ -150,3 +150,5 @@ class HeadEvent:
     head: int
     previous: int
     deleted: bool = False
+    #: The end of the initial heads (``name`` empty): adapters not named among them do not exist.
+    synced: bool = False

@@ -216,13 +216,15 @@ class WatchHeadsRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., send_initial: _Optional[bool] = ...) -> None: ...
 
 class WatchHeadsResponse(_message.Message):
-    __slots__ = ("name", "head_version", "previous_head", "deleted")
+    __slots__ = ("name", "head_version", "previous_head", "deleted", "synced")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_HEAD_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_FIELD_NUMBER: _ClassVar[int]
     name: str
     head_version: int
     previous_head: int
     deleted: bool
-    def __init__(self, name: _Optional[str] = ..., head_version: _Optional[int] = ..., previous_head: _Optional[int] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    synced: bool
+    def __init__(self, name: _Optional[str] = ..., head_version: _Optional[int] = ..., previous_head: _Optional[int] = ..., deleted: _Optional[bool] = ..., synced: _Optional[bool] = ...) -> None: ...

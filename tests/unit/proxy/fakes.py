@@ -128,6 +128,8 @@ class FakeVllm:
         self.lora_calls: list[tuple[str, str]] = []
         #: Names as they are loaded, for tests that wait on background loads.
         self.loads: asyncio.Queue[str] = asyncio.Queue()
+        #: Names as they are unloaded, likewise.
+        self.unloads: asyncio.Queue[str] = asyncio.Queue()
         self.pieces = ["Hello", " world", "!"]
         self.ids = [19556, 905, 17, 2]
         #: Stop a stream with a broken connection after this many content chunks.
@@ -193,6 +195,7 @@ class FakeVllm:
             return self._load(body)
         if path == "/v1/unload_lora_adapter":
             self.lora_calls.append(("unload", body["lora_name"]))
+            self.unloads.put_nowait(body["lora_name"])
             if self.loaded.pop(body["lora_name"], None) is None:
                 return _error(404, f"The lora adapter '{body['lora_name']}' cannot be found.")
             return httpx.Response(200, text="Success")

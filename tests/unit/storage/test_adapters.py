@@ -164,6 +164,7 @@ async def test_watch_heads_sees_every_head_change(client: StorageClient) -> None
     events = client.watch_heads("acme/", send_initial=True)
     try:
         initial = await _next(events)
+        synced = await _next(events)
         await client.upload_version("other/bot", 0, adapter_files(), lineage())  # outside the prefix
         await client.upload_version("acme/bot", 1, adapter_files(seed=2), lineage())
         moved = await _next(events)
@@ -175,6 +176,7 @@ async def test_watch_heads_sees_every_head_change(client: StorageClient) -> None
         await events.aclose()
 
     assert (initial.name, initial.head) == ("acme/bot", 1)
+    assert (synced.name, synced.synced) == ("", True)  # every current head is sent: "other/bot" is not under acme/
     assert (moved.name, moved.head, moved.previous, moved.deleted) == ("acme/bot", 2, 1, False)
     assert (rolled_back.head, rolled_back.previous) == (1, 2)
     assert (deleted.name, deleted.deleted, deleted.previous) == ("acme/bot", True, 1)
@@ -185,7 +187,8 @@ async def test_shutdown_ends_watches_at_once(settings: StorageSettings) -> None:
     async with serve(slow_grace) as running, connect(running.target) as client:
         await client.create_adapter("acme/bot", "smollm2-135m", LORA)
         events = client.watch_heads("", send_initial=True)
-        await _next(events)  # the initial heads come after the watch is registered
+        await _next(events)  # the initial heads come after the watch is registered...
+        assert (await _next(events)).synced  # ...then the end of them
         started = asyncio.get_running_loop().time()
         await running.server.stop()
         with pytest.raises(errors.Unavailable) as ended:
