@@ -20,7 +20,7 @@ from services.cli.client_cmds import export_version
 from services.cli.connection import ProxySession, connection
 from services.cli.output import fail
 from services.cli.preferences import CONTROL_FEEDBACK, PREFERENCES, SYSTEM_PROMPT, Preference
-from services.cli.stack import Stack, StackError
+from services.cli.stack import Stack, StackError, stack_running
 from services.cli.up_cmd import add_stack_arguments, stack_config
 from services.common.degeneration import degenerate
 from services.common.domain import LoraSpec, Message
@@ -174,7 +174,7 @@ def _summary(run: Run) -> dict:
 def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     stack = None
-    if not args.proxy and not (args.data_dir / "stack.json").exists():
+    if not args.proxy and not stack_running(args.data_dir):
         stack = Stack(stack_config(args), on_event=lambda role, what: print(f"  {role:<8} {what}", flush=True))
         print("no running stack: starting one (`claas up` keeps one running between demos)")
         try:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.files import write_atomically
 from services.common.model import PACKAGED_MODEL, resolve_base_model
+from services.common.processes import alive, end_with_parent
 from services.common.settings import default_data_dir
 from services.common.vllm_server import VllmOptions
 
@@ -136,7 +137,12 @@ class Stack:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             self.processes[role] = subprocess.Popen(
-                argv, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env={**os.environ, **env},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=end_with_parent(),
             )
         self._on_event(role, "started")
 
@@ -295,7 +301,22 @@ def grpc_health(address: str, timeout_s: float = 2.0) -> str:
 
 
 def read_stack_file(data_dir: Path) -> dict:
+    """The running local stack's file; ``FileNotFoundError`` if there is none, or if the one there is left
+    from a launcher that was killed (its processes are gone): a stale file is removed, not trusted."""
     path = data_dir / STACK_FILE
     if not path.exists():
         raise FileNotFoundError(f"no running stack under {data_dir} (start one with `claas up`)")
-    return json.loads(path.read_text())
+    info = json.loads(path.read_text())
+    if not any(alive(pid) for pid in info.get("pids", {}).values()):
+        path.unlink(missing_ok=True)
+        raise FileNotFoundError(f"the stack under {data_dir} is no longer running (start one with `claas up`)")
+    return info
+
+
+def stack_running(data_dir: Path) -> bool:
+    """Is a local stack running under ``data_dir``?"""
+    try:
+        read_stack_file(data_dir)
+    except FileNotFoundError:
+        return False
+    return True

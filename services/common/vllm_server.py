@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from services.common.processes import end_with_parent
+
 
 @dataclass(frozen=True)
 class VllmOptions:
@@ -75,6 +77,7 @@ def start_vllm(options: VllmOptions, log_path: Path) -> subprocess.Popen:
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=end_with_parent(),
     )
 
 

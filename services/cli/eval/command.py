@@ -23,7 +23,7 @@ from services.cli.eval.report import summarize, table
 from services.cli.eval.rundir import RunDir
 from services.cli.eval.runner import RunError, Runner
 from services.cli.output import fail
-from services.cli.stack import Stack, StackError, read_stack_file
+from services.cli.stack import Stack, StackError, read_stack_file, stack_running
 from services.cli.up_cmd import add_stack_arguments, stack_config
 
 RESUME_HINT = "run the same command again: it continues after the last finished step"
@@ -68,7 +68,7 @@ def _proxy(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         yield args.proxy, key
         return
     stack = None
-    if not (args.data_dir / "stack.json").exists():
+    if not stack_running(args.data_dir):
         stack = Stack(stack_config(args), on_event=lambda role, what: print(f"  {role:<8} {what}", flush=True))
         print("no running stack: starting one (`claas up` keeps one running between runs)", flush=True)
         try:
