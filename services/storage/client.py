@@ -110,10 +110,12 @@ class StorageClient(ServiceClient):
         lineage: Lineage,
         *,
         set_head: bool = True,
+        incarnation: str = "",
     ) -> Version:
-        """Commit ``files`` as the version after ``parent_version``; ``errors.Aborted`` if the head moved."""
+        """Commit ``files`` as the version after ``parent_version``; ``errors.Aborted`` if the head moved,
+        ``errors.FailedPrecondition`` if the adapter is no longer the ``incarnation`` given."""
         entries = tuple([FileEntry(path, len(data), await _sha256(data)) for path, data in files.items()])
-        header = UploadHeader(name, parent_version, entries, lineage, set_head)
+        header = UploadHeader(name, parent_version, entries, lineage, set_head, incarnation)
 
         async def requests() -> AsyncIterator[storage_pb2.PutVersionRequest]:
             yield storage_pb2.PutVersionRequest(header=convert.header_to_proto(header))

@@ -89,6 +89,7 @@ def header_to_proto(header: UploadHeader) -> storage_pb2.PutVersionHeader:
         files=[file_to_proto(f) for f in header.files],
         lineage=lineage_to_proto(header.lineage),
         set_head=header.set_head,
+        incarnation=header.incarnation,
     )
 
 
@@ -99,6 +100,7 @@ def header_from_proto(header: storage_pb2.PutVersionHeader) -> UploadHeader:
         files=tuple(file_from_proto(f) for f in header.files),
         lineage=lineage_from_proto(header.lineage),
         set_head=header.set_head,
+        incarnation=header.incarnation,
     )
 
 

@@ -28,7 +28,15 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from services.common.errors import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.locks import KeyedLocks
 from services.common.naming import check_version
 from services.common.objectstore import ObjectStore
@@ -161,6 +169,7 @@ class AdapterStore:
         record = await self._load(header.name)
         if record.committed_by(header.lineage.job_id):
             return await self._already_committed(record, header)
+        _check_incarnation(record, header)
         _check_parent(record, header.parent_version, "put_version")
         spool = await receive(header, items, self._limits)
         # Once the bytes are verified the commit runs to its end even if the caller goes away.
@@ -174,6 +183,7 @@ class AdapterStore:
                 record = await self._load(name)
                 if record.committed_by(header.lineage.job_id):
                     return await self._already_committed(record, header)
+                _check_incarnation(record, header)
                 _check_parent(record, header.parent_version, "put_version")
                 if record.pending:  # an earlier write of this process failed half-way
                     await self.store.delete_prefix(layout.version_prefix(name, record.pending))
@@ -378,6 +388,15 @@ class AdapterStore:
 
     def close(self) -> None:
         self.heads.close()
+
+
+def _check_incarnation(record: AdapterRecord, header: UploadHeader) -> None:
+    if header.incarnation and header.incarnation != record.public().incarnation:
+        metrics.CAS_CONFLICTS.labels("put_version").inc()
+        raise FailedPrecondition(
+            f"adapter {record.name!r} was deleted and created again since this version's parent was read; "
+            "the version belongs to the adapter that is gone"
+        )
 
 
 def _check_parent(record: AdapterRecord, expected: int, operation: str) -> None:

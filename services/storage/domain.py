@@ -92,6 +92,11 @@ class Adapter:
     tags: dict[str, int]
     created_at: datetime
 
+    @property
+    def incarnation(self) -> str:
+        """Which adapter of this name: one deleted and created again is another (its creation time)."""
+        return self.created_at.isoformat()
+
 
 @dataclass(frozen=True)
 class Version:
@@ -135,6 +140,8 @@ class UploadHeader:
     files: tuple[FileEntry, ...]
     lineage: Lineage
     set_head: bool = True
+    #: ``Adapter.incarnation`` of the adapter the writer built on ("" = not checked).
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ class JobPipeline:
         if verdict is not None:
             lineage = dataclasses.replace(lineage, extra=lineage.extra | verdict.lineage_extra())
         rejected = verdict is not None and not verdict.passed
-        version = await self._upload(run, head, files, lineage, set_head=not rejected)
+        version = await self._upload(run, adapter, files, lineage, set_head=not rejected)
         if rejected:
             metrics.GUARD_REJECTIONS.inc()
             log.warning("version_rejected", job_id=run.job_id, adapter=run.adapter, version=version.version,
@@ -212,14 +212,21 @@ class JobPipeline:
         return version.version
 
     async def _upload(
-        self, run: Run, head: int, files: dict[str, bytes], lineage: Lineage, *, set_head: bool
+        self, run: Run, adapter: Adapter, files: dict[str, bytes], lineage: Lineage, *, set_head: bool
     ) -> Version:
         """Upload the version, again after a failure that left its fate unknown: storage remembers which job
         made which version, so a retry whose first try landed gets that version back, not a second one."""
         failures = 0
         while True:
             try:
-                return await self._storage.upload_version(run.adapter, head, files, lineage, set_head=set_head)
+                return await self._storage.upload_version(
+                    run.adapter,
+                    adapter.head_version,
+                    files,
+                    lineage,
+                    set_head=set_head,
+                    incarnation=adapter.incarnation,
+                )
             except (Unavailable, DeadlineExceeded) as exc:
                 failures += 1
                 if failures > self._settings.upload_retries:

@@ -36,7 +36,14 @@ class VersionStore(Protocol):
     ) -> tuple[Version, dict[str, bytes]]: ...
 
     async def upload_version(
-        self, name: str, parent_version: int, files: dict[str, bytes], lineage: Lineage, *, set_head: bool = True
+        self,
+        name: str,
+        parent_version: int,
+        files: dict[str, bytes],
+        lineage: Lineage,
+        *,
+        set_head: bool = True,
+        incarnation: str = "",
     ) -> Version: ...
 
 

@@ -26,7 +26,7 @@ from claas.v1 import common_pb2 as claas_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63laas/v1/storage.proto\x12\x08\x63laas.v1\x1a\x15\x63laas/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\x07\x41\x64\x61pter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12 \n\x04lora\x18\x03 \x01(\x0b\x32\x12.claas.v1.LoraSpec\x12\x14\n\x0chead_version\x18\x04 \x01(\x03\x12)\n\x04tags\x18\x05 \x03(\x0b\x32\x1b.claas.v1.Adapter.TagsEntry\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb8\x01\n\x07Version\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x16\n\x0eparent_version\x18\x03 \x01(\x03\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.claas.v1.FileEntry\x12\"\n\x07lineage\x18\x05 \x01(\x0b\x32\x11.claas.v1.Lineage\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x14\x43reateAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12 \n\x04lora\x18\x03 \x01(\x0b\x32\x12.claas.v1.LoraSpec\";\n\x15\x43reateAdapterResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"!\n\x11GetAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12GetAdapterResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"L\n\x13ListAdaptersRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListAdaptersResponse\x12#\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x11.claas.v1.Adapter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x44\x65leteAdapterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x92\x01\n\x10PutVersionHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eparent_version\x18\x02 \x01(\x03\x12\"\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x13.claas.v1.FileEntry\x12\"\n\x07lineage\x18\x04 \x01(\x0b\x32\x11.claas.v1.Lineage\x12\x10\n\x08set_head\x18\x05 \x01(\x08\"n\n\x11PutVersionRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.claas.v1.PutVersionHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg\"\\\n\x12PutVersionResponse\x12\"\n\x07version\x18\x01 \x01(\x0b\x32\x11.claas.v1.Version\x12\"\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x11.claas.v1.Adapter\"b\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x19\n\x11include_optimizer\x18\x03 \x01(\x08\x12\x13\n\x0bheader_only\x18\x04 \x01(\x08\"f\n\x12GetVersionResponse\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.claas.v1.VersionH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg\"J\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListVersionsResponse\x12#\n\x08versions\x18\x01 \x03(\x0b\x32\x11.claas.v1.Version\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x0eSetHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rexpected_head\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\"5\n\x0fSetHeadResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\";\n\rSetTagRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"4\n\x0eSetTagResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"9\n\x11WatchHeadsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"p\n\x12WatchHeadsResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0chead_version\x18\x02 \x01(\x03\x12\x15\n\rprevious_head\x18\x03 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\x12\x0e\n\x06synced\x18\x05 \x01(\x08\x32\xfe\x05\n\x13\x41\x64\x61pterStoreService\x12P\n\rCreateAdapter\x12\x1e.claas.v1.CreateAdapterRequest\x1a\x1f.claas.v1.CreateAdapterResponse\x12G\n\nGetAdapter\x12\x1b.claas.v1.GetAdapterRequest\x1a\x1c.claas.v1.GetAdapterResponse\x12M\n\x0cListAdapters\x12\x1d.claas.v1.ListAdaptersRequest\x1a\x1e.claas.v1.ListAdaptersResponse\x12P\n\rDeleteAdapter\x12\x1e.claas.v1.DeleteAdapterRequest\x1a\x1f.claas.v1.DeleteAdapterResponse\x12I\n\nPutVersion\x12\x1b.claas.v1.PutVersionRequest\x1a\x1c.claas.v1.PutVersionResponse(\x01\x12I\n\nGetVersion\x12\x1b.claas.v1.GetVersionRequest\x1a\x1c.claas.v1.GetVersionResponse0\x01\x12M\n\x0cListVersions\x12\x1d.claas.v1.ListVersionsRequest\x1a\x1e.claas.v1.ListVersionsResponse\x12>\n\x07SetHead\x12\x18.claas.v1.SetHeadRequest\x1a\x19.claas.v1.SetHeadResponse\x12;\n\x06SetTag\x12\x17.claas.v1.SetTagRequest\x1a\x18.claas.v1.SetTagResponse\x12I\n\nWatchHeads\x12\x1b.claas.v1.WatchHeadsRequest\x1a\x1c.claas.v1.WatchHeadsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63laas/v1/storage.proto\x12\x08\x63laas.v1\x1a\x15\x63laas/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\x07\x41\x64\x61pter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12 \n\x04lora\x18\x03 \x01(\x0b\x32\x12.claas.v1.LoraSpec\x12\x14\n\x0chead_version\x18\x04 \x01(\x03\x12)\n\x04tags\x18\x05 \x03(\x0b\x32\x1b.claas.v1.Adapter.TagsEntry\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xb8\x01\n\x07Version\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x16\n\x0eparent_version\x18\x03 \x01(\x03\x12\"\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x13.claas.v1.FileEntry\x12\"\n\x07lineage\x18\x05 \x01(\x0b\x32\x11.claas.v1.Lineage\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x14\x43reateAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12 \n\x04lora\x18\x03 \x01(\x0b\x32\x12.claas.v1.LoraSpec\";\n\x15\x43reateAdapterResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"!\n\x11GetAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12GetAdapterResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"L\n\x13ListAdaptersRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListAdaptersResponse\x12#\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x11.claas.v1.Adapter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"(\n\x15\x44\x65leteAdapterResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xa7\x01\n\x10PutVersionHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eparent_version\x18\x02 \x01(\x03\x12\"\n\x05\x66iles\x18\x03 \x03(\x0b\x32\x13.claas.v1.FileEntry\x12\"\n\x07lineage\x18\x04 \x01(\x0b\x32\x11.claas.v1.Lineage\x12\x10\n\x08set_head\x18\x05 \x01(\x08\x12\x13\n\x0bincarnation\x18\x06 \x01(\t\"n\n\x11PutVersionRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.claas.v1.PutVersionHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg\"\\\n\x12PutVersionResponse\x12\"\n\x07version\x18\x01 \x01(\x0b\x32\x11.claas.v1.Version\x12\"\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x11.claas.v1.Adapter\"b\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x19\n\x11include_optimizer\x18\x03 \x01(\x08\x12\x13\n\x0bheader_only\x18\x04 \x01(\x08\"f\n\x12GetVersionResponse\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.claas.v1.VersionH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.claas.v1.FileChunkH\x00\x42\x05\n\x03msg\"J\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x14ListVersionsResponse\x12#\n\x08versions\x18\x01 \x03(\x0b\x32\x11.claas.v1.Version\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x0eSetHeadRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rexpected_head\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\"5\n\x0fSetHeadResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\";\n\rSetTagRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"4\n\x0eSetTagResponse\x12\"\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x11.claas.v1.Adapter\"9\n\x11WatchHeadsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"p\n\x12WatchHeadsResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0chead_version\x18\x02 \x01(\x03\x12\x15\n\rprevious_head\x18\x03 \x01(\x03\x12\x0f\n\x07\x64\x65leted\x18\x04 \x01(\x08\x12\x0e\n\x06synced\x18\x05 \x01(\x08\x32\xfe\x05\n\x13\x41\x64\x61pterStoreService\x12P\n\rCreateAdapter\x12\x1e.claas.v1.CreateAdapterRequest\x1a\x1f.claas.v1.CreateAdapterResponse\x12G\n\nGetAdapter\x12\x1b.claas.v1.GetAdapterRequest\x1a\x1c.claas.v1.GetAdapterResponse\x12M\n\x0cListAdapters\x12\x1d.claas.v1.ListAdaptersRequest\x1a\x1e.claas.v1.ListAdaptersResponse\x12P\n\rDeleteAdapter\x12\x1e.claas.v1.DeleteAdapterRequest\x1a\x1f.claas.v1.DeleteAdapterResponse\x12I\n\nPutVersion\x12\x1b.claas.v1.PutVersionRequest\x1a\x1c.claas.v1.PutVersionResponse(\x01\x12I\n\nGetVersion\x12\x1b.claas.v1.GetVersionRequest\x1a\x1c.claas.v1.GetVersionResponse0\x01\x12M\n\x0cListVersions\x12\x1d.claas.v1.ListVersionsRequest\x1a\x1e.claas.v1.ListVersionsResponse\x12>\n\x07SetHead\x12\x18.claas.v1.SetHeadRequest\x1a\x19.claas.v1.SetHeadResponse\x12;\n\x06SetTag\x12\x17.claas.v1.SetTagRequest\x1a\x18.claas.v1.SetTagResponse\x12I\n\nWatchHeads\x12\x1b.claas.v1.WatchHeadsRequest\x1a\x1c.claas.v1.WatchHeadsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,31 +58,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEADAPTERRESPONSE']._serialized_start=965
   _globals['_DELETEADAPTERRESPONSE']._serialized_end=1005
   _globals['_PUTVERSIONHEADER']._serialized_start=1008
-  _globals['_PUTVERSIONHEADER']._serialized_end=1154
-  _globals['_PUTVERSIONREQUEST']._serialized_start=1156
-  _globals['_PUTVERSIONREQUEST']._serialized_end=1266
-  _globals['_PUTVERSIONRESPONSE']._serialized_start=1268
-  _globals['_PUTVERSIONRESPONSE']._serialized_end=1360
-  _globals['_GETVERSIONREQUEST']._serialized_start=1362
-  _globals['_GETVERSIONREQUEST']._serialized_end=1460
-  _globals['_GETVERSIONRESPONSE']._serialized_start=1462
-  _globals['_GETVERSIONRESPONSE']._serialized_end=1564
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1566
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1640
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1642
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1726
-  _globals['_SETHEADREQUEST']._serialized_start=1728
-  _globals['_SETHEADREQUEST']._serialized_end=1798
-  _globals['_SETHEADRESPONSE']._serialized_start=1800
-  _globals['_SETHEADRESPONSE']._serialized_end=1853
-  _globals['_SETTAGREQUEST']._serialized_start=1855
-  _globals['_SETTAGREQUEST']._serialized_end=1914
-  _globals['_SETTAGRESPONSE']._serialized_start=1916
-  _globals['_SETTAGRESPONSE']._serialized_end=1968
-  _globals['_WATCHHEADSREQUEST']._serialized_start=1970
-  _globals['_WATCHHEADSREQUEST']._serialized_end=2027
-  _globals['_WATCHHEADSRESPONSE']._serialized_start=2029
-  _globals['_WATCHHEADSRESPONSE']._serialized_end=2141
-  _globals['_ADAPTERSTORESERVICE']._serialized_start=2144
-  _globals['_ADAPTERSTORESERVICE']._serialized_end=2910
+  _globals['_PUTVERSIONHEADER']._serialized_end=1175
+  _globals['_PUTVERSIONREQUEST']._serialized_start=1177
+  _globals['_PUTVERSIONREQUEST']._serialized_end=1287
+  _globals['_PUTVERSIONRESPONSE']._serialized_start=1289
+  _globals['_PUTVERSIONRESPONSE']._serialized_end=1381
+  _globals['_GETVERSIONREQUEST']._serialized_start=1383
+  _globals['_GETVERSIONREQUEST']._serialized_end=1481
+  _globals['_GETVERSIONRESPONSE']._serialized_start=1483
+  _globals['_GETVERSIONRESPONSE']._serialized_end=1585
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1587
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1661
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1663
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1747
+  _globals['_SETHEADREQUEST']._serialized_start=1749
+  _globals['_SETHEADREQUEST']._serialized_end=1819
+  _globals['_SETHEADRESPONSE']._serialized_start=1821
+  _globals['_SETHEADRESPONSE']._serialized_end=1874
+  _globals['_SETTAGREQUEST']._serialized_start=1876
+  _globals['_SETTAGREQUEST']._serialized_end=1935
+  _globals['_SETTAGRESPONSE']._serialized_start=1937
+  _globals['_SETTAGRESPONSE']._serialized_end=1989
+  _globals['_WATCHHEADSREQUEST']._serialized_start=1991
+  _globals['_WATCHHEADSREQUEST']._serialized_end=2048
+  _globals['_WATCHHEADSRESPONSE']._serialized_start=2050
+  _globals['_WATCHHEADSRESPONSE']._serialized_end=2162
+  _globals['_ADAPTERSTORESERVICE']._serialized_start=2165
+  _globals['_ADAPTERSTORESERVICE']._serialized_end=2931
 # @@protoc_insertion_point(module_scope)

@@ -108,18 +108,20 @@ class DeleteAdapterResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class PutVersionHeader(_message.Message):
-    __slots__ = ("name", "parent_version", "files", "lineage", "set_head")
+    __slots__ = ("name", "parent_version", "files", "lineage", "set_head", "incarnation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     SET_HEAD_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     parent_version: int
     files: _containers.RepeatedCompositeFieldContainer[_common_pb2.FileEntry]
     lineage: _common_pb2.Lineage
     set_head: bool
-    def __init__(self, name: _Optional[str] = ..., parent_version: _Optional[int] = ..., files: _Optional[_Iterable[_Union[_common_pb2.FileEntry, _Mapping]]] = ..., lineage: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., set_head: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, name: _Optional[str] = ..., parent_version: _Optional[int] = ..., files: _Optional[_Iterable[_Union[_common_pb2.FileEntry, _Mapping]]] = ..., lineage: _Optional[_Union[_common_pb2.Lineage, _Mapping]] = ..., set_head: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class PutVersionRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -132,10 +132,10 @@ class _FailingCommits:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
+    async def upload_version(self, name, parent_version, files, lineage, **options):
         if parent_version > 0:
             raise Unavailable("storage went away")
-        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
+        return await self._client.upload_version(name, parent_version, files, lineage, **options)
 
 
 async def test_a_failure_after_the_steps_leaves_the_head_at_1(
@@ -186,11 +186,11 @@ class _CommitTogether:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
+    async def upload_version(self, name, parent_version, files, lineage, **options):
         if parent_version > 0 and not self._waited:
             self._waited = True
             await self._barrier.wait()
-        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
+        return await self._client.upload_version(name, parent_version, files, lineage, **options)
 
 
 async def test_two_trainers_committing_to_one_adapter_at_once_lose_no_update(

@@ -372,3 +372,21 @@ async def test_versions_come_in_pages_that_stay_under_the_message_limit(client: 
     assert [v.version for v in small] == [1] and token
     with pytest.raises(errors.InvalidArgument, match="invalid page_token"):
         await client.versions_page(adapter, page_token="not-a-token")
+
+
+async def test_a_version_of_a_deleted_adapter_never_lands_on_its_successor(client: StorageClient, adapter: str) -> None:
+    """Hole: the head CAS compared numbers only, so a job started on the old v1 could commit as v2 of a new
+    adapter of the same name."""
+    old = await client.get_adapter(adapter)
+    await client.upload_version(adapter, 0, adapter_files(seed=1), lineage(), incarnation=old.incarnation)
+    await client.delete_adapter(adapter)
+    await client.create_adapter(adapter, "smollm2-135m", LORA)
+    await client.upload_version(adapter, 0, adapter_files(seed=2), lineage())  # the new adapter's v1
+
+    with pytest.raises(errors.FailedPrecondition, match="was deleted and created again"):
+        await client.upload_version(adapter, 1, adapter_files(seed=3), lineage(), incarnation=old.incarnation)
+    assert [v.version for v in await client.list_versions(adapter)] == [1]
+    new = await client.get_adapter(adapter)
+    assert new.incarnation != old.incarnation
+    committed = await client.upload_version(adapter, 1, adapter_files(seed=3), lineage(), incarnation=new.incarnation)
+    assert committed.version == 2

@@ -284,12 +284,12 @@ class _RacingStorage:
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
-    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
+    async def upload_version(self, name, parent_version, files, lineage, **options):
         if self.races > 0 and parent_version > 0:
             self.races -= 1
             other = Lineage(job_id=f"other-writer-{self.races}")
             await self._client.upload_version(name, parent_version, {"adapter_model.safetensors": b"x"}, other)
-        return await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
+        return await self._client.upload_version(name, parent_version, files, lineage, **options)
 
 
 async def test_a_lost_race_re_runs_the_job_on_the_new_head_and_keeps_both_updates(storage) -> None:
@@ -328,10 +328,10 @@ async def test_a_head_that_keeps_moving_fails_the_job_after_bounded_retries(stor
 class _LostReplyStorage(_RacingStorage):
     """Storage that commits a job's first upload, then loses its answer (the caller sees UNAVAILABLE)."""
 
-    async def upload_version(self, name, parent_version, files, lineage, *, set_head=True):
+    async def upload_version(self, name, parent_version, files, lineage, **options):
         from services.common.errors import Unavailable
 
-        version = await self._client.upload_version(name, parent_version, files, lineage, set_head=set_head)
+        version = await self._client.upload_version(name, parent_version, files, lineage, **options)
         if self.races > 0 and parent_version > 0:
             self.races -= 1
             raise Unavailable("storage went away before it answered")
