@@ -9,7 +9,7 @@ from typing import Protocol
 import structlog
 
 from services.common.domain import EXPORTED_FILES, LoraSpec
-from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.common.naming import check_version
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
@@ -47,10 +47,13 @@ class AdapterFactory(Protocol):
 class Adapters:
     """The caller's adapters: every name is qualified with the caller's tenant before storage sees it."""
 
-    def __init__(self, *, storage: AdapterSource, trainer: AdapterFactory, loras: LoraManager) -> None:
+    def __init__(
+        self, *, storage: AdapterSource, trainer: AdapterFactory, loras: LoraManager, max_per_tenant: int = 0
+    ) -> None:
         self._storage = storage
         self._trainer = trainer
         self._loras = loras
+        self._max_per_tenant = max_per_tenant
 
     async def create(self, tenant: str, name: str, lora: LoraSpec | None = None) -> Adapter:
         """A new adapter at version 1, which answers exactly like the base model."""
@@ -58,6 +61,13 @@ class Adapters:
         if slash and owner != tenant:
             raise PermissionDenied("adapters can only be created in your own tenant", param="name")
         full = qualify(tenant, name)
+        # Counted before the create: two creates racing on two replicas may pass the bound by one each; the
+        # quota bounds what a tenant can hold, it is not a lock.
+        if self._max_per_tenant and len(await self.list(tenant)) >= self._max_per_tenant:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has {self._max_per_tenant} adapters, its quota (CLAAS_MAX_ADAPTERS_PER_TENANT); "
+                "delete one first"
+            )
         adapter = await self._trainer.init_adapter(full, lora or LoraSpec())
         log.info("adapter_created", adapter=full, version=adapter.head_version)
         return adapter

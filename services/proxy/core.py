@@ -110,7 +110,9 @@ class ProxyCore:
             max_completions=settings.max_feedback_completions,
             wait_timeout_s=settings.feedback_wait_timeout_s,
         )
-        self.adapters = Adapters(storage=storage, trainer=trainer, loras=self.loras)
+        self.adapters = Adapters(
+            storage=storage, trainer=trainer, loras=self.loras, max_per_tenant=settings.max_adapters_per_tenant
+        )
         self.vllm_up = False
         self._on_health: HealthListener = _ignore
         self._tasks: list[asyncio.Task] = []

