@@ -1,14 +1,13 @@
 """Run untrusted answer code in a separate Python process with CPU-time, memory and file-size limits.
 
 The harness never ``exec``s model output itself: a child interpreter does, in an empty temporary folder,
-in its own session (so a timeout kills everything it started) and with rlimits set before it starts.
+in its own session (so a timeout kills everything it started) and with rlimits set before it reads the code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -17,9 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Runs in the child: load the solution, call the function on each case, print one JSON line.
+#: Runs in the child: set the limits, load the solution, call the function on each case, print one JSON line.
+#: The limits are set here, after exec and before the solution is read, not in a ``preexec_fn``: Python code
+#: between fork and exec is unsafe in a parent that runs threads (the test suite's does, and so can a caller
+#: of the harness), and in one full test run such a child died of SIGSEGV instead of timing out.
 _CHECKER = """
-import json, runpy, sys
+import json, resource, runpy, sys
+cpu_s, memory = int(sys.argv[4]), int(sys.argv[5])
+resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+# No new processes (a fork bomb); ignored for root, where the session kill on timeout still reaps them.
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
 cases = json.loads(sys.argv[2])
 try:
     namespace = runpy.run_path(sys.argv[1])
@@ -44,16 +53,6 @@ class SandboxResult:
     failure: str = ""
 
 
-def _limits(cpu_s: int, memory_mb: int) -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-    memory = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # No new processes (a fork bomb); ignored for root, where the session kill on timeout still reaps them.
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-
-
 def run_function(
     code: str, function: str, cases: list[tuple[list[Any], Any]], *, timeout_s: float = 5.0, memory_mb: int = 256
 ) -> SandboxResult:
@@ -62,7 +61,8 @@ def run_function(
     with tempfile.TemporaryDirectory(prefix="claas-sandbox-") as folder:
         solution = Path(folder) / "solution.py"
         solution.write_text(code)
-        argv = [sys.executable, "-I", "-S", "-c", _CHECKER, str(solution), json.dumps(cases), function]
+        limits = [str(max(1, int(timeout_s))), str(memory_mb * 1024 * 1024)]
+        argv = [sys.executable, "-I", "-S", "-c", _CHECKER, str(solution), json.dumps(cases), function, *limits]
         process = subprocess.Popen(
             argv,
             cwd=folder,
@@ -71,7 +71,6 @@ def run_function(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=lambda: _limits(max(1, int(timeout_s)), memory_mb),  # the harness runs no threads here
         )
         try:
             out, _ = process.communicate(timeout=timeout_s + 1.0)
