@@ -85,6 +85,12 @@ class AdapterStore:
 
     # -- records -------------------------------------------------------------------------------------
 
+    def _page(self, page_size: int) -> int:
+        """The size of a page the caller asked for (0: the default), within the bound."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
+        return min(page_size or self._page_size, self._max_page_size)
+
     def _serving(self) -> None:
         """Calls wait for crash recovery: before it ends, a pending version or a half-deleted adapter is
         still on disk and the name index is incomplete."""
@@ -125,9 +131,7 @@ class AdapterStore:
         """A page of adapters whose names start with ``prefix``, by name, and the next page's token."""
         self._serving()
         check_prefix(prefix)
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
-        size = min(page_size or self._page_size, self._max_page_size)
+        size = self._page(page_size)
         after = _decode_token(page_token)
         names = sorted(n for n in self._names if n.startswith(prefix) and n > after)
         records = []
@@ -262,9 +266,7 @@ class AdapterStore:
         message limit could never be read again."""
         self._serving()
         check_name(name)
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
-        size = min(page_size or self._page_size, self._max_page_size)
+        size = self._page(page_size)
         after = _decode_version_token(page_token)
         record = await self._load(name)
         keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(name))]
@@ -280,18 +282,18 @@ class AdapterStore:
         page: list[Version] = []
         used, last = 0, after
         candidates = numbers[:size]
-        for start in range(0, len(candidates), _MANIFESTS_AT_ONCE):
+        start = 0
+        while start < len(candidates) and used <= PAGE_BYTES:
             batch = candidates[start : start + _MANIFESTS_AT_ONCE]
+            start += len(batch)
             infos = await asyncio.gather(*(self._manifest(record, n) for n in batch), return_exceptions=True)
             for number, info in zip(batch, infos, strict=True):
+                if used > PAGE_BYTES:
+                    break
                 last = number
                 if isinstance(info, Version):  # else deleted meanwhile
                     page.append(info.public(False, PRIVATE_FILES))
                     used += len(info.to_json())
-                if used > PAGE_BYTES:
-                    break
-            if used > PAGE_BYTES:
-                break
         more = bool(numbers) and last != numbers[-1]
         return page, _encode_token(str(last)) if more else ""
 
