@@ -16,17 +16,15 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from roles import TOKEN, free_port, role
 
 from services.common.domain import Lineage, LoraSpec, Message
 from services.common.model import PACKAGED_MODEL, resolve_base_model
@@ -36,38 +34,11 @@ from services.proxy.domain import ChatRequest, Sampling
 from services.proxy.keys import add_api_key
 from services.storage.client import StorageClient
 
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench"
 ADAPTER = "bench/bot"
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours of the rainbow."},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def role(name: str, env: dict[str, str], workdir: Path) -> Iterator[str]:
-    """``python -m services.<name>`` until the block ends; yields its gRPC address once it serves."""
-    port_file = workdir / f"{name}.port"
-    env = dict(os.environ, CLAAS_PORT="0", CLAAS_PORT_FILE=str(port_file), CLAAS_INTERNAL_TOKEN=TOKEN, **env)
-    env.setdefault("CLAAS_LOG_LEVEL", "warning")
-    process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def zero_lora(model_dir: str, folder: Path) -> dict[str, bytes]:
@@ -171,23 +142,23 @@ async def main(args: argparse.Namespace) -> None:
         workdir = Path(tmp)
         key = add_api_key(workdir / "keys.json", "bench")
         http_port = free_port()
-        with role("storage", {"CLAAS_STORE_URL": str(workdir / "store")}, workdir) as storage_addr:
+        with role("storage", {"CLAAS_STORE_URL": str(workdir / "store")}, workdir) as storage:
             model = PACKAGED_MODEL if args.base else ADAPTER
             if not args.base:
-                await create_adapter(storage_addr, resolve_base_model(PACKAGED_MODEL), workdir)
+                await create_adapter(storage.addr, resolve_base_model(PACKAGED_MODEL), workdir)
             proxy_env = {
                 "CLAAS_HTTP_PORT": str(http_port),
-                "CLAAS_STORAGE_ADDR": storage_addr,
+                "CLAAS_STORAGE_ADDR": storage.addr,
                 "CLAAS_TRAINER_ADDR": "127.0.0.1:9",  # not used by chat
                 "CLAAS_VLLM_URL": args.vllm_url,
                 "CLAAS_API_KEYS_FILE": str(workdir / "keys.json"),
                 "CLAAS_STORE_URL": str(workdir / "store"),
                 "CLAAS_ADAPTER_DIR": str(workdir / "adapters"),
             }
-            with role("proxy", proxy_env, workdir) as grpc_addr:
+            with role("proxy", proxy_env, workdir) as proxy:
                 http_url = f"http://127.0.0.1:{http_port}"
                 await wait_serving(http_url)
-                targets = paths(args, model, http_url, grpc_addr, key)
+                targets = paths(args, model, http_url, proxy.addr, key)
                 times = await measure(targets, args.rounds, args.warmup)
         print(f"model={model} max_tokens={args.max_tokens} rounds={args.rounds} (interleaved)", file=sys.stderr)
         report(times, args.json)

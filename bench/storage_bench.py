@@ -11,42 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from roles import TOKEN, role
 
 from services.common.domain import Lineage, LoraSpec
 from services.common.objectstore import ObjectStoreSettings, open_object_store
 from services.storage.client import StorageClient
 from services.storage.dev_s3 import dev_s3_server
-
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench"
-
-
-@contextlib.contextmanager
-def storage_process(fields: dict[str, str], workdir: Path) -> Iterator[str]:
-    port_file = workdir / "storage.port"
-    port_file.unlink(missing_ok=True)
-    env = dict(os.environ, CLAAS_PORT="0", CLAAS_PORT_FILE=str(port_file), CLAAS_INTERNAL_TOKEN=TOKEN)
-    env.update({f"CLAAS_{k.upper()}": v for k, v in fields.items()}, CLAAS_LOG_LEVEL="warning")
-    process = subprocess.Popen([sys.executable, "-m", "services.storage"], cwd=ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("storage did not start")
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        process.terminate()
-        process.wait()
 
 
 async def _rate(rounds: int, size: int, op: Callable[[int], Awaitable[object]]) -> float:
@@ -65,12 +41,15 @@ async def bench_backend(label: str, fields: dict[str, str], workdir: Path, size:
     store = open_object_store(ObjectStoreSettings(**fields))
     direct_put = await _rate(rounds, size, lambda i: store.put(f"bench/direct/{i}.bin", data))
     direct_get = await _rate(rounds, size, lambda i: store.get(f"bench/direct/{i}.bin"))
-    with storage_process(fields, workdir) as target:
-        client = StorageClient.connect(target, token=TOKEN)
+    env = {f"CLAAS_{k.upper()}": v for k, v in fields.items()}
+    with role("storage", env, workdir) as storage:
+        client = StorageClient.connect(storage.addr, token=TOKEN)
         try:
             await client.create_adapter("bench/adapter", "smollm2-135m", LoraSpec(rank=16, alpha=32))
-            lineage = Lineage(job_id="bench")
-            service_put = await _rate(rounds, size, lambda i: client.upload_version("bench/adapter", i, files, lineage))
+            # One job id per commit: a commit that repeats a job id returns that job's version (idempotent).
+            service_put = await _rate(
+                rounds, size, lambda i: client.upload_version("bench/adapter", i, files, Lineage(job_id=f"bench-{i}"))
+            )
             service_get = await _rate(rounds, size, lambda i: client.read_version("bench/adapter", i + 1))
         finally:
             await client.close()

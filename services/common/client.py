@@ -100,6 +100,9 @@ def open_channel(
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # The receive window stays at its fixed size instead of growing with the measured bandwidth:
+            # a stream the process does not read then holds at most that window, not a whole file.
+            ("grpc.http2.bdp_probe", 0),
         ],
         interceptors=[
             kind(token, default_timeout_s) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)

@@ -4,6 +4,9 @@
 files atomically, so a reader sees the old or the new bytes, never a mix. ``MinioStore`` talks to MinIO or
 any S3 server through the ``minio`` SDK; its blocking calls run in worker threads. Keys are relative,
 '/'-separated paths (``adapters/acme/bot/adapter.json``); ``list`` returns every key under a prefix, sorted.
+
+Small objects (records, manifests) travel whole (``put``/``get``); large ones stream (``put_file`` from an
+open file, ``get_pieces`` in bounded pieces), so memory does not grow with an object's size.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
 
 import certifi
@@ -35,6 +39,10 @@ from services.common.settings import ENV_PREFIX, default_data_dir
 #: Names of a key's parts: no empty parts, no '.'/'..', and no leading dot (the local store's temporaries).
 _KEY_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+#: Piece size of a streamed copy into the local store.
+_COPY_BYTES = 1 << 20
+#: Part size of a streamed S3 upload: the SDK holds one part in memory at a time (5 MiB is S3's minimum).
+_S3_PART_BYTES = 5 << 20
 
 
 class ObjectStore(Protocol):
@@ -42,8 +50,17 @@ class ObjectStore(Protocol):
         """Store ``data`` under ``key``, replacing what was there; readers never see a partial object."""
         ...
 
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        """Store the next ``size`` bytes of ``source`` under ``key``, read in pieces; as atomic as ``put``."""
+        ...
+
     async def get(self, key: str) -> bytes:
         """The object's bytes; raises ``errors.NotFound`` when there is none."""
+        ...
+
+    def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
+        """The object's bytes in pieces of at most ``piece_bytes``; ``errors.NotFound`` (at the first
+        ``anext``) when there is none."""
         ...
 
     async def exists(self, key: str) -> bool: ...
@@ -93,12 +110,18 @@ class LocalFolderStore:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, self._path(key), data)
 
-    def _put(self, path: Path, data: bytes) -> None:
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        await asyncio.to_thread(self._put, self._path(key), source, size)
+
+    def _put(self, path: Path, data: bytes | BinaryIO, size: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                if isinstance(data, bytes):
+                    handle.write(data)
+                else:
+                    _copy(data, handle, size or 0)
                 if self._fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -116,6 +139,18 @@ class LocalFolderStore:
             return await asyncio.to_thread(path.read_bytes)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r}") from None
+
+    async def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key!r}") from None
+        try:
+            while piece := await asyncio.to_thread(handle.read, piece_bytes):
+                yield piece
+        finally:
+            handle.close()
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
@@ -149,6 +184,17 @@ class LocalFolderStore:
             return
         for key in self._list(prefix):
             (self.root / key).unlink(missing_ok=True)
+
+
+def _copy(source: BinaryIO, target: BinaryIO, size: int) -> None:
+    """Exactly ``size`` bytes from ``source`` to ``target``, a bounded piece at a time."""
+    left = size
+    while left:
+        piece = source.read(min(left, _COPY_BYTES))
+        if not piece:
+            raise ValueError(f"source ended {left} bytes before the {size} bytes to store")
+        target.write(piece)
+        left -= len(piece)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -203,6 +249,10 @@ class MinioStore:
         name = self._prefix + check_key(key)
         await self._call(self._client.put_object, self.bucket, name, io.BytesIO(data), len(data))
 
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        name = self._prefix + check_key(key)
+        await self._call(self._client.put_object, self.bucket, name, source, size, part_size=_S3_PART_BYTES)
+
     async def get(self, key: str) -> bytes:
         return await self._call(self._get, self._prefix + check_key(key))
 
@@ -210,6 +260,15 @@ class MinioStore:
         response = self._client.get_object(self.bucket, name)
         try:
             return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
+        response = await self._call(self._client.get_object, self.bucket, self._prefix + check_key(key))
+        try:
+            while piece := await self._call(response.read, piece_bytes):
+                yield piece
         finally:
             response.close()
             response.release_conn()

@@ -62,6 +62,9 @@ class ServiceServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                # A fixed receive window: an upload waiting for its turn holds that window in memory, not
+                # its whole file (a window grown with the bandwidth took a 20 MB file in before it was read).
+                ("grpc.http2.bdp_probe", 0),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

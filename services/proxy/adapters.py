@@ -3,7 +3,9 @@ export. A name of another tenant is answered like a missing one."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import structlog
@@ -13,7 +15,7 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound, Permis
 from services.common.naming import check_version
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
-from services.storage.domain import Adapter, Version
+from services.storage.domain import Adapter, Chunk, Version
 
 log = structlog.get_logger("claas.proxy.adapters")
 
@@ -33,9 +35,7 @@ class AdapterSource(Protocol):
 
     async def delete_adapter(self, name: str) -> bool: ...
 
-    async def read_version(
-        self, name: str, version: int = 0, *, include_optimizer: bool = False
-    ) -> tuple[Version, dict[str, bytes]]: ...
+    async def stream_version(self, name: str, version: int = 0) -> tuple[Version, AsyncIterator[Chunk]]: ...
 
 
 class AdapterFactory(Protocol):
@@ -111,10 +111,18 @@ class Adapters:
         log.info("adapter_deleted", adapter=full, deleted=deleted)
         return deleted
 
-    async def export(self, tenant: str, name: str, version: int = 0) -> tuple[Version, dict[str, bytes]]:
-        """The version's PEFT files (0 = head), never its optimizer state."""
+    async def export(self, tenant: str, name: str, version: int = 0) -> tuple[Version, AsyncIterator[Chunk]]:
+        """The version's PEFT files (0 = head), never its optimizer state: the header (errors come here),
+        then the files' chunks as storage streams them, each file verified. Close the iterator when done."""
         check_version(version, zero="the head")
         adapter = await self.get(tenant, name)
-        header, files = await self._storage.read_version(adapter.name, version, include_optimizer=False)
+        header, chunks = await self._storage.stream_version(adapter.name, version)
         kept = tuple(entry for entry in header.files if entry.path in EXPORTED_FILES)
-        return dataclasses.replace(header, files=kept), {entry.path: files[entry.path] for entry in kept}
+        return dataclasses.replace(header, files=kept), _only(chunks, {entry.path for entry in kept})
+
+
+async def _only(chunks: AsyncIterator[Chunk], paths: set[str]) -> AsyncIterator[Chunk]:
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if chunk.path in paths:
+                yield chunk

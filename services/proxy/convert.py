@@ -6,8 +6,9 @@ from those services. Nothing else in the proxy touches a proto (the HTTP surface
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from claas.v1 import common_pb2, proxy_pb2
@@ -18,8 +19,7 @@ from services.common.domain import LoraSpec
 from services.common.errors import DataLoss, InvalidArgument
 from services.proxy.domain import ChatRequest, ChatResult, Sampling, ScoreRequest, ScoreResult
 from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
-from services.storage.domain import Version
-from services.storage.layout import chunks
+from services.storage.domain import Chunk, Version
 from services.trainer.convert import config_to_proto, job_view_from_proto, job_view_to_proto
 
 __all__ = [
@@ -162,13 +162,15 @@ def lora_from_json(body: Mapping[str, Any] | None) -> LoraSpec | None:
         raise InvalidArgument(f"invalid lora: {exc}", param="lora") from None
 
 
-def export_to_proto(header: Version, files: Mapping[str, bytes]) -> Iterator[proxy_pb2.AdaptersServiceExportResponse]:
-    """The header, then each file of it in chunks."""
+async def export_to_proto(
+    header: Version, chunks: AsyncIterator[Chunk]
+) -> AsyncIterator[proxy_pb2.AdaptersServiceExportResponse]:
+    """The header, then each chunk of its files as it comes."""
     yield proxy_pb2.AdaptersServiceExportResponse(header=version_to_proto(header))
-    for entry in header.files:
-        for offset, piece in chunks(files[entry.path]):
-            chunk = common_pb2.FileChunk(path=entry.path, offset=offset, data=piece)
-            yield proxy_pb2.AdaptersServiceExportResponse(chunk=chunk)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            message = common_pb2.FileChunk(path=chunk.path, offset=chunk.offset, data=chunk.data)
+            yield proxy_pb2.AdaptersServiceExportResponse(chunk=message)
 
 
 async def export_from_proto(

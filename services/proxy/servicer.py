@@ -145,6 +145,6 @@ class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
     async def Export(
         self, request: proxy_pb2.AdaptersServiceExportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[proxy_pb2.AdaptersServiceExportResponse]:
-        header, files = await self._adapters().export(_tenant(), request.name, request.version)
-        for response in convert.export_to_proto(header, files):
+        header, chunks = await self._adapters().export(_tenant(), request.name, request.version)
+        async for response in convert.export_to_proto(header, chunks):
             yield response

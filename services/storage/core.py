@@ -44,6 +44,7 @@ from services.storage import layout, metrics
 from services.storage.domain import (
     AdapterRecord,
     Chunk,
+    FileEntry,
     HeadEvent,
     LoraSpec,
     UploadHeader,
@@ -73,9 +74,14 @@ class AdapterStore:
         page_size: int = 100,
         max_page_size: int = 1000,
         watch_queue_size: int = 1000,
+        max_parallel_transfers: int = 4,
     ) -> None:
         self.store = store
         self._limits = limits
+        # Bounds the memory of transfers whatever the number of callers: each one in flight holds a chunk or
+        # two; the others wait their turn (within their deadline) with their bytes held back by gRPC's flow
+        # control. A bound of this process's memory, not a lock on data.
+        self._transfers = asyncio.Semaphore(max_parallel_transfers)
         self._page_size = page_size
         self._max_page_size = max_page_size
         self._locks = KeyedLocks()
@@ -175,9 +181,10 @@ class AdapterStore:
             return await self._already_committed(record, header)
         _check_incarnation(record, header)
         _check_parent(record, header.parent_version, "put_version")
-        spool = await receive(header, items, self._limits)
-        # Once the bytes are verified the commit runs to its end even if the caller goes away.
-        return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
+        async with self._transfers:
+            spool = await receive(header, items, self._limits)
+            # Once the bytes are verified the commit runs to its end even if the caller goes away.
+            return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
 
     async def _commit(self, spool: Spool) -> tuple[Version, AdapterRecord]:
         header = spool.header
@@ -195,7 +202,7 @@ class AdapterStore:
                 reserved = dataclasses.replace(record, last_version=n, pending=n)
                 await self._save(reserved)
                 for entry in header.files:
-                    await self.store.put(layout.file_key(name, n, entry.path), spool.read(entry.path))
+                    await self.store.put_file(layout.file_key(name, n, entry.path), spool.open(entry.path), entry.size)
                 info = Version(name, n, header.parent_version, header.files, header.lineage, now())
                 await self.store.put(layout.manifest_key(name, n), info.to_json())
                 committed = dataclasses.replace(
@@ -248,15 +255,26 @@ class AdapterStore:
         info = (await self._manifest(record, number)).public(include_optimizer, PRIVATE_FILES)
         return info, self._chunks(info, () if header_only else info.files)
 
-    async def _chunks(self, info: Version, files) -> AsyncIterator[Chunk]:
-        for entry in files:
-            data = await self.store.get(layout.file_key(info.name, info.version, entry.path))
-            # hashlib releases the GIL: other calls keep being served while a large file is checked.
-            if len(data) != entry.size or await asyncio.to_thread(_sha256, data) != entry.sha256:
-                raise DataLoss(f"stored file {entry.path!r} of {info.name!r} v{info.version} is corrupt")
-            for offset, piece in layout.chunks(data):
-                metrics.BYTES_SENT.inc(len(piece))
-                yield Chunk(entry.path, offset, piece)
+    async def _chunks(self, info: Version, files: tuple[FileEntry, ...]) -> AsyncIterator[Chunk]:
+        """Each file streamed from the store a chunk at a time. A file is checked against its manifest as it
+        goes: a corrupt one ends the stream with ``DATA_LOSS`` after its last chunk, and every reader checks
+        each file before using it, so corrupt bytes are never taken for a version."""
+        if not files:
+            return
+        async with self._transfers:
+            for entry in files:
+                digest, size = hashlib.sha256(), 0
+                key = layout.file_key(info.name, info.version, entry.path)
+                try:
+                    async for piece in self.store.get_pieces(key, layout.SEND_CHUNK_BYTES):
+                        digest.update(piece)
+                        metrics.BYTES_SENT.inc(len(piece))
+                        yield Chunk(entry.path, size, piece)
+                        size += len(piece)
+                except NotFound:
+                    raise DataLoss(f"stored file {entry.path!r} of {info.name!r} v{info.version} is missing") from None
+                if size != entry.size or digest.hexdigest() != entry.sha256:
+                    raise DataLoss(f"stored file {entry.path!r} of {info.name!r} v{info.version} is corrupt")
 
     async def list_versions(self, name: str, page_size: int = 0, page_token: str = "") -> tuple[list[Version], str]:
         """A page of committed versions, oldest first (private files left out), and the next page's token.
@@ -416,10 +434,6 @@ def _check_spec(base_model: str, lora: LoraSpec) -> None:
         raise InvalidArgument(f"lora.alpha must be >= 1, got {lora.alpha}", param="lora.alpha")
     if not 0.0 <= lora.dropout < 1.0:
         raise InvalidArgument(f"lora.dropout must be in [0, 1), got {lora.dropout}", param="lora.dropout")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _encode_token(name: str) -> str:

@@ -17,8 +17,11 @@ from services.common.domain import OPTIMIZER_FILE
 from services.common.errors import InvalidArgument
 from services.common.naming import NAME_PART, NAME_PART_RULE
 
-#: Largest chunk of a file in one stream message, either way (well under the gRPC message limit).
+#: Largest chunk of a file in one stream message that storage accepts (well under the gRPC message limit).
 CHUNK_BYTES = 1 << 20
+#: Chunk of a file as our senders cut it, either way: each one in flight is copied a few times on its way
+#: (protobuf, gRPC), so with many transfers at once smaller chunks keep memory low; 80 messages for 20 MB.
+SEND_CHUNK_BYTES = 256 << 10
 #: Most files one version may hold.
 MAX_FILES = 64
 #: Private files: returned only when the trainer asks for them, never exported.
@@ -34,9 +37,9 @@ _NAME_RULE = f"'tenant/adapter', each part {NAME_PART_RULE}"
 
 
 def chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """``(offset, piece)`` of ``data`` in pieces of at most ``CHUNK_BYTES``, as streams carry them."""
-    for offset in range(0, len(data), CHUNK_BYTES):
-        yield offset, data[offset : offset + CHUNK_BYTES]
+    """``(offset, piece)`` of ``data`` in pieces of at most ``SEND_CHUNK_BYTES``, as streams carry them."""
+    for offset in range(0, len(data), SEND_CHUNK_BYTES):
+        yield offset, data[offset : offset + SEND_CHUNK_BYTES]
 
 
 def check_name(name: str) -> str:

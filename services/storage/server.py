@@ -47,6 +47,7 @@ def build_core(settings: StorageSettings, store: ObjectStore | None = None) -> A
         limits=limits,
         page_size=settings.list_page_size,
         watch_queue_size=settings.watch_queue_size,
+        max_parallel_transfers=settings.max_parallel_transfers,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -49,8 +50,10 @@ class AdapterStoreServicer(storage_pb2_grpc.AdapterStoreServiceServicer):
             header_only=request.header_only,
         )
         yield storage_pb2.GetVersionResponse(header=convert.version_to_proto(info))
-        async for chunk in chunks:
-            yield storage_pb2.GetVersionResponse(chunk=convert.chunk_to_proto(chunk))
+        # Closed at once when the caller goes away: the stream holds one of storage's transfer slots.
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield storage_pb2.GetVersionResponse(chunk=convert.chunk_to_proto(chunk))
 
     async def ListVersions(self, request, context: grpc.aio.ServicerContext) -> storage_pb2.ListVersionsResponse:
         versions, token = await self._core.list_versions(request.name, request.page_size, request.page_token)

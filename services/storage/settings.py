@@ -21,9 +21,15 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
         2048, ge=1, description="Largest sum of file sizes of one version, MiB (RESOURCE_EXHAUSTED above)."
     )
     spool_memory_mb: int = Field(
-        64,
+        1,
         ge=0,
         description="An uploaded file larger than this, MiB, waits for its commit on disk instead of in memory.",
+    )
+    max_parallel_transfers: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Uploads and downloads streamed at once; more wait their turn (bounds storage's memory).",
     )
     spool_dir: Path | None = Field(
         None, description="Folder of upload spool files; empty means the system's temporary folder."

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from services.common.errors import DataLoss, InvalidArgument, ResourceExhausted
 from services.common.naming import check_version
@@ -78,9 +79,10 @@ class _File:
                 f"declared {self.entry.size} bytes with sha256 {self.entry.sha256}"
             )
 
-    def read(self) -> bytes:
+    def open(self) -> BinaryIO:
+        """The received bytes, from the start (one reader at a time)."""
         self._data.seek(0)
-        return self._data.read()
+        return self._data
 
     def close(self) -> None:
         self._data.close()
@@ -107,8 +109,8 @@ class Spool:
         for file in self._files.values():
             file.verify()
 
-    def read(self, path: str) -> bytes:
-        return self._files[path].read()
+    def open(self, path: str) -> BinaryIO:
+        return self._files[path].open()
 
     def close(self) -> None:
         for file in self._files.values():

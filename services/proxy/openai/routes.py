@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
@@ -19,6 +17,7 @@ from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatResult, Delta, Started
 from services.proxy.openai import protocol as p
 from services.proxy.openai import text as t
+from services.proxy.openai.archive import zip_stream
 from services.proxy.openai.errors import RequestGate, install_error_handlers, sse_error
 from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
 from services.proxy.tenancy import tenant_of
@@ -276,16 +275,14 @@ async def rollback_adapter(name: str, body: p.RollbackRequest, core: Core, tenan
 @adapters_router.get(
     "/{name:path}/export", response_class=Response, responses={200: {"content": {"application/zip": {}}}}
 )
-async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0) -> Response:
-    """The version's PEFT files (0 = head) as a zip archive; never the optimizer state."""
-    header, files = await core.adapters.export(tenant, name, version)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
+async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0) -> StreamingResponse:
+    """The version's PEFT files (0 = head) as a zip archive; never the optimizer state. The archive streams
+    as storage sends the files; a file that fails its checksum on the way cuts the download short (the zip
+    then has no central directory, so no unzip takes it for whole)."""
+    header, chunks = await core.adapters.export(tenant, name, version)
     filename = f"{vllm_lora_name(header.name, header.version)}.zip"
-    return Response(
-        buffer.getvalue(),
+    return StreamingResponse(
+        zip_stream(header.files, chunks, header.created_at),
         media_type="application/zip",
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )

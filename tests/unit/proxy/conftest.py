@@ -58,9 +58,15 @@ def settings(tmp_path: Path, keys_file: Path) -> ProxySettings:
 
 
 @pytest.fixture
-async def storage_addr(tmp_path: Path) -> AsyncIterator[str]:
+def storage_folder(tmp_path: Path) -> Path:
+    """Where storage keeps its objects."""
+    return tmp_path / "adapter-store"
+
+
+@pytest.fixture
+async def storage_addr(storage_folder: Path) -> AsyncIterator[str]:
     """The real storage service on a local folder."""
-    settings = StorageSettings(port=0, store_url=str(tmp_path / "adapter-store"), store_fsync=False, grace_period_s=1)
+    settings = StorageSettings(port=0, store_url=str(storage_folder), store_fsync=False, grace_period_s=1)
     async with serving(build_storage(settings)) as server:
         yield f"127.0.0.1:{server.port}"
 

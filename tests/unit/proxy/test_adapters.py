@@ -66,7 +66,8 @@ async def test_rollback_moves_the_head_and_vllm_serves_it_next(
 
 
 async def test_export_gives_the_peft_files_and_never_the_optimizer(core: ProxyCore) -> None:
-    header, files = await core.adapters.export("acme", "bot")
+    header, chunks = await core.adapters.export("acme", "bot")
+    files = {chunk.path async for chunk in chunks}
     assert sorted(files) == ["adapter_config.json", "adapter_model.safetensors"]
     assert sorted(f.path for f in header.files) == sorted(files)
     assert (header.name, header.version) == ("acme/bot", 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,13 +19,15 @@ from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
+from services.common.domain import ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, Lineage
 from services.common.settings import SettingsError
 from services.proxy.server import build_server
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
+from services.storage.layout import CHUNK_BYTES
 from tests.unit.proxy.conftest import Proxy
-from tests.unit.proxy.fakes import FakeVllm, commit
+from tests.unit.proxy.fakes import PEFT, FakeVllm, commit
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
@@ -172,6 +175,31 @@ async def test_feedback_over_http(proxy: Proxy) -> None:
     )
     assert bad_config.status_code == 400 and bad_config.json()["error"]["param"] == "config"
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "feedback"
+
+
+async def test_export_streams_a_large_version_as_a_whole_zip(proxy: Proxy, storage: StorageClient) -> None:
+    weights = random.Random(7).randbytes(5 * CHUNK_BYTES + 123)  # six chunks on every hop
+    files = {**PEFT, "README.md": b"", ADAPTER_WEIGHTS_FILE: weights, OPTIMIZER_FILE: b"secret"}
+    await storage.upload_version("acme/bot", 1, files, Lineage(job_id="big"))
+
+    export = await proxy.http.get("/v1/adapters/bot/export", headers=proxy.auth("acme"))
+
+    assert export.status_code == 200 and export.headers["content-disposition"].endswith('acme+bot+v2.zip"')
+    archive = zipfile.ZipFile(io.BytesIO(export.content))
+    assert archive.testzip() is None
+    assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert archive.read(ADAPTER_WEIGHTS_FILE) == weights
+
+
+async def test_export_of_a_corrupt_stored_file_is_cut_short(
+    proxy: Proxy, storage: StorageClient, storage_folder: Path
+) -> None:
+    await storage.upload_version("acme/bot", 1, {**PEFT, ADAPTER_WEIGHTS_FILE: b"w" * 3 * CHUNK_BYTES}, Lineage())
+    stored = storage_folder / "adapters/acme/bot/versions/2" / ADAPTER_WEIGHTS_FILE
+    stored.write_bytes(b"x" * stored.stat().st_size)  # same size, other bytes: found only at the file's end
+
+    with pytest.raises(httpx.HTTPError):  # the response is broken off: no client takes it for complete
+        await proxy.http.get("/v1/adapters/bot/export", headers=proxy.auth("acme"))
 
 
 async def test_adapters_over_http(proxy: Proxy, storage: StorageClient) -> None:
