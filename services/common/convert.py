@@ -13,9 +13,10 @@ from claas.v1 import common_pb2
 from services.common.domain import Lineage, LoraSpec, Message, StepMetrics
 
 
-def float32(value: float) -> float:
-    """A float32 field's value with no digits it does not hold."""
-    return float(f"{value:.7g}")
+def float32(value: float | str) -> float:
+    """A float32 field's value with no digits it does not hold. Proto JSON spells the non-finite values as
+    strings ("NaN", "Infinity", "-Infinity"); they are read as the floats they name."""
+    return float(value) if isinstance(value, str) else float(f"{value:.7g}")
 
 
 def messages_to_proto(messages: Iterable[Message]) -> list[common_pb2.ChatMessage]:

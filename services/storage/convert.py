@@ -94,6 +94,8 @@ def header_to_proto(header: UploadHeader) -> storage_pb2.PutVersionHeader:
 
 
 def header_from_proto(header: storage_pb2.PutVersionHeader) -> UploadHeader:
+    if header.incarnation:
+        _check_incarnation(header.incarnation)
     return UploadHeader(
         name=header.name,
         parent_version=header.parent_version,
@@ -102,6 +104,17 @@ def header_from_proto(header: storage_pb2.PutVersionHeader) -> UploadHeader:
         set_head=header.set_head,
         incarnation=header.incarnation,
     )
+
+
+def _check_incarnation(incarnation: str) -> None:
+    """An incarnation is a creation time; anything else is the caller's mistake, not a deleted adapter."""
+    try:
+        datetime.fromisoformat(incarnation)
+    except ValueError:
+        raise InvalidArgument(
+            f"incarnation must be the adapter's created_at (RFC 3339) or empty, got {incarnation[:80]!r}",
+            param="incarnation",
+        ) from None
 
 
 async def upload_from_proto(

@@ -16,6 +16,7 @@ import structlog
 
 from services.common.domain import Message
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.storage.layout import check_name
 from services.teacher.domain import (
     AdapterRef,
     BackendInfo,
@@ -183,7 +184,7 @@ class Teacher:
 
 def _check_request(request: ScoreRequest, info: BackendInfo, template: str) -> None:
     if not request.items:
-        raise InvalidArgument("a Score request needs at least one item", param="items")
+        raise InvalidArgument("items is empty: a Score request needs at least one item", param="items")
     if not 1 <= request.top_k <= info.max_top_k:
         raise InvalidArgument(
             f"top_k must be in [1, {info.max_top_k}] ({info.top_k_cap}), got {request.top_k}", param="top_k"
@@ -195,6 +196,11 @@ def _check_request(request: ScoreRequest, info: BackendInfo, template: str) -> N
     mode = request.mode
     if mode in (TeacherMode.SELF, TeacherMode.TRUST_REGION) and (request.adapter is None or not request.adapter.name):
         raise InvalidArgument(f"{mode.value} mode needs an adapter (name, version)", param="adapter")
+    if request.adapter is not None:
+        try:
+            check_name(request.adapter.name)
+        except InvalidArgument as exc:  # refused here: only a valid request costs a storage round trip
+            raise InvalidArgument(exc.message, param="adapter") from None
     if request.adapter is not None and request.adapter.version < 0:
         raise InvalidArgument(f"adapter version must be >= 0, got {request.adapter.version}", param="adapter")
     if mode is TeacherMode.TRUST_REGION:

@@ -137,6 +137,7 @@ class TrainerCore:
         """Validate and queue a job; nothing is created when anything is wrong (INVALID_ARGUMENT/NOT_FOUND)."""
         if not adapter:
             raise InvalidArgument("adapter is empty", param="adapter")
+        validation.check_idempotency_key(idempotency_key)
         known = self.jobs.find(adapter, idempotency_key)
         if known is not None:
             return known

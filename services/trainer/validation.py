@@ -10,11 +10,24 @@ import numpy as np
 
 from services.common.domain import LoraSpec
 from services.common.errors import ClaasError, FailedPrecondition, InvalidArgument
+from services.common.naming import check_version
 from services.storage.domain import Adapter
 from services.teacher.domain import ScoreResult, TeacherInfo, TokenDistributions
 from services.trainer.config import ConfigError, SdpoConfig
 from services.trainer.domain import Sample, Targets
 from services.trainer.settings import TrainerSettings
+
+#: The roles a sample's conversation may hold (what the teacher's chat template renders).
+ROLES = ("system", "user", "assistant")
+#: The longest idempotency key (the proxy's derived keys are 43 characters).
+MAX_IDEMPOTENCY_KEY = 256
+
+
+def check_idempotency_key(key: str) -> None:
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidArgument(
+            f"idempotency_key has {len(key)} characters, at most {MAX_IDEMPOTENCY_KEY} allowed", param="idempotency_key"
+        )
 
 
 def check_tokenizers(model_id: str, fingerprint: str, teacher: TeacherInfo) -> None:
@@ -92,6 +105,12 @@ def check_samples(samples: Sequence[Sample], settings: TrainerSettings, *, vocab
 def check_sample(where: str, sample: Sample, settings: TrainerSettings, vocab: int, max_sequence: int) -> None:
     if not sample.messages:
         raise InvalidArgument(f"{where}: messages is empty (the teacher needs the conversation)", param="messages")
+    for index, message in enumerate(sample.messages):
+        if message.role not in ROLES:
+            raise InvalidArgument(
+                f"{where}: messages[{index}].role must be one of {', '.join(ROLES)}, got {message.role[:40]!r}",
+                param="messages",
+            )
     if not sample.prompt_ids:
         raise InvalidArgument(f"{where}: prompt_ids is empty", param="prompt_ids")
     if not sample.response_ids:
@@ -111,9 +130,13 @@ def check_sample(where: str, sample: Sample, settings: TrainerSettings, vocab: i
         )
     if len(sample.prompt_ids) + len(sample.response_ids) > max_sequence:
         raise InvalidArgument(f"{where}: prompt + response exceed {max_sequence} tokens", param="prompt_ids")
-    bad = next((t for t in (*sample.prompt_ids, *sample.response_ids) if not 0 <= t < vocab), None)
-    if bad is not None:
-        raise InvalidArgument(f"{where}: token id {bad} is outside the vocabulary [0, {vocab})", param="response_ids")
+    for field, ids in (("prompt_ids", sample.prompt_ids), ("response_ids", sample.response_ids)):
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidArgument(
+                f"{where}: {field} token id {bad} is outside the vocabulary [0, {vocab})", param=field
+            )
+    check_version(sample.served_version, field=f"{where}.served_version")
 
 
 def _check_sampled_logprobs(where: str, sample: Sample) -> None:

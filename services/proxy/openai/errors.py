@@ -80,7 +80,7 @@ def _validation_error(exc: RequestValidationError) -> InvalidArgument:
         return InvalidArgument(f"malformed JSON body: {reason}")
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
-    where = f"{param}: " if param else ""
+    where = f"{param}: " if param else "body: "  # no location: the body as a whole is not the route's object
     return InvalidArgument(f"invalid request: {where}{first.get('msg')}", param=param)
 
 

@@ -92,7 +92,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI for max_completion_tokens.")
     n: int = Field(1, description="Only 1 is supported.")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="An int64, as the gRPC surface carries it.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

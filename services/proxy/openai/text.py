@@ -25,7 +25,7 @@ class CompletionCreateRequest(BaseModel):
     logprobs: int | None = Field(None, description="0..5 alternatives per token, OpenAI's legacy format.")
     max_tokens: int | None = Field(None, ge=1, description="Unset: the proxy's default_max_tokens.")
     n: Literal[1] = 1
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="An int64, as the gRPC surface carries it.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
