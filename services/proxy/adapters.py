@@ -3,9 +3,11 @@ export. A name of another tenant is answered like a missing one."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 import structlog
@@ -15,7 +17,8 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound, Permis
 from services.common.naming import check_version
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
-from services.storage.domain import Adapter, Chunk, Version
+from services.storage.domain import Adapter, Chunk, FileEntry, Version
+from services.storage.layout import SEND_CHUNK_BYTES
 
 log = structlog.get_logger("claas.proxy.adapters")
 
@@ -35,7 +38,7 @@ class AdapterSource(Protocol):
 
     async def delete_adapter(self, name: str) -> bool: ...
 
-    async def stream_version(self, name: str, version: int = 0) -> tuple[Version, AsyncIterator[Chunk]]: ...
+    async def download_version(self, name: str, version: int, dest: Path) -> Version: ...
 
 
 class AdapterFactory(Protocol):
@@ -112,17 +115,30 @@ class Adapters:
         return deleted
 
     async def export(self, tenant: str, name: str, version: int = 0) -> tuple[Version, AsyncIterator[Chunk]]:
-        """The version's PEFT files (0 = head), never its optimizer state: the header (errors come here),
-        then the files' chunks as storage streams them, each file verified. Close the iterator when done."""
+        """The version's PEFT files (0 = head), never its optimizer state, as a header and the files' chunks.
+
+        The version is first downloaded (and verified) into a temporary folder, so every error comes before
+        the first byte, and storage is not held by a caller that reads slowly; the chunks are then read
+        from disk, a chunk at a time. The folder goes when the chunks are read or dropped."""
         check_version(version, zero="the head")
         adapter = await self.get(tenant, name)
-        header, chunks = await self._storage.stream_version(adapter.name, version)
+        folder = tempfile.TemporaryDirectory(prefix="claas-export-")  # also removed when garbage-collected
+        try:
+            header = await self._storage.download_version(adapter.name, version, Path(folder.name))
+        except BaseException:
+            folder.cleanup()
+            raise
         kept = tuple(entry for entry in header.files if entry.path in EXPORTED_FILES)
-        return dataclasses.replace(header, files=kept), _only(chunks, {entry.path for entry in kept})
+        return dataclasses.replace(header, files=kept), _read_chunks(folder, kept)
 
 
-async def _only(chunks: AsyncIterator[Chunk], paths: set[str]) -> AsyncIterator[Chunk]:
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            if chunk.path in paths:
-                yield chunk
+async def _read_chunks(folder: tempfile.TemporaryDirectory, files: tuple[FileEntry, ...]) -> AsyncIterator[Chunk]:
+    try:
+        for entry in files:
+            with (Path(folder.name) / entry.path).open("rb") as handle:
+                offset = 0
+                while piece := await asyncio.to_thread(handle.read, SEND_CHUNK_BYTES):
+                    yield Chunk(entry.path, offset, piece)
+                    offset += len(piece)
+    finally:
+        folder.cleanup()

@@ -146,19 +146,6 @@ class StorageClient(ServiceClient):
             _verify(entry, len(files[entry.path]), await _sha256(files[entry.path]))
         return header, files
 
-    async def stream_version(self, name: str, version: int = 0) -> tuple[Version, AsyncIterator[Chunk]]:
-        """A version's header (0 = head; errors come here, before any byte) and its public files' chunks, in
-        the header's order, each file checked against its size and SHA-256 once its last chunk passed
-        (``errors.DataLoss`` then). Memory stays at a chunk whatever the size. Close the iterator (or read it
-        to its end) to free the call."""
-        request = storage_pb2.GetVersionRequest(name=name, version=version)
-        items = self._download(request)
-        header = await anext(items, None)
-        if not isinstance(header, Version):
-            await items.aclose()
-            raise DataLoss(f"storage sent no header for {name} v{version}")
-        return header, _verified_chunks(header, items)
-
     async def download_version(
         self, name: str, version: int, dest: Path, *, include_optimizer: bool = False
     ) -> Version:
@@ -214,34 +201,6 @@ class StorageClient(ServiceClient):
 async def _sha256(data: bytes) -> str:
     # hashlib releases the GIL on large inputs: the caller's event loop keeps running meanwhile.
     return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-
-
-async def _verified_chunks(
-    header: Version, items: AsyncIterator[Version | common_pb2.FileChunk]
-) -> AsyncIterator[Chunk]:
-    pending = list(header.files)
-    digest, size = hashlib.sha256(), 0
-
-    def finish_file() -> None:
-        nonlocal digest, size
-        _verify(pending.pop(0), size, digest.hexdigest())
-        digest, size = hashlib.sha256(), 0
-
-    try:
-        async for item in items:
-            if not isinstance(item, common_pb2.FileChunk):
-                raise DataLoss(f"storage sent a second header for {header.name} v{header.version}")
-            while pending and item.path != pending[0].path:
-                finish_file()  # every file before this chunk's one is complete (an empty one has no chunk)
-            if not pending or item.offset != size:
-                raise DataLoss(f"chunk of {item.path!r} at offset {item.offset} out of order")
-            digest.update(item.data)
-            size += len(item.data)
-            yield Chunk(item.path, item.offset, item.data)
-        while pending:
-            finish_file()
-    finally:
-        await items.aclose()
 
 
 def _append(buffer: bytearray, chunk: common_pb2.FileChunk) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ import structlog
 from services.common.errors import (
     Aborted,
     AlreadyExists,
+    ClaasError,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -78,10 +80,12 @@ class AdapterStore:
     ) -> None:
         self.store = store
         self._limits = limits
-        # Bounds the memory of transfers whatever the number of callers: each one in flight holds a chunk or
+        # Bound the memory of transfers whatever the number of callers: each one in flight holds a chunk or
         # two; the others wait their turn (within their deadline) with their bytes held back by gRPC's flow
-        # control. A bound of this process's memory, not a lock on data.
-        self._transfers = asyncio.Semaphore(max_parallel_transfers)
+        # control. Uploads and downloads count apart, so readers never hold commits back. A bound of this
+        # process's memory, not a lock on data.
+        self._uploads = asyncio.Semaphore(max_parallel_transfers)
+        self._downloads = asyncio.Semaphore(max_parallel_transfers)
         self._page_size = page_size
         self._max_page_size = max_page_size
         self._locks = KeyedLocks()
@@ -174,14 +178,28 @@ class AdapterStore:
         header = await anext(items, None)
         if not isinstance(header, UploadHeader):
             raise InvalidArgument("PutVersion must start with a header")
+        # Every answer waits until the caller has sent everything: a status sent while the client is still
+        # streaming often reaches it as INTERNAL instead (grpc/grpc#36066), and an ABORTED read as INTERNAL
+        # is not retried on the new head. What is left of a refused upload is read and dropped, never stored.
+        try:
+            result = await self._put_version(header, items)
+        except ClaasError:
+            await _drain(items)
+            raise
+        await _drain(items)
+        return result
+
+    async def _put_version(
+        self, header: UploadHeader, items: AsyncIterator[UploadHeader | Chunk]
+    ) -> tuple[Version, AdapterRecord]:
         check_header(header, self._limits)
-        # Fail fast, before the bytes travel: the checks that count are repeated under the lock.
+        # Refused before anything is spooled: the checks that count are repeated under the lock.
         record = await self._load(header.name)
         if record.committed_by(header.lineage.job_id):
             return await self._already_committed(record, header)
         _check_incarnation(record, header)
         _check_parent(record, header.parent_version, "put_version")
-        async with self._transfers:
+        async with self._uploads:
             spool = await receive(header, items, self._limits)
             # Once the bytes are verified the commit runs to its end even if the caller goes away.
             return await asyncio.shield(asyncio.ensure_future(self._commit(spool)))
@@ -261,7 +279,7 @@ class AdapterStore:
         each file before using it, so corrupt bytes are never taken for a version."""
         if not files:
             return
-        async with self._transfers:
+        async with self._downloads:
             for entry in files:
                 digest, size = hashlib.sha256(), 0
                 key = layout.file_key(info.name, info.version, entry.path)
@@ -408,6 +426,12 @@ class AdapterStore:
 
     def close(self) -> None:
         self.heads.close()
+
+
+async def _drain(items: AsyncIterator[UploadHeader | Chunk]) -> None:
+    with contextlib.suppress(ClaasError):
+        async for _ in items:
+            pass
 
 
 def _check_incarnation(record: AdapterRecord, header: UploadHeader) -> None:

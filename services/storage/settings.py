@@ -29,7 +29,7 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
         4,
         ge=1,
         le=1024,
-        description="Uploads and downloads streamed at once; more wait their turn (bounds storage's memory).",
+        description="Uploads streamed at once, and downloads apart; more wait their turn (bounds storage's memory).",
     )
     spool_dir: Path | None = Field(
         None, description="Folder of upload spool files; empty means the system's temporary folder."

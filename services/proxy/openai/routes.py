@@ -276,9 +276,8 @@ async def rollback_adapter(name: str, body: p.RollbackRequest, core: Core, tenan
     "/{name:path}/export", response_class=Response, responses={200: {"content": {"application/zip": {}}}}
 )
 async def export_adapter(name: str, core: Core, tenant: Tenant, version: int = 0) -> StreamingResponse:
-    """The version's PEFT files (0 = head) as a zip archive; never the optimizer state. The archive streams
-    as storage sends the files; a file that fails its checksum on the way cuts the download short (the zip
-    then has no central directory, so no unzip takes it for whole)."""
+    """The version's PEFT files (0 = head) as a zip archive; never the optimizer state. The version is
+    verified before the first byte goes out; the archive is then built as it is sent."""
     header, chunks = await core.adapters.export(tenant, name, version)
     filename = f"{vllm_lora_name(header.name, header.version)}.zip"
     return StreamingResponse(

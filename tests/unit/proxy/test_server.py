@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import random
+import tempfile
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -177,7 +178,11 @@ async def test_feedback_over_http(proxy: Proxy) -> None:
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "feedback"
 
 
-async def test_export_streams_a_large_version_as_a_whole_zip(proxy: Proxy, storage: StorageClient) -> None:
+async def test_export_streams_a_large_version_as_a_whole_zip(
+    proxy: Proxy, storage: StorageClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     weights = random.Random(7).randbytes(5 * CHUNK_BYTES + 123)  # six chunks on every hop
     files = {**PEFT, "README.md": b"", ADAPTER_WEIGHTS_FILE: weights, OPTIMIZER_FILE: b"secret"}
     await storage.upload_version("acme/bot", 1, files, Lineage(job_id="big"))
@@ -189,17 +194,23 @@ async def test_export_streams_a_large_version_as_a_whole_zip(proxy: Proxy, stora
     assert archive.testzip() is None
     assert sorted(archive.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert archive.read(ADAPTER_WEIGHTS_FILE) == weights
+    assert list((tmp_path / "temp").iterdir()) == []  # the downloaded copy is gone once sent
 
 
-async def test_export_of_a_corrupt_stored_file_is_cut_short(
-    proxy: Proxy, storage: StorageClient, storage_folder: Path
+async def test_export_of_a_corrupt_stored_file_fails_before_any_byte_and_leaves_no_temporary_file(
+    proxy: Proxy, storage: StorageClient, storage_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     await storage.upload_version("acme/bot", 1, {**PEFT, ADAPTER_WEIGHTS_FILE: b"w" * 3 * CHUNK_BYTES}, Lineage())
     stored = storage_folder / "adapters/acme/bot/versions/2" / ADAPTER_WEIGHTS_FILE
     stored.write_bytes(b"x" * stored.stat().st_size)  # same size, other bytes: found only at the file's end
 
-    with pytest.raises(httpx.HTTPError):  # the response is broken off: no client takes it for complete
-        await proxy.http.get("/v1/adapters/bot/export", headers=proxy.auth("acme"))
+    export = await proxy.http.get("/v1/adapters/bot/export", headers=proxy.auth("acme"))
+
+    assert export.status_code == 500 and export.headers["content-type"] == "application/json"
+    assert "is corrupt" in export.json()["error"]["message"]
+    assert list((tmp_path / "temp").iterdir()) == []
 
 
 async def test_adapters_over_http(proxy: Proxy, storage: StorageClient) -> None:

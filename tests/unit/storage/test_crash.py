@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -105,11 +106,18 @@ class FailingStore:
         self._inner = inner
         self.writes_allowed = writes_allowed
 
-    async def put(self, key: str, data: bytes) -> None:
+    def _write(self) -> None:
         if self.writes_allowed == 0:
             raise OSError("object store went away")
         self.writes_allowed -= 1
+
+    async def put(self, key: str, data: bytes) -> None:
+        self._write()
         await self._inner.put(key, data)
+
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        self._write()
+        await self._inner.put_file(key, source, size)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)

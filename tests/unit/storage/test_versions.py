@@ -390,3 +390,15 @@ async def test_a_version_of_a_deleted_adapter_never_lands_on_its_successor(clien
     assert new.incarnation != old.incarnation
     committed = await client.upload_version(adapter, 1, adapter_files(seed=3), lineage(), incarnation=new.incarnation)
     assert committed.version == 2
+
+
+async def test_a_large_upload_onto_a_moved_head_is_aborted_not_internal(client: StorageClient) -> None:
+    """Refused before its bytes are stored, and answered ABORTED (the code a trainer retries on the new
+    head) even while the client is still streaming megabytes."""
+    await client.create_adapter("acme/bot", "smollm2-135m", LORA)
+    await client.upload_version("acme/bot", 0, adapter_files(seed=1), lineage())
+    large = adapter_files(8 << 20, seed=2)
+    for _ in range(10):
+        with pytest.raises(errors.Aborted, match="head of adapter 'acme/bot' is 1, not 0"):
+            await client.upload_version("acme/bot", 0, large, lineage())
+    assert [v.version for v in await client.list_versions("acme/bot")] == [1]
