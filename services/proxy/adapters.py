@@ -21,6 +21,7 @@ from services.storage.domain import Adapter, Chunk, FileEntry, Version
 from services.storage.layout import SEND_CHUNK_BYTES
 
 log = structlog.get_logger("claas.proxy.adapters")
+_INT32_MAX = 2**31 - 1
 
 
 class AdapterSource(Protocol):
@@ -89,8 +90,8 @@ class Adapters:
         self, tenant: str, name: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Version], str]:
         """A page of the adapter's committed versions, oldest first, and the next page's token."""
-        if page_size < 0:
-            raise InvalidArgument(f"page_size must be >= 0, got {page_size}", param="page_size")
+        if not 0 <= page_size <= _INT32_MAX:  # storage caps a page at its own bound
+            raise InvalidArgument(f"page_size must be in 0..{_INT32_MAX}, got {page_size}", param="page_size")
         adapter = await self.get(tenant, name)
         return await self._storage.versions_page(adapter.name, page_size=page_size, page_token=page_token)
 

@@ -450,8 +450,8 @@ def _check_parent(record: AdapterRecord, expected: int, operation: str) -> None:
 
 
 def _check_spec(base_model: str, lora: LoraSpec) -> None:
-    if not base_model.strip():
-        raise InvalidArgument("base_model is required", param="base_model")
+    layout.check_text(base_model, "base_model", required=True)
+    layout.check_target_modules(lora.target_modules)
     if not 1 <= lora.rank <= 1024:
         raise InvalidArgument(f"lora.rank must be in 1..1024, got {lora.rank}", param="lora.rank")
     if lora.alpha < 1:

@@ -30,7 +30,15 @@ RECORD_FILE = "adapter.json"
 MANIFEST_FILE = "manifest.json"
 ROOT = "adapters/"
 
+#: Longest base model name, job id or lineage value kept in a record or manifest.
+MAX_TEXT = 256
+#: Largest lineage of one version as JSON (samples' texts): every listing of the version carries it.
+MAX_LINEAGE_BYTES = 1 << 20
+#: Most target modules of a LoRA shape.
+MAX_TARGET_MODULES = 256
+
 _FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_MODULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[a-z0-9._/-]{0,128}")
 _NAME_RULE = f"'tenant/adapter', each part {NAME_PART_RULE}"
@@ -48,6 +56,31 @@ def check_name(name: str) -> str:
     if len(parts) != 2 or not all(NAME_PART.fullmatch(p) and ".." not in p for p in parts):
         raise InvalidArgument(f"invalid adapter name {name!r}: expected {_NAME_RULE}", param="name")
     return name
+
+
+def check_text(value: str, field: str, *, required: bool = False) -> str:
+    """A short printable text (a model name, a job id): at most ``MAX_TEXT`` characters, no control ones."""
+    if required and not value.strip():
+        raise InvalidArgument(f"{field} is required", param=field)
+    if len(value) > MAX_TEXT or not value.isprintable():
+        raise InvalidArgument(
+            f"{field} must be at most {MAX_TEXT} printable characters, got {len(value)}: {value[:40]!r}", param=field
+        )
+    return value
+
+
+def check_target_modules(modules: tuple[str, ...]) -> tuple[str, ...]:
+    if len(modules) > MAX_TARGET_MODULES:
+        raise InvalidArgument(
+            f"lora.target_modules holds {len(modules)} names, at most {MAX_TARGET_MODULES}", param="lora.target_modules"
+        )
+    for module in modules:
+        if not _MODULE.fullmatch(module):
+            raise InvalidArgument(
+                f"invalid module name {module[:40]!r} in lora.target_modules: 1-128 of A-Z a-z 0-9 . _ -",
+                param="lora.target_modules",
+            )
+    return modules
 
 
 def check_tag(tag: str) -> str:

@@ -7,6 +7,7 @@ so a bad or broken upload leaves no trace.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,15 @@ from services.common.errors import DataLoss, InvalidArgument, ResourceExhausted
 from services.common.naming import check_version
 from services.storage import metrics
 from services.storage.domain import Chunk, FileEntry, UploadHeader
-from services.storage.layout import CHUNK_BYTES, MAX_FILES, check_file_name, check_name, check_sha256
+from services.storage.layout import (
+    CHUNK_BYTES,
+    MAX_FILES,
+    MAX_LINEAGE_BYTES,
+    check_file_name,
+    check_name,
+    check_sha256,
+    check_text,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,12 @@ class SpoolLimits:
 def check_header(header: UploadHeader, limits: SpoolLimits) -> UploadHeader:
     check_name(header.name)
     check_version(header.parent_version, field="parent_version")
+    check_text(header.lineage.job_id, "lineage.job_id")
+    lineage_bytes = len(json.dumps(header.lineage.to_json()))
+    if lineage_bytes > MAX_LINEAGE_BYTES:
+        raise ResourceExhausted(
+            f"lineage of {lineage_bytes} bytes exceeds the limit of {MAX_LINEAGE_BYTES} bytes", param="lineage"
+        )
     if not 1 <= len(header.files) <= MAX_FILES:
         raise InvalidArgument(f"a version holds 1 to {MAX_FILES} files, got {len(header.files)}")
     seen: set[str] = set()

@@ -113,8 +113,7 @@ MENTIONS = {
     **{("name", k): "name|tenant" for k in ("foreign", "traversal", "three-parts")},
     ("version", "unknown"): "version",
 }
-#: page_size past int32 is left out: it is HTTP 500 (the range is not checked before the storage call).
-VERSIONS_PAGE_SIZE = {"negative": -1, "string": "ten", "float": 1.5}
+VERSIONS_PAGE_SIZE = {"negative": -1, "string": "ten", "float": 1.5, "over-int32": 2**31, "over-int64": 2**63}
 MODEL_BAD: dict[str, Any] = {
     "missing": None,
     "number": 123,

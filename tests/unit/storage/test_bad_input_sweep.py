@@ -102,7 +102,18 @@ def put(*messages: storage_pb2.PutVersionRequest) -> tuple[str, object]:
 CASES: list[Case] = [
     # CreateAdapter
     *values("create-name", BAD_ADAPTER_NAMES, lambda v: create(name=v), "name"),
-    Case("create-base_model-empty", create(base_model=""), "base_model"),
+    *values(
+        "create-base_model",
+        {"empty": "", "blank": "  ", "nul": "a\x00b", "newline": "a\nb", "long": "m" * 257},
+        lambda v: create(base_model=v),
+        "base_model",
+    ),
+    *values(
+        "create-lora.target_modules",
+        {"traversal": ["../x"], "nul": ["q\x00"], "empty": [""], "long": ["q" * 129], "many": ["q"] * 257},
+        lambda v: create(lora=lora(target_modules=v)),
+        "lora.target_modules",
+    ),
     *values("create-lora.rank", BAD_INT32 | {"zero": 0}, lambda v: create(lora=lora(rank=v)), "lora.rank"),
     *values("create-lora.alpha", {"negative": -1, "min": -(2**31)}, lambda v: create(lora=lora(alpha=v)), "alpha"),
     *values(
@@ -133,6 +144,17 @@ CASES: list[Case] = [
         "parent_version",
     ),
     Case("put-files-none", put(*upload(header(files=[]))), "files"),
+    *values(
+        "put-lineage.job_id",
+        {"nul": "job\x00", "newline": "job\n", "long": "j" * 257},
+        lambda v: put(*upload(header(lineage=common_pb2.Lineage(job_id=v)))),
+        "lineage.job_id",
+    ),
+    Case(
+        "put-lineage-huge",
+        put(*upload(header(lineage=common_pb2.Lineage(job_id="job-huge", feedback=["f" * 1000] * 1100)))),
+        "lineage",
+    ),
     *values("put-files.path", BAD_PATHS, lambda v: put(*upload(header(files=file_entry(path=v)))), "path"),
     *values(
         "put-files.size",
