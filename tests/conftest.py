@@ -23,11 +23,22 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_url(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real vLLM (CPU build) serving the packaged model with runtime LoRA loading.
+def vllm_api_key() -> str:
+    """The API key of the ``vllm_url`` server: ``CLAAS_TEST_VLLM_API_KEY`` for one already running, else a
+    fresh one."""
+    import os
+    import secrets
+
+    return os.environ.get("CLAAS_TEST_VLLM_API_KEY") or secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(model_dir: Path, vllm_api_key: str, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM (CPU build) serving the packaged model with runtime LoRA loading, behind ``vllm_api_key``.
 
     Started once per test session and stopped at its end. ``CLAAS_TEST_VLLM_URL`` points the tests at a
-    vLLM that is already running instead (it must serve ``smollm2-135m`` with LoRA enabled).
+    vLLM that is already running instead (it must serve ``smollm2-135m`` with LoRA enabled, with the key
+    ``CLAAS_TEST_VLLM_API_KEY``).
     """
     import os
     import signal
@@ -39,7 +50,7 @@ def vllm_url(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         wait_healthy(existing, None, timeout_s=30)
         yield existing
         return
-    options = VllmOptions(model=str(model_dir), served_name="smollm2-135m", port=free_port())
+    options = VllmOptions(model=str(model_dir), served_name="smollm2-135m", port=free_port(), api_key=vllm_api_key)
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
     process = start_vllm(options, log_path)
     try:

@@ -75,33 +75,37 @@ class StackConfig:
 
 @dataclass
 class Secrets:
-    """The local stack's internal token and its first API key (tenant ``default``)."""
+    """The local stack's internal token, its first API key (tenant ``default``) and vLLM's API key."""
 
     internal_token: str
     api_key: str
+    vllm_api_key: str
 
 
 def _load_or_create_secrets(config: StackConfig) -> Secrets:
-    """One internal token and a first API key (tenant "default"), kept under the data dir (mode 0600)."""
+    """The stack's secrets, kept under the data dir (mode 0600); made on first use, each one that is missing."""
     from services.proxy.keys import add_api_key
 
     path = config.data_dir / "secrets.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        return Secrets(data["internal_token"], data["api_key"])
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if {"internal_token", "api_key", "vllm_api_key"} <= data.keys():
+        return Secrets(data["internal_token"], data["api_key"], data["vllm_api_key"])
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    api_key = add_api_key(config.data_dir / KEYS_FILE, DEFAULT_TENANT)
-    created = Secrets(secrets.token_urlsafe(32), api_key)
-    write_atomically(path, json.dumps({"internal_token": created.internal_token, "api_key": created.api_key}))
-    return created
+    if "api_key" not in data:
+        data["api_key"] = add_api_key(config.data_dir / KEYS_FILE, DEFAULT_TENANT)
+    data.setdefault("internal_token", secrets.token_urlsafe(32))
+    # A data dir from before vLLM had a key gains one; the tokens already handed out stay as they are.
+    data.setdefault("vllm_api_key", secrets.token_urlsafe(32))
+    write_atomically(path, json.dumps(data))
+    return Secrets(data["internal_token"], data["api_key"], data["vllm_api_key"])
 
 
-def _service_env(config: StackConfig, role: str, token: str) -> dict[str, str]:
+def _service_env(config: StackConfig, role: str, stack_secrets: Secrets) -> dict[str, str]:
     addresses = config.addresses
     env = {
         "CLAAS_HOST": config.host,
         "CLAAS_PORT": addresses[role].rsplit(":", 1)[1],
-        "CLAAS_INTERNAL_TOKEN": token,
+        "CLAAS_INTERNAL_TOKEN": stack_secrets.internal_token,
         "CLAAS_LOG_FORMAT": "json",
         "CLAAS_BASE_MODEL": config.base_model,
         "CLAAS_DEVICE": config.device,
@@ -111,6 +115,8 @@ def _service_env(config: StackConfig, role: str, token: str) -> dict[str, str]:
         "CLAAS_VLLM_URL": config.vllm_url,
         "CLAAS_STORE_URL": config.store,
     }
+    if role in ("teacher", "proxy"):  # the callers of vLLM (the teacher only with its vllm backend)
+        env["CLAAS_VLLM_API_KEY"] = stack_secrets.vllm_api_key
     if role == "teacher":
         env["CLAAS_ADAPTER_DIR"] = str(config.data_dir / "teacher-adapters")
     if role == "proxy":
@@ -153,15 +159,17 @@ class Stack:
             options = self._vllm_options()
             self._spawn(role, options.command(), {**options.environment(), **(extra_env or {})})
         else:
-            env = _service_env(self.config, role, self.secrets.internal_token)
+            env = _service_env(self.config, role, self.secrets)
             self._spawn(role, [sys.executable, "-m", f"services.{role}"], {**env, **(extra_env or {})})
 
     def _vllm_options(self) -> VllmOptions:
+        assert self.secrets is not None
         return VllmOptions(
             model=resolve_base_model(self.config.base_model),
             served_name=self.config.served_name,
             host=self.config.host,
             port=self.config.vllm_port,
+            api_key=self.secrets.vllm_api_key,
         )
 
     def up(self, timeout_s: float = 600.0) -> None:

@@ -55,6 +55,11 @@ def bearer_from_header(value: str | None) -> str | None:
     return token.strip()
 
 
+def bearer_header(token: str) -> dict[str, str]:
+    """HTTP headers that present ``token``; none for an empty one (a server that asks for no key)."""
+    return {AUTH_METADATA_KEY: f"Bearer {token}"} if token else {}
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

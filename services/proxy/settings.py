@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
@@ -20,6 +20,11 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     storage_addr: str = Field("127.0.0.1:50051", description="Storage service, host:port.")
     trainer_addr: str = Field("127.0.0.1:50053", description="Trainer service, host:port.")
     vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM OpenAI server the proxy uses.")
+    vllm_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="vLLM's API key (its --api-key or VLLM_API_KEY), sent as a bearer token. Empty sends none "
+        "(allowed only while the service listens on loopback).",
+    )
     base_model: str = Field(
         PACKAGED_MODEL, description="Name under which vLLM serves the base model (its --served-model-name)."
     )
@@ -72,4 +77,5 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         return [self.host, self.http_host]
 
     def secrets(self) -> dict[str, str]:
-        return super().secrets() | store_secrets(self)
+        # vLLM loads adapters from paths it is told to: whoever holds its key can make it read files.
+        return super().secrets() | store_secrets(self) | {"vllm_api_key": self.vllm_api_key.get_secret_value()}

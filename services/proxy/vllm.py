@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import structlog
 
+from services.common.auth import bearer_header
 from services.common.errors import ClaasError, InvalidArgument, NotFound, Unavailable
 
 log = structlog.get_logger("claas.proxy.vllm")
@@ -24,10 +25,20 @@ _ALREADY_LOADED = "has already been loaded"
 class VllmClient:
     """One connection pool to one vLLM server, for the life of the process."""
 
-    def __init__(self, base_url: str, *, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        api_key: str = "",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
+            # Sent on every request: vLLM checks it on /v1/* only (not /health, /tokenize), a vLLM that
+            # checks more paths keeps working.
+            headers=bearer_header(api_key),
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             transport=transport,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -141,6 +152,10 @@ def _error_from_body(body: dict[str, Any], status: int) -> ClaasError:
     message = str(error.get("message") or f"vLLM answered HTTP {status}")
     param = error.get("param") if isinstance(error.get("param"), str) else None
     status = int(error.get("code") or status) if str(error.get("code") or "").isdigit() else status
+    if status in (401, 403):
+        # Our configuration, not the caller's request: the proxy's key and vLLM's differ.
+        log.error("vllm_refused_key", status=status)
+        return ClaasError("vLLM refused the proxy's API key: CLAAS_VLLM_API_KEY must be vLLM's --api-key")
     if status == 404:
         return NotFound(message, param=param)
     if 400 <= status < 500:

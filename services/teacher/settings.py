@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.common.model import PACKAGED_MODEL
 from services.common.settings import CommonSettings, default_data_dir
@@ -41,6 +41,11 @@ class TeacherSettings(CommonSettings):
         DEFAULT_TEMPLATE, description="Hindsight template used when a request names none."
     )
     vllm_url: str = Field("http://127.0.0.1:8001", description="vLLM server of the vllm backend.")
+    vllm_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="vLLM's API key (its --api-key or VLLM_API_KEY), sent as a bearer token to vllm_url and "
+        "remote_vllm_url by the vllm backend. Empty sends none (allowed only while the service listens on loopback).",
+    )
     vllm_model: str | None = Field(
         None, description="Name the vLLM server serves the base model under; defaults to base_model."
     )
@@ -81,3 +86,9 @@ class TeacherSettings(CommonSettings):
     remote_served_name: str | None = Field(
         None, description="Name the remote vLLM serves the remote model under; defaults to remote_model."
     )
+
+    def secrets(self) -> dict[str, str]:
+        # The hf backend talks to no vLLM: a key it would never send is not asked for.
+        if self.backend != "vllm":
+            return super().secrets()
+        return super().secrets() | {"vllm_api_key": self.vllm_api_key.get_secret_value()}

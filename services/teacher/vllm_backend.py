@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from services.common.auth import bearer_header
 from services.common.errors import ClaasError, InvalidArgument, NotFound, Unavailable
 from services.common.locks import KeyedLocks
 from services.common.model import resolve_base_model, tokenizer_fingerprint
@@ -121,7 +122,8 @@ class VllmBackend:
 
     async def load(self) -> BackendInfo:
         s = self._settings
-        self._client = httpx.AsyncClient(timeout=s.vllm_timeout_s, transport=self._transport)
+        headers = bearer_header(s.vllm_api_key.get_secret_value())
+        self._client = httpx.AsyncClient(timeout=s.vllm_timeout_s, headers=headers, transport=self._transport)
         self.tokenizer, vocab_size = await asyncio.to_thread(_load_tokenizer, s.base_model)
         remote_fingerprint = None
         if s.remote_model:
@@ -243,6 +245,9 @@ class VllmBackend:
                 return {"text": response.text}
         message = f"vLLM {path}: {_error_message(response)}"
         error: type[ClaasError] = Unavailable
+        if response.status_code in (401, 403):
+            # Our configuration, not the caller's request: the teacher's key and the server's differ.
+            raise ClaasError(f"vLLM at {url} refused the teacher's API key (CLAAS_VLLM_API_KEY)")
         if response.status_code == 404:
             error = NotFound
         elif response.status_code < 500:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.common.server import ServiceServer, serving
@@ -76,6 +77,8 @@ class ProxyStack:
     keys: dict[str, str]
     vllm_url: str
     storage_addr: str
+    #: vLLM's own API key, for the tests that ask vLLM directly.
+    vllm_api_key: str
 
     @property
     def grpc_addr(self) -> str:
@@ -88,10 +91,19 @@ class ProxyStack:
     def bearer(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.keys[tenant]}"}
 
+    def vllm_client(self, *, timeout: float) -> httpx.AsyncClient:
+        """A client of vLLM itself, with its API key."""
+        headers = {"authorization": f"Bearer {self.vllm_api_key}"}
+        return httpx.AsyncClient(base_url=self.vllm_url, headers=headers, timeout=timeout)
+
 
 @pytest.fixture(scope="session")
 async def stack_proxy(
-    vllm_url: str, stack_storage: str, stack_trainer: str, tmp_path_factory: pytest.TempPathFactory
+    vllm_url: str,
+    vllm_api_key: str,
+    stack_storage: str,
+    stack_trainer: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ProxyStack]:
     """The proxy (gRPC and HTTP) over the real storage, trainer and vLLM, with keys of tenants acme and beta."""
     folder = tmp_path_factory.mktemp("proxy")
@@ -103,10 +115,11 @@ async def stack_proxy(
         storage_addr=stack_storage,
         trainer_addr=stack_trainer,
         vllm_url=vllm_url,
+        vllm_api_key=vllm_api_key,
         api_keys_file=keys_file,
         store_url=str(folder / "store"),
         adapter_dir=folder / "adapters",
         grace_period_s=1,
     )
     async with serving(build_proxy(settings)) as server:
-        yield ProxyStack(server, keys, vllm_url, stack_storage)  # type: ignore[arg-type]
+        yield ProxyStack(server, keys, vllm_url, stack_storage, vllm_api_key)  # type: ignore[arg-type]

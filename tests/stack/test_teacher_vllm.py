@@ -31,12 +31,13 @@ ANSWER = "Paris is home to the Eiffel Tower, which was built in 1889 for the Wor
 
 
 @pytest.fixture(scope="module")
-async def teachers(model_dir: Path, vllm_url: str, tmp_path_factory: pytest.TempPathFactory):
+async def teachers(model_dir: Path, vllm_url: str, vllm_api_key: str, tmp_path_factory: pytest.TempPathFactory):
     """(hf teacher, vllm teacher) sharing one stand-in storage that serves a test LoRA."""
     folder = tmp_path_factory.mktemp("lora")
     make_test_lora(model_dir, folder)
     adapters = AdapterFiles(lambda: storage_serving(folder, head=1))
     common = {"base_model": str(model_dir), "vllm_model": "smollm2-135m", "vllm_url": vllm_url}
+    common |= {"vllm_api_key": vllm_api_key}
     hf = Teacher(HfBackend(TeacherSettings(backend="hf", **common), adapters), adapters=adapters)
     vllm_settings = TeacherSettings(
         backend="vllm", vllm_max_logprobs=K, adapter_dir=tmp_path_factory.mktemp("adapters"), **common

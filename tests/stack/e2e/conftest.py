@@ -52,6 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_dir: Path):
         pytest.fail("claas up did not become ready:\n" + "".join(output))
     info = json.loads((data_dir / "stack.json").read_text())
     info["data_dir"] = data_dir
+    info["vllm_api_key"] = json.loads((data_dir / "secrets.json").read_text())["vllm_api_key"]
     info["process"] = process
     try:
         yield info

@@ -17,12 +17,15 @@ from services.cli.eval.rundir import PLOTS
 
 pytestmark = pytest.mark.stack
 
+#: The local vLLM judges, so the judge presents its API key, read from this variable.
+JUDGE_KEY_ENV = "CLAAS_TEST_JUDGE_API_KEY"
 SHORT = ["steps=2", "rollouts_per_step=2", "rollout_max_tokens=16", "eval_max_tokens=24", "sdpo.steps=1",
          "collapse.max_tokens=24", "general.max_tokens=48"]  # fmt: skip
 
 
 def _argv(stack, out: Path) -> list[str]:
-    judge = ["judge.enabled=true", f"judge.base_url={stack['vllm_url']}", f"judge.model={stack['base_model']}"]
+    judge = ["judge.enabled=true", f"judge.base_url={stack['vllm_url']}", f"judge.model={stack['base_model']}",
+             f"judge.api_key_env={JUDGE_KEY_ENV}"]  # fmt: skip
     return [sys.executable, "-m", "services.cli", "eval", "-p", "identity", *SHORT, *judge,
             "--out", str(out), "--data-dir", str(stack["data_dir"]), "--json"]  # fmt: skip
 
@@ -50,7 +53,10 @@ def _not_blank_png(path: Path) -> None:
 
 
 @pytest.mark.timeout(1800)  # four feedback jobs, each with guided rollouts and the commit guard
-def test_eval_writes_every_file_and_plot_and_resumes_after_a_kill(stack, tmp_path: Path) -> None:
+def test_eval_writes_every_file_and_plot_and_resumes_after_a_kill(
+    stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(JUDGE_KEY_ENV, stack["vllm_api_key"])  # the runs below inherit it
     out = tmp_path / "run"
     argv = _argv(stack, out)
     first = _run_until_first_step_is_recorded(argv)

@@ -58,7 +58,7 @@ async def channel(stack_proxy: ProxyStack) -> AsyncIterator[grpc.aio.Channel]:
 
 
 async def vllm_models(stack: ProxyStack) -> set[str]:
-    async with httpx.AsyncClient(base_url=stack.vllm_url, timeout=30) as client:
+    async with stack.vllm_client(timeout=30) as client:
         return {card["id"] for card in (await client.get("/v1/models")).json()["data"]}
 
 
@@ -82,7 +82,7 @@ async def test_the_rollout_holds_exactly_what_vllm_sampled(stack_proxy: ProxySta
     answer = await acme.chat.completions.create(model=adapter, messages=MESSAGES, **GREEDY)
     rollout = await stack_proxy.server.core.rollouts.get("acme", answer.id)
 
-    async with httpx.AsyncClient(base_url=stack_proxy.vllm_url, timeout=120) as client:
+    async with stack_proxy.vllm_client(timeout=120) as client:
         direct = await client.post(
             "/v1/chat/completions",
             json={

@@ -135,7 +135,7 @@ async def test_chat_logprobs_are_vllms_own_plain_and_streamed(
     plain = await acme.chat.completions.create(model=name, **asked)
     stream = await acme.chat.completions.create(model=name, stream=True, **asked)
     streamed = [t async for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
-    async with httpx.AsyncClient(base_url=stack_proxy.vllm_url, timeout=120) as client:
+    async with stack_proxy.vllm_client(timeout=120) as client:
         direct = await client.post("/v1/chat/completions", json={"model": vllm_lora_name(f"acme/{name}", 2), **asked})
 
     ours = [t.model_dump() for t in plain.choices[0].logprobs.content]
@@ -158,7 +158,7 @@ async def test_a_text_completion_is_recorded_and_its_feedback_trains(
     answer = await acme.completions.create(**asked)
     streamed = [c.choices[0] async for c in await acme.completions.create(stream=True, **asked) if c.choices]
     rollout = await stack_proxy.server.core.rollouts.get("acme", answer.id)
-    async with httpx.AsyncClient(base_url=stack_proxy.vllm_url, timeout=60) as client:
+    async with stack_proxy.vllm_client(timeout=60) as client:
         tokenized = await client.post("/tokenize", json={"prompt": "The capital of France is"})
 
     choice = answer.choices[0]
@@ -190,6 +190,6 @@ async def test_scores_among_concurrent_chats_leave_vllm_alive(
     assert all(r.choices[0].message.content for r in results[:3])
     first, second = results[3][0], results[4][0]
     assert first["logprobs"] != second["logprobs"]
-    async with httpx.AsyncClient(base_url=stack_proxy.vllm_url, timeout=10) as client:
+    async with stack_proxy.vllm_client(timeout=10) as client:
         assert (await client.get("/health")).status_code == 200
     assert (await acme.chat.completions.create(model=name, messages=MESSAGES, max_tokens=4)).choices

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from services.proxy.settings import ProxySettings
+from services.teacher.settings import TeacherSettings
 from services.trainer.settings import TrainerSettings
 
 
@@ -18,3 +20,20 @@ def test_proxy_and_trainer_read_one_feedback_limit(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("CLAAS_MAX_FEEDBACK_CHARS", "500")
     monkeypatch.setenv("CLAAS_MAX_FEEDBACK_COMPLETIONS", "8")
     assert _limits(ProxySettings()) == _limits(TrainerSettings()) == (500, 8)
+
+
+@pytest.mark.parametrize("key", ["", "change-me-vllm-api-key"])
+def test_the_proxy_refuses_an_empty_or_example_vllm_key_beyond_loopback(key: str) -> None:
+    """Hole: vLLM took runtime LoRA loads (a path it then reads) from anyone who reached its port."""
+    with pytest.raises(ValidationError, match="CLAAS_VLLM_API_KEY is"):
+        ProxySettings(http_host="0.0.0.0", internal_token="own-token", vllm_api_key=key)
+    assert ProxySettings(internal_token="own-token", vllm_api_key=key).vllm_api_key.get_secret_value() == key
+    assert ProxySettings(http_host="0.0.0.0", internal_token="own-token", vllm_api_key="own-key")
+
+
+def test_the_teacher_asks_for_a_vllm_key_only_with_its_vllm_backend() -> None:
+    exposed = {"host": "0.0.0.0", "internal_token": "own-token"}
+    with pytest.raises(ValidationError, match="CLAAS_VLLM_API_KEY is empty"):
+        TeacherSettings(backend="vllm", **exposed)
+    assert TeacherSettings(backend="vllm", vllm_api_key="own-key", **exposed)
+    assert TeacherSettings(backend="hf", **exposed)

@@ -116,6 +116,31 @@ def _secret_value(objects: list[Obj], name: str, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
+def secret_ref(container: Obj, env_name: str) -> tuple[str, str]:
+    """(Secret, key) that the container's variable ``env_name`` is read from; fails if it is not a Secret's."""
+    (item,) = [i for i in container.get("env", []) if i["name"] == env_name]
+    ref = item.get("valueFrom", {}).get("secretKeyRef")
+    assert ref is not None, f"{container['name']}: {env_name} does not come from a Secret"
+    return ref["name"], ref["key"]
+
+
+def secrets_used(workload: Obj, container: Obj) -> set[str]:
+    """Every Secret the container reads: env values, envFrom, and the pod's secret volumes it mounts."""
+    used = {
+        i["valueFrom"]["secretKeyRef"]["name"]
+        for i in container.get("env", [])
+        if "secretKeyRef" in i.get("valueFrom", {})
+    }
+    used |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+    mounted = {m["name"] for m in container.get("volumeMounts", [])}
+    used |= {
+        v["secret"]["secretName"]
+        for v in pod_spec(workload).get("volumes", [])
+        if "secret" in v and v["name"] in mounted
+    }
+    return used
+
+
 def container_env(objects: list[Obj], container: Obj) -> dict[str, str]:
     """The environment Kubernetes gives the container: envFrom first, then env (which wins)."""
     env: dict[str, str] = {}

@@ -28,6 +28,7 @@ from tests.unit.k8s.manifests import (
     pod_spec,
     references,
     role_containers,
+    secret_ref,
     settings_class,
     workloads,
 )
@@ -193,6 +194,20 @@ def test_the_vllm_sidecar_serves_what_the_proxy_and_trainer_expect(
     vllm_url = urlparse(proxy.vllm_url)
     assert vllm_url.hostname in ("127.0.0.1", "localhost")  # the sidecar, never another pod's vLLM
     assert [p["containerPort"] for p in container["ports"]] == [vllm_url.port] == [int(options["--port"])]
+
+
+def test_vllm_requires_the_key_the_proxy_sends(monkeypatch: pytest.MonkeyPatch, objects: list[Obj]) -> None:
+    """Hole: the proxy's vLLM loaded adapters (from paths it is told) for anyone who reached its port."""
+    vllm, _, options = _vllm(objects)
+    _, container = role_containers(objects)["proxy"]
+    key = secret_ref(vllm, "VLLM_API_KEY")
+    assert key[0].startswith("claas-vllm-api-key-")  # a Secret of its own, not one of the other credentials
+    assert secret_ref(container, "CLAAS_VLLM_API_KEY") == key
+    assert "--api-key" not in options  # read from the environment: the key stays off the command line
+    proxy_env = container_env(objects, container)
+    assert loaded_settings(monkeypatch, "proxy", proxy_env).vllm_api_key.get_secret_value()
+    with pytest.raises(SettingsError, match=r"CLAAS_VLLM_API_KEY is empty while the service listens on 0\.0\.0\.0"):
+        loaded_settings(monkeypatch, "proxy", proxy_env | {"CLAAS_VLLM_API_KEY": ""})
 
 
 def test_the_packaged_model_path_is_where_the_image_puts_it(objects: list[Obj]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.unit.k8s.manifests import (
     OUTSIDE,
     Obj,
     Peer,
+    container_env,
     containers,
     find_container,
     ingress_allowed,
@@ -20,6 +22,8 @@ from tests.unit.k8s.manifests import (
     of_kind,
     pod_labels,
     pod_spec,
+    secret_ref,
+    secrets_used,
     selects,
     workloads,
 )
@@ -184,7 +188,7 @@ def test_the_claas_image_is_one_image_in_every_role(objects: list[Obj], overlay:
 
 def test_secrets_hold_only_placeholders(objects: list[Obj]) -> None:
     secrets = of_kind(objects, "Secret")
-    assert len(secrets) == 3
+    assert len(secrets) == 5
     for secret in secrets:
         assert "stringData" not in secret
         for key, encoded in secret["data"].items():
@@ -206,6 +210,50 @@ def test_credentials_come_from_secrets_never_inline(objects: list[Obj]) -> None:
             for item in container.get("env", []):
                 if any(s in item["name"] for s in secret_like) and not item["name"].endswith("_FILE"):
                     assert "secretKeyRef" in item.get("valueFrom", {}), item["name"]
+
+
+#: What the services' MinIO user may do: the objects of the one bucket, and listing it.
+SERVICE_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+SERVICE_BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation"}
+
+
+def _bucket_job(objects: list[Obj]) -> tuple[Obj, str]:
+    job = named(objects, "Job", "claas-minio-bucket")
+    (mc,) = pod_spec(job)["containers"]
+    return mc, "\n".join(mc["args"])
+
+
+def test_only_minio_and_its_bucket_job_hold_the_root_credentials(objects: list[Obj]) -> None:
+    """Hole: storage and the proxy signed in to MinIO as root, able to create users and delete every bucket."""
+    minio = find_container(objects, "StatefulSet", "claas-minio", "minio")
+    root, _ = secret_ref(minio, "MINIO_ROOT_USER")
+    holders = {(w["metadata"]["name"], c["name"]) for w in workloads(objects) for c in containers(w)
+               if root in secrets_used(w, c)}  # fmt: skip
+    assert holders == {("claas-minio", "minio"), ("claas-minio-bucket", "mc")}
+
+
+def test_storage_and_the_proxy_sign_in_as_the_user_the_bucket_job_creates(objects: list[Obj]) -> None:
+    mc, script = _bucket_job(objects)
+    created = (secret_ref(mc, "SERVICE_ACCESS_KEY"), secret_ref(mc, "SERVICE_SECRET_KEY"))
+    for workload, container in [("claas-storage", "storage"), ("claas-proxy", "proxy")]:
+        service = find_container(objects, "Deployment", workload, container)
+        assert (secret_ref(service, "CLAAS_S3_ACCESS_KEY"), secret_ref(service, "CLAAS_S3_SECRET_KEY")) == created
+    assert 'admin user add store "$SERVICE_ACCESS_KEY" "$SERVICE_SECRET_KEY"' in script
+    assert 'admin policy attach store claas-service --user "$SERVICE_ACCESS_KEY"' in script
+
+
+def test_the_services_policy_reaches_only_the_objects_of_the_bucket(objects: list[Obj]) -> None:
+    mc, script = _bucket_job(objects)
+    (template,) = re.findall(r"printf '([^']*)' \"\$bucket\" \"\$bucket\" >/tmp/mc/claas-service\.json", script)
+    assert "admin policy create store claas-service /tmp/mc/claas-service.json" in script
+    bucket = container_env(objects, mc)["CLAAS_STORE_URL"].removeprefix("s3://")
+    policy = json.loads(template % (bucket, bucket))
+    statements = policy["Statement"]
+    assert all(st["Effect"] == "Allow" and set(st) == {"Effect", "Action", "Resource"} for st in statements)
+    granted = {(action, resource) for st in statements for action in st["Action"] for resource in st["Resource"]}
+    assert granted == {(a, f"arn:aws:s3:::{bucket}") for a in SERVICE_BUCKET_ACTIONS} | {
+        (a, f"arn:aws:s3:::{bucket}/*") for a in SERVICE_ACTIONS
+    }
 
 
 def test_every_referenced_config_and_secret_exists(objects: list[Obj]) -> None:
@@ -304,7 +352,7 @@ def test_only_the_proxy_is_reachable_from_outside_the_namespace(objects: list[Ob
     proxy = _workload(objects, "proxy")
     assert ingress_allowed(objects, proxy, 50050, OUTSIDE)
     assert ingress_allowed(objects, proxy, 8000, OUTSIDE)
-    assert not ingress_allowed(objects, proxy, 8001, OUTSIDE), "vLLM has no authentication"
+    assert not ingress_allowed(objects, proxy, 8001, OUTSIDE), "vLLM checks its key on /v1/* only"
     assert not ingress_allowed(objects, proxy, 8001, _peer(objects, "trainer"))
     for component, port in [("storage", 50051), ("teacher", 50052), ("trainer", 50053), ("object-store", 9000)]:
         assert not ingress_allowed(objects, _workload(objects, component), port, OUTSIDE), component

@@ -463,7 +463,11 @@ def test_the_proxy_refuses_the_example_key_where_others_can_connect(tmp_path: Pa
     keys_file = tmp_path / "api-keys.json"
     keys_file.write_text(json.dumps(example))
     exposed = ProxySettings(
-        api_keys_file=keys_file, http_host="0.0.0.0", internal_token="a-token-of-our-own", store_url=str(tmp_path)
+        api_keys_file=keys_file,
+        http_host="0.0.0.0",
+        internal_token="a-token-of-our-own",
+        vllm_api_key="a-key-of-our-own",
+        store_url=str(tmp_path),
     )
 
     with pytest.raises(

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import ClaasError, InvalidArgument, NotFound, Unavailable
 from services.teacher import vllm_backend
 from services.teacher.adapters import AdapterFiles
 from services.teacher.domain import AdapterRef, ScoringInput, TeacherMode, TeacherSpec
@@ -50,10 +50,14 @@ class FakeVllm:
         self.requests: list[tuple[str, str, dict]] = []
         self.fail_completions_with: httpx.Response | None = None
         self.down = False
+        #: With a key, /v1/* answers 401 to a request without it (vLLM's --api-key).
+        self.api_key: str | None = None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return httpx.Response(401, json={"error": "Unauthorized"})
         body = json.loads(request.content) if request.content else {}
         self.requests.append((request.url.host, request.url.path, body))
         path = request.url.path
@@ -122,6 +126,24 @@ async def test_remote_mode_asks_the_remote_server_for_the_remote_model(fake_vllm
     await backend.score([ScoringInput((1,), (100,))], top_k=1, teacher=TeacherSpec(TeacherMode.REMOTE))
     assert fake_vllm.requests[-1][:2] == ("remote", "/v1/completions")
     assert fake_vllm.requests[-1][2]["model"] == "other"
+    await backend.close()
+
+
+async def test_the_servers_key_is_sent_to_both_servers(fake_vllm, tmp_path, monkeypatch):
+    fake_vllm.api_key = "the-vllm-key"
+    with pytest.raises(ClaasError, match="refused the teacher's API key \\(CLAAS_VLLM_API_KEY\\)"):
+        await started(fake_vllm, tmp_path, monkeypatch)
+    backend, _ = await started(
+        fake_vllm,
+        tmp_path,
+        monkeypatch,
+        vllm_api_key="the-vllm-key",
+        remote_model="other",
+        remote_vllm_url="http://remote",
+    )
+    await backend.score([ScoringInput((1,), (100,))], top_k=1, teacher=TeacherSpec(TeacherMode.BASE))
+    await backend.score([ScoringInput((1,), (100,))], top_k=1, teacher=TeacherSpec(TeacherMode.REMOTE))
+    assert {host for host, path, _ in fake_vllm.requests if path == "/v1/completions"} == {"vllm", "remote"}
     await backend.close()
 
 
