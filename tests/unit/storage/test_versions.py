@@ -354,20 +354,20 @@ async def test_versions_come_in_pages_that_stay_under_the_message_limit(client: 
     from services.common.domain import Lineage
     from services.storage.core import PAGE_BYTES
 
-    feedback = tuple(payload(700_000, seed=9).hex()[i : i + 1000] for i in range(0, 1_400_000, 1000))
-    heavy = Lineage(job_id="", feedback=feedback)  # about 1.4 MB of lineage per version
-    for parent in range(8):
+    feedback = tuple(payload(450_000, seed=9).hex()[i : i + 1000] for i in range(0, 900_000, 1000))
+    heavy = Lineage(job_id="", feedback=feedback)  # about 0.9 MB of lineage per version (the limit is 1 MiB)
+    for parent in range(10):
         await client.upload_version(adapter, parent, adapter_files(seed=parent), replace(heavy, job_id=f"j{parent}"))
 
-    first, token = await client.versions_page(adapter, page_size=5)
-    assert token and 1 <= len(first) < 5  # the bytes ended the page before the count did
-    assert sum(len(v.to_json()) for v in first) <= PAGE_BYTES + 2_000_000
+    first, token = await client.versions_page(adapter, page_size=8)
+    assert token and 1 <= len(first) < 8  # the bytes ended the page before the count did
+    assert sum(len(v.to_json()) for v in first) <= PAGE_BYTES + 1_000_000
     rest = []
     while token:
-        page, token = await client.versions_page(adapter, page_size=5, page_token=token)
+        page, token = await client.versions_page(adapter, page_size=8, page_token=token)
         rest.extend(page)
-    assert [v.version for v in first + rest] == list(range(1, 9))
-    assert [v.version for v in await client.list_versions(adapter)] == list(range(1, 9))
+    assert [v.version for v in first + rest] == list(range(1, 11))
+    assert [v.version for v in await client.list_versions(adapter)] == list(range(1, 11))
     small, token = await client.versions_page(adapter, page_size=1)
     assert [v.version for v in small] == [1] and token
     with pytest.raises(errors.InvalidArgument, match="invalid page_token"):
