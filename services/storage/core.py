@@ -37,6 +37,7 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from services.common.locks import KeyedLocks
@@ -65,6 +66,28 @@ PAGE_BYTES = 4 << 20
 _MANIFESTS_AT_ONCE = 16
 
 
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """How many versions an adapter keeps and how much a tenant may keep (0: no bound)."""
+
+    #: Besides the head and the tagged versions, the latest this many; older ones are deleted after a commit.
+    keep_latest: int = 0
+    max_tenant_versions: int = 0
+    max_tenant_bytes: int = 0
+
+
+@dataclasses.dataclass
+class Usage:
+    """The versions one tenant keeps and the bytes of their files."""
+
+    versions: int = 0
+    bytes: int = 0
+
+    def change(self, versions: int, size: int) -> None:
+        self.versions += versions
+        self.bytes += size
+
+
 class AdapterStore:
     """Call ``recover`` once before serving: it cleans up after crashes and builds the name index."""
 
@@ -77,9 +100,14 @@ class AdapterStore:
         max_page_size: int = 1000,
         watch_queue_size: int = 1000,
         max_parallel_transfers: int = 4,
+        retention: Retention = Retention(),
     ) -> None:
         self.store = store
         self._limits = limits
+        self._retention = retention
+        # What each tenant keeps (versions, bytes), from the records: built by ``recover``, then kept current
+        # by every commit, retirement and delete (this process is the store's only writer).
+        self._usage: dict[str, Usage] = collections.defaultdict(Usage)
         # Bound the memory of transfers whatever the number of callers: each one in flight holds a chunk or
         # two; the others wait their turn (within their deadline) with their bytes held back by gRPC's flow
         # control. Uploads and downloads count apart, so readers never hold commits back. A bound of this
@@ -163,6 +191,8 @@ class AdapterStore:
                 record = None
             await self.store.delete(layout.record_key(name))
             self._names.discard(name)
+            if record is not None:
+                self._usage[_tenant(name)].change(-record.kept_versions, -record.kept_bytes)
             await self.store.delete_prefix(layout.adapter_prefix(name))
         if record is None:
             return False
@@ -217,6 +247,10 @@ class AdapterStore:
                 if record.pending:  # an earlier write of this process failed half-way
                     await self.store.delete_prefix(layout.version_prefix(name, record.pending))
                 n = record.last_version + 1
+                head = n if header.set_head else record.head
+                size = sum(entry.size for entry in header.files)
+                victims = await self._victims(dataclasses.replace(record, last_version=n, head=head))
+                self._check_quota(name, 1 - len(victims), size - sum(v.size for v in victims))
                 reserved = dataclasses.replace(record, last_version=n, pending=n)
                 await self._save(reserved)
                 for entry in header.files:
@@ -226,10 +260,14 @@ class AdapterStore:
                 committed = dataclasses.replace(
                     reserved,
                     pending=0,
-                    head=n if header.set_head else record.head,
+                    head=head,
                     jobs=record.with_job(header.lineage.job_id, n),
+                    kept_versions=record.kept_versions + 1,
+                    kept_bytes=record.kept_bytes + size,
                 )
                 await self._save(committed)
+                self._usage[_tenant(name)].change(1, size)
+                await self._retire(committed, victims)
         finally:
             spool.close()
         log.info("version_committed", adapter=name, version=n, parent=header.parent_version, head=committed.head)
@@ -249,6 +287,61 @@ class AdapterStore:
             )
         log.info("version_commit_repeated", adapter=record.name, version=info.version, job_id=header.lineage.job_id)
         return info.public(False, PRIVATE_FILES), record
+
+    async def _committed_numbers(self, record: AdapterRecord, after: int = 0) -> list[int]:
+        """The numbers of the committed versions above ``after`` whose manifest is stored, ascending."""
+        keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(record.name))]
+        return sorted(
+            k.version
+            for k in keys
+            if k
+            and k.version is not None
+            and k.version > after
+            and k.file == layout.MANIFEST_FILE
+            and record.is_committed(k.version)
+        )
+
+    async def _victims(self, record: AdapterRecord) -> list[Version]:
+        """The versions of ``record`` that retention deletes: neither head, nor tagged, nor among the latest."""
+        keep = self._retention.keep_latest
+        if not keep or record.last_version <= keep:
+            return []
+        kept = record.kept(keep)
+        numbers = [n for n in await self._committed_numbers(record) if n not in kept]
+        return [await self._manifest(record, n) for n in numbers]
+
+    async def _retire(self, record: AdapterRecord, victims: list[Version]) -> AdapterRecord:
+        """Delete ``victims`` after the commit point: hidden first (a record write), then removed; a crash in
+        between leaves them hidden, and ``recover`` removes them. Never fails the commit it follows."""
+        if not victims and not record.retiring:  # (a retirement that failed half-way is finished here)
+            return record
+        try:
+            retiring = record.retire(victims)
+            await self._save(retiring)
+            self._usage[_tenant(record.name)].change(-len(victims), -sum(v.size for v in victims))
+            for version in retiring.retiring:
+                await self.store.delete_prefix(layout.version_prefix(record.name, version))
+            done = dataclasses.replace(retiring, retiring=())
+            await self._save(done)
+        except (ClaasError, OSError) as exc:
+            log.warning("retention_failed", adapter=record.name, error=str(exc))
+            return record
+        log.info("versions_retired", adapter=record.name, versions=list(retiring.retiring))
+        return done
+
+    def _check_quota(self, name: str, versions: int, size: int) -> None:
+        tenant = _tenant(name)
+        usage, retention = self._usage[tenant], self._retention
+        if versions > 0 and retention.max_tenant_versions and usage.versions + versions > retention.max_tenant_versions:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} keeps {usage.versions} versions, its quota (CLAAS_MAX_VERSIONS_PER_TENANT "
+                f"{retention.max_tenant_versions}); delete adapters or keep fewer versions (CLAAS_KEEP_VERSIONS)"
+            )
+        if size > 0 and retention.max_tenant_bytes and usage.bytes + size > retention.max_tenant_bytes:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} keeps {usage.bytes} bytes of versions; {size} more would pass its quota "
+                f"(CLAAS_MAX_TENANT_MB, {retention.max_tenant_bytes} bytes); delete adapters or keep fewer versions"
+            )
 
     async def _manifest(self, record: AdapterRecord, version: int) -> Version:
         missing = NotFound(f"version {version} of adapter {record.name!r} not found", param="version")
@@ -305,16 +398,7 @@ class AdapterStore:
         size = self._page(page_size)
         after = _decode_version_token(page_token)
         record = await self._load(name)
-        keys = [layout.parse_key(k) for k in await self.store.list(layout.versions_prefix(name))]
-        numbers = sorted(
-            k.version
-            for k in keys
-            if k
-            and k.version is not None
-            and k.version > after
-            and k.file == layout.MANIFEST_FILE
-            and record.is_committed(k.version)
-        )
+        numbers = await self._committed_numbers(record, after)
         page: list[Version] = []
         used, last = 0, after
         candidates = numbers[:size]
@@ -360,6 +444,10 @@ class AdapterStore:
         async with self._locks(name):
             record = await self._load(name)
             tags = {k: v for k, v in record.tags.items() if k != tag}
+            if version and len(tags) >= layout.MAX_TAGS:
+                raise ResourceExhausted(
+                    f"adapter {name!r} has {layout.MAX_TAGS} tags, the most it may have; remove one first", param="tag"
+                )
             if version:
                 await self._manifest(record, version)
                 tags[tag] = version
@@ -418,14 +506,19 @@ class AdapterStore:
         for version in stray:
             log.warning("removing_orphan_version", adapter=name, version=version)
             await self.store.delete_prefix(layout.version_prefix(name, version))
-        if record.pending:
-            record = dataclasses.replace(record, pending=0)
+        if record.pending or record.retiring:
+            record = dataclasses.replace(record, pending=0, retiring=())
             await self._save(record)
         self._names.add(name)
+        self._usage[_tenant(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)
 
     def close(self) -> None:
         self.heads.close()
+
+
+def _tenant(name: str) -> str:
+    return name.partition("/")[0]
 
 
 async def _drain(items: AsyncIterator[UploadHeader | Chunk]) -> None:

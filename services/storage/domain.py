@@ -45,13 +45,45 @@ class AdapterRecord:
     #: The versions the latest jobs committed, by job id (at most ``JOBS_REMEMBERED``, oldest first): a
     #: commit retried after an ambiguous failure finds the version it already made instead of making another.
     jobs: dict[str, int] = field(default_factory=dict)
+    #: Versions the retention policy is deleting: hidden at once, their folders removed next (by recovery
+    #: if the process dies first).
+    retiring: tuple[int, ...] = ()
+    #: The committed versions still stored, and the bytes of their files: the tenant's quotas count these.
+    kept_versions: int = 0
+    kept_bytes: int = 0
+    #: What the versions deleted by retention were made of (``versions``, ``feedback``, ``completions``,
+    #: ``steps``, ``through``: the highest number deleted).
+    retired: dict[str, int] = field(default_factory=dict)
 
     def public(self) -> Adapter:
         """The record as callers see it."""
         return Adapter(self.name, self.base_model, self.lora, self.head, dict(self.tags), self.created_at)
 
     def is_committed(self, version: int) -> bool:
-        return 1 <= version <= self.last_version and version != self.pending
+        return 1 <= version <= self.last_version and version != self.pending and version not in self.retiring
+
+    def kept(self, keep_latest: int) -> set[int]:
+        """The versions retention never deletes: the head, the tagged ones and the latest ``keep_latest``."""
+        latest = range(max(1, self.last_version - keep_latest + 1), self.last_version + 1)
+        return {self.head, *self.tags.values(), *latest} - {0}
+
+    def retire(self, versions: list[Version]) -> AdapterRecord:
+        """The record with ``versions`` hidden as ``retiring`` (beside any still there) and their lineage summed
+        into ``retired``."""
+        summary = dict.fromkeys(("versions", "feedback", "completions", "steps", "through"), 0) | self.retired
+        for v in versions:
+            summary["versions"] += 1
+            summary["feedback"] += len(v.lineage.feedback)
+            summary["completions"] += len(v.lineage.completion_ids)
+            summary["steps"] += len(v.lineage.metrics)
+            summary["through"] = max(summary["through"], v.version)
+        return dataclasses.replace(
+            self,
+            retiring=tuple(sorted({*self.retiring, *(v.version for v in versions)})),
+            kept_versions=max(0, self.kept_versions - len(versions)),
+            kept_bytes=max(0, self.kept_bytes - sum(v.size for v in versions)),
+            retired=summary,
+        )
 
     def committed_by(self, job_id: str) -> int:
         """The version job ``job_id`` committed (0: none remembered)."""
@@ -76,7 +108,8 @@ class AdapterRecord:
         body.pop("format", None)
         lora = body.pop("lora")
         return cls(
-            **body | {"created_at": datetime.fromisoformat(body["created_at"])},
+            **body
+            | {"created_at": datetime.fromisoformat(body["created_at"]), "retiring": tuple(body.get("retiring", ()))},
             lora=LoraSpec(**lora | {"target_modules": tuple(lora["target_modules"])}),
         )
 
@@ -108,6 +141,11 @@ class Version:
     files: tuple[FileEntry, ...]
     lineage: Lineage
     created_at: datetime
+
+    @property
+    def size(self) -> int:
+        """Bytes of all its files (private ones too)."""
+        return sum(f.size for f in self.files)
 
     def public(self, include_private: bool, private: frozenset[str]) -> Version:
         """The manifest as a caller may see it: private files only when asked for."""

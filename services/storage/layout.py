@@ -34,6 +34,8 @@ ROOT = "adapters/"
 MAX_TEXT = 256
 #: Largest lineage of one version as JSON (samples' texts): every listing of the version carries it.
 MAX_LINEAGE_BYTES = 1 << 20
+#: Most tags of one adapter (each keeps its version from retention).
+MAX_TAGS = 32
 #: Most target modules of a LoRA shape.
 MAX_TARGET_MODULES = 256
 

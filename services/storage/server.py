@@ -9,7 +9,7 @@ from claas.v1 import storage_pb2, storage_pb2_grpc
 from services.common.auth import InternalTokenAuth
 from services.common.objectstore import ObjectStore, open_object_store
 from services.common.server import ServiceServer
-from services.storage.core import AdapterStore
+from services.storage.core import AdapterStore, Retention
 from services.storage.servicer import AdapterStoreServicer
 from services.storage.settings import StorageSettings
 from services.storage.upload import SpoolLimits
@@ -48,6 +48,11 @@ def build_core(settings: StorageSettings, store: ObjectStore | None = None) -> A
         page_size=settings.list_page_size,
         watch_queue_size=settings.watch_queue_size,
         max_parallel_transfers=settings.max_parallel_transfers,
+        retention=Retention(
+            keep_latest=settings.keep_versions,
+            max_tenant_versions=settings.max_versions_per_tenant,
+            max_tenant_bytes=settings.max_tenant_mb * MIB,
+        ),
     )
 
 

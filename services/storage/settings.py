@@ -34,6 +34,20 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
     spool_dir: Path | None = Field(
         None, description="Folder of upload spool files; empty means the system's temporary folder."
     )
+    keep_versions: int = Field(
+        50,
+        ge=0,
+        description="Versions an adapter keeps besides its head and tagged ones (the latest); older ones are "
+        "deleted after each commit, their lineage summed up in the adapter's record. 0 keeps every version.",
+    )
+    max_versions_per_tenant: int = Field(
+        20000,
+        ge=0,
+        description="Versions a tenant may keep over all its adapters (RESOURCE_EXHAUSTED above); 0: no bound.",
+    )
+    max_tenant_mb: int = Field(
+        51200, ge=0, description="MiB of version files a tenant may keep (RESOURCE_EXHAUSTED above); 0: no bound."
+    )
     list_page_size: int = Field(100, ge=1, le=1000, description="ListAdapters page size when the caller sets none.")
     watch_queue_size: int = Field(
         1000, ge=1, description="Head events a watcher may have pending before it is ended as too slow."

@@ -7,6 +7,7 @@ from tests.unit.proxy.conftest import (  # noqa: F401  (fixtures)
     settings,
     storage,
     storage_addr,
+    storage_folder,
     trainer,
     vllm,
 )

@@ -160,6 +160,7 @@ async def _check_store(target: str, uploaded: dict[str, dict[str, bytes]], folde
 async def test_storage_killed_at_random_writes_of_50_commits(settings: StorageSettings, tmp_path: Path) -> None:
     """A client commits 50 versions as the trainer does, uploading again after each failure of unknown fate,
     while storage is SIGKILLed at random writes and started again; every job commits once, in order."""
+    settings = settings.model_copy(update={"keep_versions": 0})  # every version stays, so the chain can be checked
     async with serve(settings) as running, connect(running.target) as client:
         incarnation = (await client.create_adapter(NAME, "smollm2-135m", LORA)).incarnation
     (reports := tmp_path / "kills").mkdir()
