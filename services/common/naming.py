@@ -2,8 +2,9 @@
 called on a vLLM server and in folders.
 
 The proxy (serving) and the teacher (``self`` mode on the vLLM backend) load versions under the same name,
-so either can use a version the other loaded. The name is injective: two (adapter, version) pairs never get
-the same name, so two tenants can never share a vLLM slot or a folder.
+so either can use a version the other loaded. The name is injective: two (adapter, generation, version)
+triples never get the same name, so two tenants, or an adapter and the one created under its name after a
+delete, can never share a vLLM slot or a folder.
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ def check_version(version: int, *, field: str = "version", allow_zero: bool = Tr
     return version
 
 
-def vllm_lora_name(adapter: str, version: int) -> str:
-    """``"tenant/adapter"`` at version N -> ``"tenant+adapter+vN"``."""
+def vllm_lora_name(adapter: str, version: int, generation: int = 1) -> str:
+    """``"tenant/adapter"`` at version N -> ``"tenant+adapter+vN"``; an adapter created again after a delete
+    (generation G > 1) -> ``"tenant+adapter+gG+vN"``, so its v1 is never taken for the old one's."""
     tenant, slash, name = adapter.partition("/")
     if not slash or not tenant or not name or "/" in name or LORA_NAME_SEPARATOR in adapter:
         raise InvalidArgument(f"adapter name must look like 'tenant/adapter', got {adapter!r}", param="adapter")
     if version < 1:
         raise InvalidArgument(f"a served adapter version is >= 1, got {version}", param="version")
-    return f"{tenant}{LORA_NAME_SEPARATOR}{name}{LORA_NAME_SEPARATOR}v{version}"
+    if generation < 1:
+        raise InvalidArgument(f"an adapter generation is >= 1, got {generation}", param="generation")
+    parts = [tenant, name, *([f"g{generation}"] if generation > 1 else []), f"v{version}"]
+    return LORA_NAME_SEPARATOR.join(parts)

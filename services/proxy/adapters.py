@@ -103,7 +103,7 @@ class Adapters:
             adapter = await self._storage.set_head(adapter.name, adapter.head_version, version)
             log.info("adapter_rolled_back", adapter=adapter.name, version=version)
         try:
-            await self._loras.preload(adapter.name, adapter.head_version)
+            await self._loras.preload(adapter.name, adapter.head_version, adapter.generation)
         except ClaasError as exc:
             log.warning("preload_failed", adapter=adapter.name, error=exc.message)
         return adapter

@@ -204,6 +204,6 @@ class ProxyCore:
             await self.loras.forget(event.name)
         elif event.head > 0 and self.loras.tracks(event.name):
             try:
-                await self.loras.preload(event.name, event.head)
+                await self.loras.preload(event.name, event.head, event.generation)
             except ClaasError as exc:
                 log.warning("prefetch_failed", adapter=event.name, version=event.head, error=exc.message)

@@ -143,8 +143,8 @@ class Feedback:
         """Load the adapter's head into vLLM now. The job is done either way: a failure here only means
         the next chat loads it itself."""
         try:
-            head = (await self._storage.get_adapter(adapter)).head_version
-            await self._loras.preload(adapter, head)
+            head = await self._storage.get_adapter(adapter)
+            await self._loras.preload(adapter, head.head_version, head.generation)
         except ClaasError as exc:
             log.warning("preload_failed", adapter=adapter, error=exc.message)
 

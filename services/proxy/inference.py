@@ -57,6 +57,7 @@ class Target:
     model: str
     adapter: str = ""
     version: int = 0
+    generation: int = 1
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class Inference:
         adapter = await self.adapter(tenant, model)
         if adapter.head_version < 1:
             raise FailedPrecondition(f"adapter '{adapter.name}' has no version yet", param="model")
-        return Target(model=adapter.name, adapter=adapter.name, version=adapter.head_version)
+        return Target(adapter.name, adapter.name, adapter.head_version, adapter.generation)
 
     async def adapter(self, tenant: str, model: str) -> Adapter:
         """The caller's adapter named ``model``; another tenant's is not found like a missing one."""
@@ -215,7 +216,8 @@ class Inference:
         if not target.adapter:
             yield self._base
             return
-        async with self._loras.lease(target.adapter, target.version, current=current) as name:
+        lease = self._loras.lease(target.adapter, target.version, generation=target.generation, current=current)
+        async with lease as name:
             yield name
 
     async def _start(self, stack: AsyncExitStack, target: Target, send: Callable[[str], Awaitable[T]]) -> T:

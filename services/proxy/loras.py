@@ -39,7 +39,7 @@ Fetch = Callable[[str, int, Path], Awaitable[None]]
 @dataclass(eq=False)
 class _Entry:
     adapter: str
-    version: int
+    served: tuple[int, int]  # (generation, version)
     name: str
     path: Path
     leases: int = 0
@@ -61,7 +61,8 @@ class LoraManager:
         self._max = max_loaded
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = KeyedLocks()
-        self._current: dict[str, int] = {}
+        # The (generation, version) each adapter serves now: an entry of another pair is stale.
+        self._current: dict[str, tuple[int, int]] = {}
 
     def loaded(self) -> list[str]:
         """vLLM names the proxy has loaded, least recently used first."""
@@ -72,11 +73,13 @@ class LoraManager:
         return adapter in self._current
 
     @asynccontextmanager
-    async def lease(self, adapter: str, version: int, *, current: bool = True) -> AsyncIterator[str]:
-        """Make vLLM serve ``adapter`` at ``version`` and hold it while the body runs. ``version`` is the
-        adapter's current one unless ``current`` is False (an older version asked for by name, as a score
-        may): then it is loaded for the lease only and the current one stays as it was."""
-        entry = await self._acquire(adapter, version, current=current)
+    async def lease(
+        self, adapter: str, version: int, *, generation: int = 1, current: bool = True
+    ) -> AsyncIterator[str]:
+        """Make vLLM serve ``adapter`` (of ``generation``) at ``version`` and hold it while the body runs.
+        ``version`` is the adapter's current one unless ``current`` is False (an older version asked for by
+        name, as a score may): then it is loaded for the lease only and the current one stays as it was."""
+        entry = await self._acquire(adapter, version, generation, current=current)
         try:
             yield entry.name
         finally:
@@ -84,9 +87,9 @@ class LoraManager:
             # A cancelled request must still release its version, or it would never be unloaded.
             await asyncio.shield(self._evict())
 
-    async def preload(self, adapter: str, version: int) -> None:
+    async def preload(self, adapter: str, version: int, generation: int = 1) -> None:
         """Load ``version`` as the adapter's current one now, so the next request finds it ready."""
-        async with self.lease(adapter, version):
+        async with self.lease(adapter, version, generation=generation):
             pass
 
     def tracked(self) -> list[str]:
@@ -109,30 +112,30 @@ class LoraManager:
         for name in list(self._entries):
             self.invalidate(name)
 
-    async def _acquire(self, adapter: str, version: int, *, current: bool = True) -> _Entry:
-        name = vllm_lora_name(adapter, version)
+    async def _acquire(self, adapter: str, version: int, generation: int, *, current: bool = True) -> _Entry:
+        name = vllm_lora_name(adapter, version, generation)
         async with self._lock(name):
             entry = self._entries.get(name)
             if entry is None:
-                entry = await self._load(adapter, version, name)
+                entry = await self._load(adapter, (generation, version), name)
                 self._entries[name] = entry
                 LOADED.set(len(self._entries))
             # No await between here and the caller's use: eviction cannot slip in before the lease counts.
             entry.leases += 1
             self._entries.move_to_end(name)
         if current:
-            self._current[adapter] = version
+            self._current[adapter] = (generation, version)
         await self._evict()
         return entry
 
-    async def _load(self, adapter: str, version: int, name: str) -> _Entry:
+    async def _load(self, adapter: str, served: tuple[int, int], name: str) -> _Entry:
         path = self._dir / name
         if not path.is_dir():
-            await self._download(adapter, version, path)
+            await self._download(adapter, served[1], path)
         await self._vllm.load_lora(name, str(path))
         LOADS.inc()
-        log.info("adapter_loaded", adapter=adapter, version=version, vllm_name=name)
-        return _Entry(adapter, version, name, path)
+        log.info("adapter_loaded", adapter=adapter, version=served[1], vllm_name=name)
+        return _Entry(adapter, served, name, path)
 
     async def _download(self, adapter: str, version: int, path: Path) -> None:
         # Into a private folder first, renamed into place whole: vLLM never sees a half-written adapter.
@@ -147,7 +150,7 @@ class LoraManager:
 
     def _doomed(self) -> list[_Entry]:
         idle = [e for e in self._entries.values() if e.leases == 0]
-        stale = [e for e in idle if self._current.get(e.adapter) != e.version]
+        stale = [e for e in idle if self._current.get(e.adapter) != e.served]
         keep = [e for e in idle if e not in stale]
         excess = len(self._entries) - len(stale) - self._max
         return stale + keep[: max(excess, 0)]
@@ -170,4 +173,4 @@ class LoraManager:
             UNLOADS.inc()
             with suppress(OSError):
                 shutil.rmtree(entry.path)
-            log.info("adapter_unloaded", adapter=entry.adapter, version=entry.version, vllm_name=entry.name)
+            log.info("adapter_unloaded", adapter=entry.adapter, version=entry.served[1], vllm_name=entry.name)

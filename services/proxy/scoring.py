@@ -88,12 +88,12 @@ class Scoring:
         if not request.version or request.version == adapter.head_version:
             if adapter.head_version < 1:
                 raise FailedPrecondition(f"adapter '{adapter.name}' has no version yet", param="model")
-            return Target(adapter.name, adapter.name, adapter.head_version), True
+            return Target(adapter.name, adapter.name, adapter.head_version, adapter.generation), True
         try:
             await self._storage.get_version(adapter.name, request.version)
         except NotFound:
             raise NotFound(f"adapter '{request.model}' has no version {request.version}", param="version") from None
-        return Target(adapter.name, adapter.name, request.version), False
+        return Target(adapter.name, adapter.name, request.version, adapter.generation), False
 
     async def _tokenize(self, request: ScoreRequest) -> tuple[list[int], list[int]]:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]

@@ -38,6 +38,7 @@ def adapter_to_proto(adapter: Adapter) -> storage_pb2.Adapter:
         head_version=adapter.head_version,
         tags=adapter.tags,
         created_at=_timestamp(adapter.created_at),
+        generation=adapter.generation,
     )
 
 
@@ -49,6 +50,7 @@ def adapter_from_proto(adapter: storage_pb2.Adapter) -> Adapter:
         head_version=adapter.head_version,
         tags=dict(adapter.tags),
         created_at=_datetime(adapter.created_at),
+        generation=adapter.generation or 1,
     )
 
 
@@ -145,6 +147,7 @@ def event_to_proto(event: HeadEvent) -> storage_pb2.WatchHeadsResponse:
         previous_head=event.previous,
         deleted=event.deleted,
         synced=event.synced,
+        generation=event.generation,
     )
 
 
@@ -155,4 +158,5 @@ def event_from_proto(event: storage_pb2.WatchHeadsResponse) -> HeadEvent:
         previous=event.previous_head,
         deleted=event.deleted,
         synced=event.synced,
+        generation=event.generation or 1,
     )

@@ -153,11 +153,21 @@ class AdapterStore:
                 raise AlreadyExists(f"adapter {name!r} already exists", param="name")
             # Leftovers of an interrupted delete must not leak into the new adapter.
             await self.store.delete_prefix(layout.adapter_prefix(name))
-            record = AdapterRecord(name=name, base_model=base_model, lora=lora, created_at=now())
+            generation = await self._next_generation(name)
+            record = AdapterRecord(name=name, base_model=base_model, lora=lora, created_at=now(), generation=generation)
             await self._save(record)
             self._names.add(name)
         log.info("adapter_created", adapter=name, base_model=base_model)
         return record
+
+    async def _next_generation(self, name: str) -> int:
+        """Counted up before the record is written: a crash in between skips a number, never reuses one."""
+        try:
+            last = int(await self.store.get(layout.generation_key(name)))
+        except NotFound:
+            last = 0
+        await self.store.put(layout.generation_key(name), str(last + 1).encode())
+        return last + 1
 
     async def get_adapter(self, name: str) -> AdapterRecord:
         self._serving()
@@ -196,7 +206,7 @@ class AdapterStore:
             await self.store.delete_prefix(layout.adapter_prefix(name))
         if record is None:
             return False
-        self.heads.publish(HeadEvent(name, 0, record.head, deleted=True))
+        self.heads.publish(HeadEvent(name, 0, record.head, deleted=True, generation=record.generation))
         log.info("adapter_deleted", adapter=name)
         return True
 
@@ -272,7 +282,7 @@ class AdapterStore:
             spool.close()
         log.info("version_committed", adapter=name, version=n, parent=header.parent_version, head=committed.head)
         if committed.head != record.head:
-            self.heads.publish(HeadEvent(name, committed.head, record.head))
+            self.heads.publish(HeadEvent(name, committed.head, record.head, generation=record.generation))
         return info.public(False, PRIVATE_FILES), committed
 
     async def _already_committed(self, record: AdapterRecord, header: UploadHeader) -> tuple[Version, AdapterRecord]:
@@ -432,7 +442,7 @@ class AdapterStore:
                 await self._save(updated)
         if updated.head != record.head:
             log.info("head_moved", adapter=name, head=version, previous=record.head)
-            self.heads.publish(HeadEvent(name, version, record.head))
+            self.heads.publish(HeadEvent(name, version, record.head, generation=record.generation))
         return updated
 
     async def set_tag(self, name: str, tag: str, version: int) -> AdapterRecord:
@@ -470,7 +480,7 @@ class AdapterStore:
                         record = await self._load(name)
                     except NotFound:
                         continue
-                    yield HeadEvent(name, record.head, 0)
+                    yield HeadEvent(name, record.head, 0, generation=record.generation)
                 yield HeadEvent("", 0, 0, synced=True)
             async for event in events:
                 yield event

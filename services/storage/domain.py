@@ -51,13 +51,17 @@ class AdapterRecord:
     #: The committed versions still stored, and the bytes of their files: the tenant's quotas count these.
     kept_versions: int = 0
     kept_bytes: int = 0
+    #: 1 for the first adapter of this name, one more for each one created again after a delete.
+    generation: int = 1
     #: What the versions deleted by retention were made of (``versions``, ``feedback``, ``completions``,
     #: ``steps``, ``through``: the highest number deleted).
     retired: dict[str, int] = field(default_factory=dict)
 
     def public(self) -> Adapter:
         """The record as callers see it."""
-        return Adapter(self.name, self.base_model, self.lora, self.head, dict(self.tags), self.created_at)
+        return Adapter(
+            self.name, self.base_model, self.lora, self.head, dict(self.tags), self.created_at, self.generation
+        )
 
     def is_committed(self, version: int) -> bool:
         return 1 <= version <= self.last_version and version != self.pending and version not in self.retiring
@@ -124,6 +128,8 @@ class Adapter:
     head_version: int
     tags: dict[str, int]
     created_at: datetime
+    #: Which adapter of this name (``AdapterRecord.generation``): part of the names its versions are loaded as.
+    generation: int = 1
 
     @property
     def incarnation(self) -> str:
@@ -197,3 +203,4 @@ class HeadEvent:
     deleted: bool = False
     #: The end of the initial heads (``name`` empty): adapters not named among them do not exist.
     synced: bool = False
+    generation: int = 1

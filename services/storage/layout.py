@@ -4,7 +4,11 @@
 adapters/<tenant>/<adapter>/adapter.json                  the record: head, tags, last version, pending write
 adapters/<tenant>/<adapter>/versions/<n>/<file>           the version's files (PEFT layout + optimizer state)
 adapters/<tenant>/<adapter>/versions/<n>/manifest.json    sizes, SHA-256, parent, lineage; written last
+generations/<tenant>/<adapter>                            how many adapters of this name were ever created
 ```
+
+The generation counter lives outside the adapter's folder: a delete leaves it, so the next adapter of the name
+counts on from it.
 """
 
 from __future__ import annotations
@@ -118,6 +122,10 @@ def adapter_prefix(name: str) -> str:
 
 def record_key(name: str) -> str:
     return f"{ROOT}{name}/{RECORD_FILE}"
+
+
+def generation_key(name: str) -> str:
+    return f"generations/{name}"
 
 
 def versions_prefix(name: str) -> str:

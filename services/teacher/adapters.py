@@ -37,12 +37,13 @@ class AdapterFiles:
         return self._source
 
     async def resolve(self, ref: AdapterRef) -> AdapterRef:
-        if ref.version > 0:
-            return ref
-        head = (await self._storage().get_adapter(ref.name)).head_version
-        if head < 1:
+        # Asked even for a given version: the generation keeps a cached slot of a deleted adapter from being
+        # taken for the new adapter of the same name.
+        adapter = await self._storage().get_adapter(ref.name)
+        version = ref.version or adapter.head_version
+        if version < 1:
             raise FailedPrecondition(f"adapter {ref.name} has no version yet; initialise it first")
-        return AdapterRef(ref.name, head)
+        return AdapterRef(ref.name, version, adapter.generation)
 
     async def download(self, ref: AdapterRef, dest: Path) -> Path:
         """Write the files of ``ref`` (version resolved) into ``dest`` and return it."""

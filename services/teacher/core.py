@@ -56,7 +56,7 @@ class AdapterResolver(Protocol):
     """Turns "the head of an adapter" into a version (``adapters.AdapterFiles``)."""
 
     async def resolve(self, ref: AdapterRef) -> AdapterRef:
-        """The same adapter with version 0 replaced by the current head."""
+        """The same adapter with version 0 replaced by the current head, and its generation."""
         ...
 
 

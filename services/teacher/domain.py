@@ -20,10 +20,12 @@ class TeacherMode(enum.Enum):
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """``name`` is "tenant/adapter"; ``version`` 0 means the current head."""
+    """``name`` is "tenant/adapter"; ``version`` 0 means the current head. ``generation`` tells an adapter
+    from one created again under its name (``Adapter.generation``); set by the resolver."""
 
     name: str
     version: int = 0
+    generation: int = 1
 
 
 @dataclass(frozen=True)

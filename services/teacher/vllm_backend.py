@@ -192,7 +192,7 @@ class VllmBackend:
         return list(await asyncio.gather(*(one(item) for item in inputs)))
 
     async def _lora(self, ref: AdapterRef) -> str:
-        name = vllm_lora_name(ref.name, ref.version)
+        name = vllm_lora_name(ref.name, ref.version, ref.generation)
         async with self._locks(name):
             if name in self._owned:
                 self._owned.move_to_end(name)

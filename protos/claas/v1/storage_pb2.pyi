@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "base_model", "lora", "head_version", "tags", "created_at")
+    __slots__ = ("name", "base_model", "lora", "head_version", "tags", "created_at", "generation")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -25,13 +25,15 @@ class Adapter(_message.Message):
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     lora: _common_pb2.LoraSpec
     head_version: int
     tags: _containers.ScalarMap[str, int]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., lora: _Optional[_Union[_common_pb2.LoraSpec, _Mapping]] = ..., head_version: _Optional[int] = ..., tags: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., lora: _Optional[_Union[_common_pb2.LoraSpec, _Mapping]] = ..., head_version: _Optional[int] = ..., tags: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Version(_message.Message):
     __slots__ = ("name", "version", "parent_version", "files", "lineage", "created_at")
@@ -218,15 +220,17 @@ class WatchHeadsRequest(_message.Message):
     def __init__(self, prefix: _Optional[str] = ..., send_initial: _Optional[bool] = ...) -> None: ...
 
 class WatchHeadsResponse(_message.Message):
-    __slots__ = ("name", "head_version", "previous_head", "deleted", "synced")
+    __slots__ = ("name", "head_version", "previous_head", "deleted", "synced", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_HEAD_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     SYNCED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     head_version: int
     previous_head: int
     deleted: bool
     synced: bool
-    def __init__(self, name: _Optional[str] = ..., head_version: _Optional[int] = ..., previous_head: _Optional[int] = ..., deleted: _Optional[bool] = ..., synced: _Optional[bool] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., head_version: _Optional[int] = ..., previous_head: _Optional[int] = ..., deleted: _Optional[bool] = ..., synced: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...

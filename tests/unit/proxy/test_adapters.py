@@ -10,7 +10,7 @@ from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatRequest
 from services.storage.client import StorageClient
-from tests.unit.proxy.fakes import BASE, FakeVllm, commit, head, names
+from tests.unit.proxy.fakes import BASE, FakeVllm, add, commit, head, names
 
 ASK = (Message("user", "Hi"),)
 
@@ -99,3 +99,18 @@ async def test_a_tenant_cannot_hold_more_adapters_than_its_quota(core: ProxyCore
     )
     assert [a.name for a in await core.adapters.list("acme")] == ["acme/bot", "acme/second"]
     assert (await core.adapters.create("beta", "mine")).name == "beta/mine"  # another tenant's own quota
+
+
+async def test_an_adapter_created_again_elsewhere_is_never_served_the_old_weights(
+    core: ProxyCore, storage: StorageClient, vllm: FakeVllm
+) -> None:
+    """Hole: vLLM names were tenant+adapter+vN only, so a replica that missed a delete and a create (here:
+    done straight on storage, as another replica would) served the deleted adapter's v1 for the new one."""
+    assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
+    assert list(vllm.loaded) == ["acme+bot+v1"]
+    await storage.delete_adapter("acme/bot")
+    recreated = await add(storage, "acme/bot")
+
+    assert recreated.generation == 2
+    assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
+    assert list(vllm.loaded) == ["acme+bot+g2+v1"]  # the old v1 is gone, not reused

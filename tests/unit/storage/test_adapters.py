@@ -211,3 +211,18 @@ async def test_call_without_token_is_unauthenticated(storage: Running, store: Ob
     for failure in (unary, stream, wrong):
         assert failure.value.message == "missing or invalid internal token"
     assert await store.list("") == []
+
+
+async def test_an_adapter_created_again_is_a_new_generation_even_after_a_restart(settings) -> None:
+    async with serve(settings) as storage, connect(storage.target) as client:
+        assert (await client.create_adapter("acme/bot", "smollm2-135m", LORA)).generation == 1
+        await client.delete_adapter("acme/bot")
+        assert (await client.create_adapter("acme/bot", "smollm2-135m", LORA)).generation == 2
+        assert (await client.create_adapter("acme/other", "smollm2-135m", LORA)).generation == 1
+        await client.delete_adapter("acme/bot")
+    async with serve(settings) as storage, connect(storage.target) as client:
+        recreated = await client.create_adapter("acme/bot", "smollm2-135m", LORA)
+        assert recreated.generation == 3
+        events = client.watch_heads("acme/")
+        assert await anext(events) == HeadEvent("acme/bot", 0, 0, generation=3)
+        await events.aclose()

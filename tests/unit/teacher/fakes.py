@@ -100,18 +100,20 @@ class FakeResolver:
 @dataclasses.dataclass
 class _Adapter:
     head_version: int
+    generation: int = 1
 
 
 class FakeStorage:
     """Stands in for StorageClient: ``files`` are written for any version asked for."""
 
-    def __init__(self, head: int = 3, files: dict[str, bytes] | None = None) -> None:
+    def __init__(self, head: int = 3, files: dict[str, bytes] | None = None, generation: int = 1) -> None:
         self.head = head
+        self.generation = generation
         self.files = files or {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
         self.downloads: list[tuple[str, int, Path]] = []
 
     async def get_adapter(self, name: str) -> _Adapter:
-        return _Adapter(self.head)
+        return _Adapter(self.head, self.generation)
 
     async def download_version(self, name: str, version: int, dest: Path, *, include_optimizer: bool = False):
         dest.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,12 @@ async def test_version_zero_is_the_head_and_storage_is_reached_only_when_needed(
 
     def connect() -> FakeStorage:
         connected.append(True)
-        return FakeStorage(head=4)
+        return FakeStorage(head=4, generation=2)
 
     files = AdapterFiles(connect)
-    assert await files.resolve(AdapterRef("acme/bot", 2)) == AdapterRef("acme/bot", 2)
-    assert connected == []
-    assert await files.resolve(AdapterRef("acme/bot", 0)) == AdapterRef("acme/bot", 4)
+    assert connected == []  # not before an adapter is asked for
+    assert await files.resolve(AdapterRef("acme/bot", 2)) == AdapterRef("acme/bot", 2, generation=2)
+    assert await files.resolve(AdapterRef("acme/bot", 0)) == AdapterRef("acme/bot", 4, generation=2)
     dest = await files.download(AdapterRef("acme/bot", 4), tmp_path / "v4")
     assert (dest / "adapter_model.safetensors").read_bytes() == b"weights"
     assert connected == [True]

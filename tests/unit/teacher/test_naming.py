@@ -30,6 +30,14 @@ def test_bad_names_and_unresolved_versions_are_refused(adapter, version, message
 def test_the_name_is_injective_so_two_tenants_never_share_a_slot():
     """Hole: "acme--prod/bot" and "acme/prod--bot" both became "acme--prod--bot--v3"."""
     parts = ["acme", "acme-", "-prod", "prod", "acme--prod", "prod--bot", "bot", "v3", "bot--v3", "a.b", "a_b"]
-    pairs = [(f"{t}/{n}", v) for t in parts for n in parts for v in (1, 3, 13)]
-    names = {vllm_lora_name(adapter, version) for adapter, version in pairs}
-    assert len(names) == len(pairs)
+    triples = [(f"{t}/{n}", v, g) for t in parts for n in parts for v in (1, 3, 13) for g in (1, 2, 3)]
+    names = {vllm_lora_name(adapter, version, generation) for adapter, version, generation in triples}
+    assert len(names) == len(triples)
+
+
+def test_an_adapter_created_again_gets_other_names():
+    """Hole: after delete and create, the new adapter's v1 was named like the old one's, so a replica or the
+    teacher still holding the old v1 served deleted weights for it."""
+    assert vllm_lora_name("acme/bot", 1, 2) == "acme+bot+g2+v1" != vllm_lora_name("acme/bot", 1)
+    with pytest.raises(InvalidArgument, match="generation is >= 1"):
+        vllm_lora_name("acme/bot", 1, 0)

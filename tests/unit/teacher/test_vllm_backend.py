@@ -192,3 +192,16 @@ async def test_an_unreachable_server_is_unavailable(fake_vllm, tmp_path, monkeyp
     with pytest.raises(Unavailable, match="vLLM at http://vllm cannot be reached: ConnectError"):
         await backend.score([ScoringInput((1,), (100,))], top_k=1, teacher=TeacherSpec(TeacherMode.BASE))
     await backend.close()
+
+
+async def test_self_mode_never_takes_a_deleted_adapters_slot_for_the_new_one(fake_vllm, tmp_path, monkeypatch):
+    """Hole: the teacher's slots were named by adapter and version only: after a delete and a create, v1 of
+    the new adapter was scored with the old adapter's weights."""
+    backend, _ = await started(fake_vllm, tmp_path, monkeypatch, storage=FakeStorage(head=1))
+    for generation in (1, 2):  # v1, then v1 of the adapter created again under the name (as resolved)
+        ref = AdapterRef("acme/bot", 1, generation)
+        await backend.score([ScoringInput((1,), (100,))], top_k=1, teacher=TeacherSpec(TeacherMode.SELF, ref))
+
+    models = [b["model"] for _, p, b in fake_vllm.requests if p == "/v1/completions"]
+    assert models == ["acme+bot+v1", "acme+bot+g2+v1"]
+    await backend.close()
