@@ -1,6 +1,7 @@
 """Latency of the same chat requests sent straight to vLLM and through the proxy (HTTP and gRPC).
 
-    python bench/proxy_bench.py --vllm-url http://127.0.0.1:8001 [--rounds 30] [--max-tokens 16] [--base]
+    python bench/proxy_bench.py --vllm-url http://127.0.0.1:8001 [--vllm-api-key KEY] [--rounds 30]
+        [--max-tokens 16] [--base]
 
 Storage and the proxy run as their own processes (``python -m services.storage``/``services.proxy``), as in
 production; this process is the client. An adapter (version 1, LoRA B = 0) is created in storage first, so
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 import httpx
 from roles import TOKEN, free_port, role
 
+from services.common.auth import bearer_header
 from services.common.domain import Lineage, LoraSpec, Message
 from services.common.model import PACKAGED_MODEL, resolve_base_model
 from services.common.naming import vllm_lora_name
@@ -74,7 +77,7 @@ async def wait_serving(http_url: str) -> None:
 
 def paths(args: argparse.Namespace, model: str, http_url: str, grpc_addr: str, key: str) -> dict:
     """name -> a coroutine function sending one chat and returning its answer text."""
-    direct = httpx.AsyncClient(base_url=args.vllm_url, timeout=120)
+    direct = httpx.AsyncClient(base_url=args.vllm_url, timeout=120, headers=bearer_header(args.vllm_api_key))
     proxy = httpx.AsyncClient(base_url=http_url, timeout=120, headers={"authorization": f"Bearer {key}"})
     grpc_client = ProxyClient.connect(grpc_addr, token=key, timeout_s=120)
     served = PACKAGED_MODEL if args.base else vllm_lora_name(ADAPTER, 1)
@@ -151,6 +154,7 @@ async def main(args: argparse.Namespace) -> None:
                 "CLAAS_STORAGE_ADDR": storage.addr,
                 "CLAAS_TRAINER_ADDR": "127.0.0.1:9",  # not used by chat
                 "CLAAS_VLLM_URL": args.vllm_url,
+                "CLAAS_VLLM_API_KEY": args.vllm_api_key,
                 "CLAAS_API_KEYS_FILE": str(workdir / "keys.json"),
                 "CLAAS_STORE_URL": str(workdir / "store"),
                 "CLAAS_ADAPTER_DIR": str(workdir / "adapters"),
@@ -167,6 +171,9 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vllm-url", default="http://127.0.0.1:8001")
+    parser.add_argument(
+        "--vllm-api-key", default=os.environ.get("CLAAS_VLLM_API_KEY", ""), help="vLLM's API key (CLAAS_VLLM_API_KEY)"
+    )
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=16)
