@@ -38,13 +38,18 @@ def keys(keys_file: Path) -> dict[str, str]:
 
 @pytest.fixture
 def settings(tmp_path: Path, keys_file: Path) -> ProxySettings:
+    return proxy_settings(tmp_path, keys_file)
+
+
+def proxy_settings(folder: Path, keys_file: Path) -> ProxySettings:
+    """Small limits, no heads watch, a vLLM that the tests' doubles stand in for; files under ``folder``."""
     return ProxySettings(
         host="127.0.0.1",
         port=0,
         http_port=0,
-        store_url=str(tmp_path / "store"),
+        store_url=str(folder / "store"),
         store_fsync=False,
-        adapter_dir=tmp_path / "adapters",
+        adapter_dir=folder / "adapters",
         api_keys_file=keys_file,
         base_model=BASE,
         vllm_url="http://vllm.test",

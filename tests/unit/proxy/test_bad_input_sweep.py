@@ -18,13 +18,12 @@ from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 from services.common.server import serving
 from services.proxy.keys import add_api_key
 from services.proxy.server import build_server
-from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
-from tests.unit.proxy.conftest import Proxy
-from tests.unit.proxy.fakes import BASE, FakeTrainer, FakeVllm, add
+from tests.unit.proxy.conftest import Proxy, proxy_settings
+from tests.unit.proxy.fakes import FakeTrainer, FakeVllm, add
 from tests.unit.sweep import BAD_NAMES, Case, assert_client_error, names, params, refused, values
 
 USER = [{"role": "user", "content": "hi"}]
@@ -501,23 +500,7 @@ async def sweep(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sweep
     folder: Path = tmp_path_factory.mktemp("sweep-proxy")
     keys_file = folder / "keys.json"
     keys = {tenant: add_api_key(keys_file, tenant) for tenant in ("acme", "beta")}
-    settings = ProxySettings(
-        host="127.0.0.1",
-        port=0,
-        http_port=0,
-        store_url=str(folder / "store"),
-        store_fsync=False,
-        adapter_dir=folder / "adapters",
-        api_keys_file=keys_file,
-        base_model=BASE,
-        vllm_url="http://vllm.test",
-        max_loaded_adapters=2,
-        max_tokens_cap=512,
-        max_messages=8,
-        max_request_bytes=4096,
-        grace_period_s=1,
-        watch_heads=False,
-    )
+    settings = proxy_settings(folder, keys_file)
     store = StorageSettings(port=0, store_url=str(folder / "adapter-store"), store_fsync=False, grace_period_s=1)
     async with serving(build_storage(store)) as storage_server:
         storage = StorageClient.connect(f"127.0.0.1:{storage_server.port}")

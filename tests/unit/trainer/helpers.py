@@ -81,6 +81,18 @@ def sample(index: int = 0, *, feedback: str = "Be more concise.", length: int = 
     )
 
 
+def mutated_sample(index: int = 0, **changes: object) -> trainer_pb2.TrainSample:
+    """``sample(index)`` with the named fields replaced (lists replace repeated fields)."""
+    changed = sample(index)
+    for name, value in changes.items():
+        changed.ClearField(name)
+        if isinstance(value, list):
+            getattr(changed, name).extend(value)
+        else:
+            setattr(changed, name, value)
+    return changed
+
+
 def job(*samples: trainer_pb2.TrainSample, adapter: str = ADAPTER, key: str = "", **config: object):
     """A SubmitJob of ``samples``; 2 steps and no guided rollouts unless ``config`` says otherwise (the queue's
     tests count the teacher's items, which guided rollouts would add to)."""

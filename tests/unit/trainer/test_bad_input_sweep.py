@@ -13,7 +13,15 @@ from claas.v1 import common_pb2, trainer_pb2
 from services.storage.client import StorageClient
 from tests.unit.sweep import BAD_INT32, BAD_NAMES, Case, assert_client_error, params, refused, values
 from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
-from tests.unit.trainer.helpers import ADAPTER, Trainer, init_adapter, sample, storage_service, trainer_service
+from tests.unit.trainer.helpers import (
+    ADAPTER,
+    Trainer,
+    init_adapter,
+    mutated_sample,
+    sample,
+    storage_service,
+    trainer_service,
+)
 
 BAD_ADAPTER_NAMES = {
     **BAD_NAMES,
@@ -47,14 +55,7 @@ def submit(*samples: trainer_pb2.TrainSample, **fields: object) -> tuple[str, ob
 
 def with_sample(**changes: object) -> tuple[str, object]:
     """A job whose one sample has ``changes``."""
-    changed = sample()
-    for name, value in changes.items():
-        changed.ClearField(name)
-        if isinstance(value, list):
-            getattr(changed, name).extend(value)
-        else:
-            setattr(changed, name, value)
-    return submit(changed)
+    return submit(mutated_sample(**changes))
 
 
 def with_config(**fields: object) -> tuple[str, object]:

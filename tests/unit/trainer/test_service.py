@@ -9,32 +9,33 @@ from claas.v1 import common_pb2, trainer_pb2
 from services.common.domain import LoraSpec
 from services.common.errors import FailedPrecondition
 from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
-from tests.unit.trainer.helpers import ADAPTER, Trainer, init_adapter, job, sample, trainer_service
+from tests.unit.trainer.helpers import ADAPTER, Trainer, init_adapter, job, mutated_sample, sample, trainer_service
 
 S = common_pb2
 
 
-def _mutated(**changes: object) -> trainer_pb2.TrainSample:
-    s = sample(1)
-    for name, value in changes.items():
-        s.ClearField(name)
-        if isinstance(value, list):
-            getattr(s, name).extend(value)
-        else:
-            setattr(s, name, value)
-    return s
-
-
 BAD_JOBS = [
     ("no samples", trainer_pb2.SubmitJobRequest(adapter=ADAPTER), "a job needs at least one sample"),
-    ("no response", job(_mutated(response_ids=[], sampled_logprobs=[])), "samples[0]: response_ids is empty"),
-    ("logprob count", job(_mutated(sampled_logprobs=[-1.0])), "samples[0]: 1 sampled_logprobs for 3 response ids"),
-    ("empty feedback", job(_mutated(feedback="  ")), "samples[0]: feedback is empty"),
-    ("long feedback", job(_mutated(feedback="x" * 2001)), "feedback has 2001 characters, at most 2000 allowed"),
-    ("no prompt", job(_mutated(prompt_ids=[])), "samples[0]: prompt_ids is empty"),
-    ("no messages", job(_mutated(messages=[])), "samples[0]: messages is empty"),
-    ("id outside vocab", job(_mutated(response_ids=[1, 2, 5000])), "token id 5000 is outside the vocabulary"),
-    ("nan logprob", job(_mutated(sampled_logprobs=[-1.0, float("nan"), -1.0])), "sampled_logprobs must be finite"),
+    ("no response", job(mutated_sample(response_ids=[], sampled_logprobs=[])), "samples[0]: response_ids is empty"),
+    (
+        "logprob count",
+        job(mutated_sample(sampled_logprobs=[-1.0])),
+        "samples[0]: 1 sampled_logprobs for 3 response ids",
+    ),
+    ("empty feedback", job(mutated_sample(feedback="  ")), "samples[0]: feedback is empty"),
+    (
+        "long feedback",
+        job(mutated_sample(feedback="x" * 2001)),
+        "feedback has 2001 characters, at most 2000 allowed",
+    ),
+    ("no prompt", job(mutated_sample(prompt_ids=[])), "samples[0]: prompt_ids is empty"),
+    ("no messages", job(mutated_sample(messages=[])), "samples[0]: messages is empty"),
+    ("id outside vocab", job(mutated_sample(response_ids=[1, 2, 5000])), "token id 5000 is outside the vocabulary"),
+    (
+        "nan logprob",
+        job(mutated_sample(sampled_logprobs=[-1.0, float("nan"), -1.0])),
+        "sampled_logprobs must be finite",
+    ),
     ("lr <= 0", job(sample(1), learning_rate=0.0), "learning_rate must be in (0, 1], got 0.0"),
     ("alpha > 1", job(sample(1), alpha=1.5), "alpha must be in [0, 1], got 1.5"),
     ("top_k < 1", job(sample(1), top_k=0), "top_k must be an integer in [1, 1000], got 0"),
