@@ -4,6 +4,7 @@ a real local-folder object store for rollouts."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,15 @@ class Proxy:
 async def proxy(
     settings: ProxySettings, storage: StorageClient, trainer: FakeTrainer, vllm: FakeVllm, keys: dict[str, str]
 ) -> AsyncIterator[Proxy]:
+    async with running_proxy(settings, storage, trainer, vllm, keys) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_proxy(
+    settings: ProxySettings, storage: StorageClient, trainer: FakeTrainer, vllm: FakeVllm, keys: dict[str, str]
+) -> AsyncIterator[Proxy]:
+    """The whole proxy on loopback sockets over these doubles, until the block ends."""
     server, ready, stop = build_server(
         settings, storage=storage, trainer=trainer, vllm=VllmClient(settings.vllm_url, **vllm.client_kwargs())
     )

@@ -10,19 +10,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-import httpx
 import pytest
 from claas.v1 import common_pb2, proxy_pb2, proxy_pb2_grpc
 
 from services.common.server import serving
 from services.proxy.keys import add_api_key
-from services.proxy.server import build_server
-from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
-from tests.unit.proxy.conftest import Proxy, proxy_settings
+from tests.unit.proxy.conftest import Proxy, proxy_settings, running_proxy
 from tests.unit.proxy.fakes import FakeTrainer, FakeVllm, add
 from tests.unit.sweep import BAD_NAMES, Case, assert_client_error, names, params, refused, values
 
@@ -507,21 +503,10 @@ async def sweep(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sweep
         await add(storage, "acme/bot", versions=2)
         await add(storage, "beta/secret")
         trainer, vllm = FakeTrainer(storage), FakeVllm()
-        server, ready, stop = build_server(
-            settings, storage=storage, trainer=trainer, vllm=VllmClient(settings.vllm_url, **vllm.client_kwargs())
-        )
-        port = await server.start()
         try:
-            await ready()
-            await server.set_serving(True)
-            async with (
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as http,
-                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
-            ):
-                yield Sweep(Proxy(server, http, channel, keys, port), storage, trainer, vllm)
+            async with running_proxy(settings, storage, trainer, vllm, keys) as proxy:
+                yield Sweep(proxy, storage, trainer, vllm)
         finally:
-            await server.stop()
-            await stop()
             await storage.close()
 
 
