@@ -4,9 +4,12 @@ export. A name of another tenant is answered like a missing one."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import shutil
 import tempfile
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -52,12 +55,21 @@ class Adapters:
     """The caller's adapters: every name is qualified with the caller's tenant before storage sees it."""
 
     def __init__(
-        self, *, storage: AdapterSource, trainer: AdapterFactory, loras: LoraManager, max_per_tenant: int = 0
+        self,
+        *,
+        storage: AdapterSource,
+        trainer: AdapterFactory,
+        loras: LoraManager,
+        max_per_tenant: int = 0,
+        max_exports: int = 8,
     ) -> None:
         self._storage = storage
         self._trainer = trainer
         self._loras = loras
         self._max_per_tenant = max_per_tenant
+        # Exports staged on this proxy's disk now, in all and by tenant: each holds a whole version there.
+        self._max_exports = max_exports
+        self._exports: collections.Counter[str] = collections.Counter()
 
     async def create(self, tenant: str, name: str, lora: LoraSpec | None = None) -> Adapter:
         """A new adapter at version 1, which answers exactly like the base model."""
@@ -123,23 +135,52 @@ class Adapters:
         from disk, a chunk at a time. The folder goes when the chunks are read or dropped."""
         check_version(version, zero="the head")
         adapter = await self.get(tenant, name)
-        folder = tempfile.TemporaryDirectory(prefix="claas-export-")  # also removed when garbage-collected
+        self._take_export_slot(tenant)
+        staged = _Staged(Path(tempfile.mkdtemp(prefix="claas-export-")), lambda: self._give_back_export_slot(tenant))
         try:
-            header = await self._storage.download_version(adapter.name, version, Path(folder.name))
+            header = await self._storage.download_version(adapter.name, version, staged.path)
         except BaseException:
-            folder.cleanup()
+            staged.remove()
             raise
         kept = tuple(entry for entry in header.files if entry.path in EXPORTED_FILES)
-        return dataclasses.replace(header, files=kept), _read_chunks(folder, kept)
+        return dataclasses.replace(header, files=kept), _read_chunks(staged, kept)
+
+    def _take_export_slot(self, tenant: str) -> None:
+        per_tenant = max(1, self._max_exports // 4)
+        if self._exports.total() >= self._max_exports or self._exports[tenant] >= per_tenant:
+            raise ResourceExhausted(
+                f"too many exports at once (this proxy stages {self._max_exports}, {per_tenant} per tenant: "
+                "CLAAS_MAX_PARALLEL_EXPORTS); retry when one has finished"
+            )
+        self._exports[tenant] += 1
+
+    def _give_back_export_slot(self, tenant: str) -> None:
+        self._exports[tenant] -= 1
+        if self._exports[tenant] <= 0:
+            del self._exports[tenant]
 
 
-async def _read_chunks(folder: tempfile.TemporaryDirectory, files: tuple[FileEntry, ...]) -> AsyncIterator[Chunk]:
+class _Staged:
+    """An export's folder on this proxy's disk. Removed, and its slot given back, exactly once: when its
+    chunks are read or closed, or when they are dropped unread (a client gone before its body started)."""
+
+    def __init__(self, path: Path, give_back: Callable[[], None]) -> None:
+        self.path = path
+        self.remove = weakref.finalize(self, _remove, path, give_back)
+
+
+def _remove(path: Path, give_back: Callable[[], None]) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    give_back()
+
+
+async def _read_chunks(staged: _Staged, files: tuple[FileEntry, ...]) -> AsyncIterator[Chunk]:
     try:
         for entry in files:
-            with (Path(folder.name) / entry.path).open("rb") as handle:
+            with (staged.path / entry.path).open("rb") as handle:
                 offset = 0
                 while piece := await asyncio.to_thread(handle.read, SEND_CHUNK_BYTES):
                     yield Chunk(entry.path, offset, piece)
                     offset += len(piece)
     finally:
-        folder.cleanup()
+        staged.remove()

@@ -111,7 +111,11 @@ class ProxyCore:
             wait_timeout_s=settings.feedback_wait_timeout_s,
         )
         self.adapters = Adapters(
-            storage=storage, trainer=trainer, loras=self.loras, max_per_tenant=settings.max_adapters_per_tenant
+            storage=storage,
+            trainer=trainer,
+            loras=self.loras,
+            max_per_tenant=settings.max_adapters_per_tenant,
+            max_exports=settings.max_parallel_exports,
         )
         self.vllm_up = False
         self._on_health: HealthListener = _ignore

