@@ -32,13 +32,16 @@ class Role:
 
 
 @contextlib.contextmanager
-def role(name: str, env: dict[str, str], workdir: Path) -> Iterator[Role]:
-    """``python -m services.<name>`` until the block ends; yields it once it serves."""
+def role(name: str, env: dict[str, str], workdir: Path, *, module: str = "") -> Iterator[Role]:
+    """``python -m services.<name>`` (or ``module``, a benchmark's own server in bench/) until the block
+    ends; yields it once it serves."""
     port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
     env = dict(os.environ, CLAAS_PORT="0", CLAAS_PORT_FILE=str(port_file), CLAAS_INTERNAL_TOKEN=TOKEN, **env)
     env.setdefault("CLAAS_LOG_LEVEL", "warning")
-    process = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)
+    if module:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), env.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, "-m", module or f"services.{name}"], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120
         while not port_file.exists():
