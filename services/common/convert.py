@@ -7,8 +7,10 @@ float32 fields are rounded to 7 significant digits on the way in, so 2e-4 stays 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from claas.v1 import common_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.domain import Lineage, LoraSpec, Message, StepMetrics
 
@@ -17,6 +19,16 @@ def float32(value: float | str) -> float:
     """A float32 field's value with no digits it does not hold. Proto JSON spells the non-finite values as
     strings ("NaN", "Infinity", "-Infinity"); they are read as the floats they name."""
     return float(value) if isinstance(value, str) else float(f"{value:.7g}")
+
+
+def timestamp_to_proto(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def timestamp_from_proto(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def messages_to_proto(messages: Iterable[Message]) -> list[common_pb2.ChatMessage]:

@@ -18,6 +18,7 @@ import structlog
 from services.common.domain import EXPORTED_FILES, LoraSpec
 from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.common.naming import check_version
+from services.proxy.audit import AuditLog
 from services.proxy.loras import LoraManager
 from services.proxy.tenancy import not_found, qualify
 from services.storage.domain import Adapter, Chunk, FileEntry, Version
@@ -60,12 +61,14 @@ class Adapters:
         storage: AdapterSource,
         trainer: AdapterFactory,
         loras: LoraManager,
+        audit: AuditLog,
         max_per_tenant: int = 0,
         max_exports: int = 8,
     ) -> None:
         self._storage = storage
         self._trainer = trainer
         self._loras = loras
+        self._audit = audit
         self._max_per_tenant = max_per_tenant
         # Exports staged on this proxy's disk now, in all and by tenant: each holds a whole version there.
         self._max_exports = max_exports
@@ -124,6 +127,7 @@ class Adapters:
         full = qualify(tenant, name)
         deleted = await self._storage.delete_adapter(full)
         await self._loras.forget(full)
+        await self._audit.delete_adapter(tenant, full)
         log.info("adapter_deleted", adapter=full, deleted=deleted)
         return deleted
 

@@ -21,9 +21,10 @@ from services.common.client import ServiceClient, open_channel
 from services.common.convert import lora_to_proto
 from services.common.domain import LoraSpec
 from services.proxy import convert
+from services.proxy.audit import FeedbackRecord
 from services.proxy.domain import ChatRequest, ChatResult, ScoreRequest, ScoreResult
 from services.storage.domain import Adapter, Version
-from services.trainer.domain import JobView
+from services.trainer.domain import JobState, JobView
 
 
 class InferenceClient(ServiceClient):
@@ -64,7 +65,7 @@ class FeedbackClient(ServiceClient):
 
     SERVICE = "claas.v1.FeedbackService"
     #: The submit is deduplicated by its idempotency key (given or derived): a retry is the same job.
-    IDEMPOTENT = ("Submit", "Watch")
+    IDEMPOTENT = ("Submit", "Watch", "List")
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float | None = None) -> None:
         super().__init__(channel)
@@ -97,6 +98,19 @@ class FeedbackClient(ServiceClient):
         request = proxy_pb2.FeedbackServiceWatchRequest(job_id=job_id)
         async for event in self._stream(self._stub.Watch, request, timeout=self._timeout):
             yield convert.job_view_from_proto(event.job)
+
+    async def records(
+        self, *, adapter: str = "", state: JobState | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[FeedbackRecord], str]:
+        """A page of the caller's feedback records, newest first, and the next page's token ("" after the last)."""
+        request = proxy_pb2.FeedbackServiceListRequest(
+            adapter=adapter,
+            state=convert.job_state_to_proto(state) if state else 0,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.List, request, timeout=self._timeout)
+        return [convert.record_from_proto(r) for r in response.records], response.next_page_token
 
 
 class AdaptersClient(ServiceClient):

@@ -14,13 +14,30 @@ from typing import Any
 from claas.v1 import common_pb2, proxy_pb2
 from google.protobuf import json_format
 
-from services.common.convert import float32, lora_from_proto, messages_from_proto, messages_to_proto
+from services.common.convert import (
+    float32,
+    lora_from_proto,
+    messages_from_proto,
+    messages_to_proto,
+    step_metrics_from_proto,
+    step_metrics_to_proto,
+    timestamp_from_proto,
+    timestamp_to_proto,
+)
 from services.common.domain import LoraSpec
 from services.common.errors import DataLoss, InvalidArgument
+from services.proxy.audit import AuditSample, FeedbackRecord
 from services.proxy.domain import ChatRequest, ChatResult, Sampling, ScoreRequest, ScoreResult
 from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
 from services.storage.domain import Chunk, Version
-from services.trainer.convert import config_to_proto, job_view_from_proto, job_view_to_proto
+from services.trainer.convert import (
+    config_to_proto,
+    job_state_from_proto,
+    job_state_to_proto,
+    job_view_from_proto,
+    job_view_to_proto,
+)
+from services.trainer.domain import JobState
 
 __all__ = [
     "adapter_from_proto",
@@ -192,3 +209,58 @@ async def export_from_proto(
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise DataLoss(f"{entry.path}: checksum mismatch")
     return header, files
+
+
+def state_filter_from_proto(value: int) -> JobState | None:
+    """A list's state filter: None for JOB_STATE_UNSPECIFIED (any state)."""
+    state = job_state_from_proto(value)
+    if value and state is None:
+        raise InvalidArgument(f"unknown state {value}", param="state")
+    return state
+
+
+def record_to_proto(record: FeedbackRecord) -> proxy_pb2.FeedbackRecord:
+    return proxy_pb2.FeedbackRecord(
+        record_id=record.record_id,
+        adapter=record.adapter,
+        feedback=record.feedback,
+        samples=[
+            proxy_pb2.FeedbackSample(
+                completion_id=s.completion_id,
+                messages=messages_to_proto(s.messages),
+                response=s.response,
+                served_version=s.served_version,
+            )
+            for s in record.samples
+        ],
+        submitted_at=timestamp_to_proto(record.submitted_at),
+        job_id=record.job_id,
+        state=job_state_to_proto(record.state),
+        base_version=record.base_version,
+        new_version=record.new_version,
+        metrics=[step_metrics_to_proto(m) for m in record.metrics],
+        error=record.error,
+        phase_seconds=record.phases,
+    )
+
+
+def record_from_proto(proto: proxy_pb2.FeedbackRecord, tenant: str = "") -> FeedbackRecord:
+    samples = tuple(
+        AuditSample(s.completion_id, messages_from_proto(s.messages), s.response, s.served_version)
+        for s in proto.samples
+    )
+    return FeedbackRecord(
+        record_id=proto.record_id,
+        tenant=tenant or proto.adapter.partition("/")[0],
+        adapter=proto.adapter,
+        feedback=proto.feedback,
+        samples=samples,
+        submitted_at=timestamp_from_proto(proto.submitted_at),
+        job_id=proto.job_id,
+        state=job_state_from_proto(proto.state) or JobState.QUEUED,
+        base_version=proto.base_version,
+        new_version=proto.new_version,
+        metrics=tuple(step_metrics_from_proto(m) for m in proto.metrics),
+        error=proto.error,
+        phases=dict(proto.phase_seconds),
+    )

@@ -16,6 +16,7 @@ from prometheus_client import Gauge
 from services.common.errors import ClaasError
 from services.common.objectstore import ObjectStore
 from services.proxy.adapters import AdapterFactory, Adapters, AdapterSource
+from services.proxy.audit import AuditLog
 from services.proxy.domain import ModelInfo
 from services.proxy.feedback import Feedback, JobRunner
 from services.proxy.gate import EngineGate
@@ -75,6 +76,7 @@ class ProxyCore:
         self.rollouts = RolloutStore(
             store, cache_size=settings.rollout_cache_size, retention_days=settings.rollout_retention_days
         )
+        self.audit = AuditLog(store, retention_days=settings.rollout_retention_days)
         self.loras = LoraManager(vllm, self._fetch, settings.adapter_dir, settings.max_loaded_adapters)
         limits = ChatLimits(
             default_max_tokens=settings.default_max_tokens,
@@ -103,6 +105,7 @@ class ProxyCore:
         )
         self.feedback = Feedback(
             rollouts=self.rollouts,
+            audit=self.audit,
             trainer=trainer,
             storage=storage,
             loras=self.loras,
@@ -114,6 +117,7 @@ class ProxyCore:
             storage=storage,
             trainer=trainer,
             loras=self.loras,
+            audit=self.audit,
             max_per_tenant=settings.max_adapters_per_tenant,
             max_exports=settings.max_parallel_exports,
         )
@@ -173,6 +177,7 @@ class ProxyCore:
         while True:
             try:
                 await self.rollouts.sweep()
+                await self.audit.sweep()
             except ClaasError as exc:
                 log.warning("rollout_sweep_failed", error=exc.message)
             await asyncio.sleep(self.settings.rollout_sweep_interval_s)

@@ -17,10 +17,12 @@ import structlog
 from prometheus_client import Counter
 
 from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from services.proxy.audit import AuditLog, AuditSample, FeedbackRecord, new_record_id
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import Rollout, RolloutStore
-from services.proxy.tenancy import owns
+from services.proxy.tenancy import owns, qualify
 from services.storage.domain import Adapter
+from services.storage.layout import check_name
 from services.trainer.domain import JobState, JobView, Sample
 
 log = structlog.get_logger("claas.proxy.feedback")
@@ -56,6 +58,7 @@ class Feedback:
         self,
         *,
         rollouts: RolloutStore,
+        audit: AuditLog,
         trainer: JobRunner,
         storage: HeadReader,
         loras: LoraManager,
@@ -64,6 +67,7 @@ class Feedback:
         wait_timeout_s: float,
     ) -> None:
         self._rollouts = rollouts
+        self._audit = audit
         self._trainer = trainer
         self._storage = storage
         self._loras = loras
@@ -88,19 +92,60 @@ class Feedback:
         adapter = _one_adapter(rollouts)
         samples = [_sample(r, text) for r in rollouts]
         key = job_key(tenant, idempotency_key, ids, text, config)
-        job = await self._trainer.submit_job(adapter, samples, config, key)
+        now = self._audit.now()
+        record = FeedbackRecord(new_record_id(now), tenant, adapter, text, tuple(map(_audited, rollouts)), now)
+        # Recorded before the trainer sees it: no feedback trains without a record of it.
+        await self._audit.put(record)
+        try:
+            job = await self._trainer.submit_job(adapter, samples, config, key)
+        except ClaasError as exc:
+            await self._record(dataclasses.replace(record, state=JobState.FAILED, error=exc.message))
+            raise
+        record = await self._record(record.observe(job, self._audit.now()))
         log.info("feedback_submitted", adapter=adapter, job_id=job.job_id, completions=len(ids))
         if not wait:
             return job
         try:
             async with asyncio.timeout(self._wait_timeout):
-                job = await self._follow(job)
+                job = await self._follow(job, record)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"job {job.job_id} still running after {self._wait_timeout:.0f}s; follow it with Watch"
             ) from None
         FEEDBACK.labels(job.state.value).inc()
         return job
+
+    async def records(
+        self, tenant: str, *, adapter: str = "", state: JobState | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[FeedbackRecord], str]:
+        """A page of the caller's feedback records, newest first (of one adapter, in one state, if given; a
+        page filtered by state may hold fewer). A record of an unfinished job is brought up to date first."""
+        full = check_name(qualify(tenant, adapter)) if adapter else ""
+        page, token = await self._audit.list(tenant, adapter=full, page_size=page_size, page_token=page_token)
+        current = [await self._refresh(r) if not r.state.terminal and r.job_id else r for r in page]
+        return [r for r in current if state is None or r.state is state], token
+
+    async def _refresh(self, record: FeedbackRecord) -> FeedbackRecord:
+        try:
+            job = await self._trainer.get_job(record.job_id)
+        except NotFound:
+            job = JobView(
+                record.job_id,
+                record.adapter,
+                JobState.FAILED,
+                error="the trainer no longer knows this job (it restarted); the adapter is unchanged: resubmit",
+            )
+        except Unavailable:
+            return record  # shown as last seen
+        return await self._record(record.observe(job, self._audit.now())) if job.state is not record.state else record
+
+    async def _record(self, record: FeedbackRecord) -> FeedbackRecord:
+        """Write an update of the record; the feedback goes on if the write fails (the record lags)."""
+        try:
+            await self._audit.put(record)
+        except ClaasError as exc:
+            log.warning("audit_update_failed", record=record.record_id, error=exc.message)
+        return record
 
     async def watch(self, tenant: str, job_id: str) -> AsyncIterator[JobView]:
         """The job's states until it ends; a job of another tenant's adapter is ``NotFound``."""
@@ -127,16 +172,20 @@ class Feedback:
             error = f"the trainer went away during the job ({exc.message}); the adapter is unchanged: resubmit"
             yield dataclasses.replace(last, state=JobState.FAILED, error=error)
 
-    async def _follow(self, job: JobView) -> JobView:
+    async def _follow(self, job: JobView, record: FeedbackRecord) -> JobView:
         if not job.state.terminal:
             async for status in self._statuses(job):
                 job = status
+                if job.state is not record.state:
+                    record = await self._record(record.observe(job, self._audit.now()))
                 if job.state.terminal:
                     break
             else:
                 job = await self._trainer.get_job(job.job_id)
+                record = await self._record(record.observe(job, self._audit.now()))
         if job.state is JobState.SUCCEEDED:
             await self._serve_head(job.adapter)
+            await self._record(record.served(self._audit.now()))
         return job
 
     async def _serve_head(self, adapter: str) -> None:
@@ -180,6 +229,10 @@ def _one_adapter(rollouts: list[Rollout]) -> str:
     if len(adapters) > 1:
         raise InvalidArgument(f"completions of one adapter only, got {', '.join(adapters)}", param="completion_ids")
     return adapters[0]
+
+
+def _audited(rollout: Rollout) -> AuditSample:
+    return AuditSample(rollout.completion_id, rollout.messages, rollout.text, rollout.version)
 
 
 def _sample(rollout: Rollout, feedback: str) -> Sample:

@@ -92,6 +92,20 @@ class FeedbackServicer(proxy_pb2_grpc.FeedbackServiceServicer):
         async for job in self._core().feedback.watch(_tenant(), request.job_id):
             yield proxy_pb2.FeedbackServiceWatchResponse(job=convert.job_view_to_proto(job))
 
+    async def List(
+        self, request: proxy_pb2.FeedbackServiceListRequest, context: grpc.aio.ServicerContext
+    ) -> proxy_pb2.FeedbackServiceListResponse:
+        records, token = await self._core().feedback.records(
+            _tenant(),
+            adapter=request.adapter,
+            state=convert.state_filter_from_proto(request.state),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return proxy_pb2.FeedbackServiceListResponse(
+            records=[convert.record_to_proto(r) for r in records], next_page_token=token
+        )
+
 
 class AdaptersServicer(proxy_pb2_grpc.AdaptersServiceServicer):
     """``claas.v1.AdaptersService`` over the core's ``adapters``."""

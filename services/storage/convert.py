@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from claas.v1 import common_pb2, storage_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.common.convert import lineage_from_proto, lineage_to_proto, lora_from_proto, lora_to_proto
+from services.common.convert import (
+    lineage_from_proto,
+    lineage_to_proto,
+    lora_from_proto,
+    lora_to_proto,
+    timestamp_from_proto,
+    timestamp_to_proto,
+)
 from services.common.errors import InvalidArgument
 from services.storage.domain import (
     Adapter,
@@ -20,16 +26,6 @@ from services.storage.domain import (
 )
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _datetime(stamp: Timestamp) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC)
-
-
 def adapter_to_proto(adapter: Adapter) -> storage_pb2.Adapter:
     return storage_pb2.Adapter(
         name=adapter.name,
@@ -37,7 +33,7 @@ def adapter_to_proto(adapter: Adapter) -> storage_pb2.Adapter:
         lora=lora_to_proto(adapter.lora),
         head_version=adapter.head_version,
         tags=adapter.tags,
-        created_at=_timestamp(adapter.created_at),
+        created_at=timestamp_to_proto(adapter.created_at),
         generation=adapter.generation,
     )
 
@@ -49,7 +45,7 @@ def adapter_from_proto(adapter: storage_pb2.Adapter) -> Adapter:
         lora=lora_from_proto(adapter.lora),
         head_version=adapter.head_version,
         tags=dict(adapter.tags),
-        created_at=_datetime(adapter.created_at),
+        created_at=timestamp_from_proto(adapter.created_at),
         generation=adapter.generation or 1,
     )
 
@@ -69,7 +65,7 @@ def version_to_proto(version: Version) -> storage_pb2.Version:
         parent_version=version.parent_version,
         files=[file_to_proto(f) for f in version.files],
         lineage=lineage_to_proto(version.lineage),
-        created_at=_timestamp(version.created_at),
+        created_at=timestamp_to_proto(version.created_at),
     )
 
 
@@ -80,7 +76,7 @@ def version_from_proto(version: storage_pb2.Version) -> Version:
         parent_version=version.parent_version,
         files=tuple(file_from_proto(f) for f in version.files),
         lineage=lineage_from_proto(version.lineage),
-        created_at=_datetime(version.created_at),
+        created_at=timestamp_from_proto(version.created_at),
     )
 
 

@@ -32,6 +32,15 @@ _JOB_STATES = {state: common_pb2.JobState.Value(f"JOB_STATE_{state.name}") for s
 _JOB_STATES_BACK = {value: state for state, value in _JOB_STATES.items()}
 
 
+def job_state_to_proto(state: JobState) -> common_pb2.JobState:
+    return _JOB_STATES[state]
+
+
+def job_state_from_proto(value: common_pb2.JobState) -> JobState | None:
+    """The state, or None for JOB_STATE_UNSPECIFIED (and values this build does not know)."""
+    return _JOB_STATES_BACK.get(value)
+
+
 def sample_to_proto(sample: Sample) -> trainer_pb2.TrainSample:
     return trainer_pb2.TrainSample(
         completion_id=sample.completion_id,
@@ -100,7 +109,7 @@ def job_view_to_proto(view: JobView) -> common_pb2.JobStatus:
     return common_pb2.JobStatus(
         job_id=view.job_id,
         adapter=view.adapter,
-        state=_JOB_STATES[view.state],
+        state=job_state_to_proto(view.state),
         base_version=view.base_version,
         new_version=view.new_version,
         step=view.step,
@@ -115,7 +124,7 @@ def job_view_from_proto(proto: common_pb2.JobStatus) -> JobView:
     return JobView(
         job_id=proto.job_id,
         adapter=proto.adapter,
-        state=_JOB_STATES_BACK.get(proto.state, JobState.QUEUED),
+        state=job_state_from_proto(proto.state) or JobState.QUEUED,
         base_version=proto.base_version,
         new_version=proto.new_version,
         step=proto.step,

@@ -1,5 +1,8 @@
+import datetime
+
 from claas.v1 import common_pb2 as _common_pb2
 from claas.v1 import storage_pb2 as _storage_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -143,6 +146,73 @@ class FeedbackServiceWatchResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _common_pb2.JobStatus
     def __init__(self, job: _Optional[_Union[_common_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class FeedbackServiceListRequest(_message.Message):
+    __slots__ = ("adapter", "state", "page_size", "page_token")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    state: _common_pb2.JobState
+    page_size: int
+    page_token: str
+    def __init__(self, adapter: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class FeedbackServiceListResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[FeedbackRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[FeedbackRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class FeedbackSample(_message.Message):
+    __slots__ = ("completion_id", "messages", "response", "served_version")
+    COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    completion_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    response: str
+    served_version: int
+    def __init__(self, completion_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response: _Optional[str] = ..., served_version: _Optional[int] = ...) -> None: ...
+
+class FeedbackRecord(_message.Message):
+    __slots__ = ("record_id", "adapter", "feedback", "samples", "submitted_at", "job_id", "state", "base_version", "new_version", "metrics", "error", "phase_seconds")
+    class PhaseSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    adapter: str
+    feedback: str
+    samples: _containers.RepeatedCompositeFieldContainer[FeedbackSample]
+    submitted_at: _timestamp_pb2.Timestamp
+    job_id: str
+    state: _common_pb2.JobState
+    base_version: int
+    new_version: int
+    metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.StepMetrics]
+    error: str
+    phase_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, record_id: _Optional[str] = ..., adapter: _Optional[str] = ..., feedback: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[FeedbackSample, _Mapping]]] = ..., submitted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.StepMetrics, _Mapping]]] = ..., error: _Optional[str] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AdaptersServiceCreateRequest(_message.Message):
     __slots__ = ("name", "lora")

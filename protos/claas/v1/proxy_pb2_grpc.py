@@ -209,6 +209,11 @@ class FeedbackServiceStub:
                 request_serializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchRequest.SerializeToString,
                 response_deserializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchResponse.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/claas.v1.FeedbackService/List',
+                request_serializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceListRequest.SerializeToString,
+                response_deserializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceListResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServiceServicer:
@@ -227,6 +232,13 @@ class FeedbackServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def List(self, request, context):
+        """The caller's feedback records (the audit log), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +251,11 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchRequest.FromString,
                     response_serializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceListRequest.FromString,
+                    response_serializer=claas_dot_v1_dot_proxy__pb2.FeedbackServiceListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -296,6 +313,33 @@ class FeedbackService:
             '/claas.v1.FeedbackService/Watch',
             claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchRequest.SerializeToString,
             claas_dot_v1_dot_proxy__pb2.FeedbackServiceWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claas.v1.FeedbackService/List',
+            claas_dot_v1_dot_proxy__pb2.FeedbackServiceListRequest.SerializeToString,
+            claas_dot_v1_dot_proxy__pb2.FeedbackServiceListResponse.FromString,
             options,
             channel_credentials,
             insecure,

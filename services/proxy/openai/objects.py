@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from services.common.domain import Lineage, LoraSpec, StepMetrics
+from services.proxy.audit import FeedbackRecord
 from services.storage.domain import Adapter, FileEntry, Version
 from services.trainer.domain import JobState, JobView
 
@@ -189,6 +190,63 @@ class JobObject(BaseModel):
         )
 
 
+class FeedbackSampleObject(BaseModel):
+    """A completion the feedback was about: its conversation and the answer, as the rollout recorded them."""
+
+    completion_id: str
+    messages: list[dict[str, str]]
+    response: str
+    served_version: int
+
+
+class FeedbackRecordObject(BaseModel):
+    """What one feedback did (the audit log): the job, its versions, step metrics, seconds per phase the proxy
+    saw, and the error of a job that failed or was refused (``job_id`` empty then)."""
+
+    record_id: str
+    adapter: str
+    feedback: str
+    samples: list[FeedbackSampleObject]
+    submitted_at: int
+    job_id: str
+    state: JobStateName
+    base_version: int
+    new_version: int
+    metrics: list[StepMetricsObject]
+    error: str
+    phase_seconds: dict[str, float]
+
+    @classmethod
+    def of(cls, record: FeedbackRecord) -> FeedbackRecordObject:
+        return cls(
+            record_id=record.record_id,
+            adapter=record.adapter,
+            feedback=record.feedback,
+            samples=[
+                FeedbackSampleObject(
+                    completion_id=s.completion_id,
+                    messages=[{"role": m.role, "content": m.content} for m in s.messages],
+                    response=s.response,
+                    served_version=s.served_version,
+                )
+                for s in record.samples
+            ],
+            submitted_at=int(record.submitted_at.timestamp()),
+            job_id=record.job_id,
+            state=state_name(record.state),  # type: ignore[arg-type]
+            base_version=record.base_version,
+            new_version=record.new_version,
+            metrics=[StepMetricsObject.of(m) for m in record.metrics],
+            error=record.error,
+            phase_seconds=dict(record.phases),
+        )
+
+
 def state_name(state: JobState) -> str:
     """A job state as the contract spells it."""
     return f"JOB_STATE_{state.name}"
+
+
+def state_of(name: str) -> JobState:
+    """The job state a contract name spells (``JOB_STATE_SUCCEEDED``); ``KeyError`` otherwise."""
+    return JobState[name.removeprefix("JOB_STATE_")]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from services.common.domain import Message
 from services.common.errors import InvalidArgument
 from services.proxy.domain import ChatRequest, ChatResult, ModelInfo, Sampling, TokenLogprob
-from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
+from services.proxy.openai.objects import AdapterObject, FeedbackRecordObject, JobObject, VersionObject
 
 
 class TextPart(BaseModel):
@@ -320,6 +320,14 @@ class JobResponse(BaseModel):
     """A training job, as its feedback submit or its status left it."""
 
     job: JobObject
+
+
+class FeedbackListResponse(BaseModel):
+    """A page of the caller's feedback records, newest first; ``next_page_token`` (absent on the last page)
+    asks for the next: ``?page_token=...`` (``?page_size=N``, ``?adapter=...``, ``?state=JOB_STATE_...``)."""
+
+    records: list[FeedbackRecordObject]
+    next_page_token: str | None = None
 
 
 class AdapterCreateRequest(BaseModel):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.common.auth import Authenticator, bearer_from_header
-from services.common.errors import ClaasError, NotFound
+from services.common.errors import ClaasError, InvalidArgument, NotFound
 from services.common.naming import vllm_lora_name
 from services.proxy import convert
 from services.proxy.core import ProxyCore
@@ -19,8 +19,16 @@ from services.proxy.openai import protocol as p
 from services.proxy.openai import text as t
 from services.proxy.openai.archive import zip_stream
 from services.proxy.openai.errors import RequestGate, install_error_handlers, sse_error
-from services.proxy.openai.objects import AdapterObject, JobObject, VersionObject
+from services.proxy.openai.objects import (
+    AdapterObject,
+    FeedbackRecordObject,
+    JobObject,
+    VersionObject,
+    state_name,
+    state_of,
+)
 from services.proxy.tenancy import tenant_of
+from services.trainer.domain import JobState
 
 log = structlog.get_logger("claas.proxy.http")
 
@@ -231,6 +239,27 @@ async def submit_feedback(body: p.FeedbackRequest, core: Core, tenant: Tenant) -
         idempotency_key=body.idempotency_key,
     )
     return p.JobResponse(job=JobObject.of(job))
+
+
+@feedback_router.get("", response_model=p.FeedbackListResponse)
+async def list_feedback(
+    core: Core, tenant: Tenant, adapter: str = "", state: str = "", page_size: int = 0, page_token: str = ""
+) -> p.FeedbackListResponse:
+    """The caller's feedback records (the audit log), newest first."""
+    records, token = await core.feedback.records(
+        tenant, adapter=adapter, state=_job_state(state), page_size=page_size, page_token=page_token
+    )
+    return p.FeedbackListResponse(records=[FeedbackRecordObject.of(r) for r in records], next_page_token=token or None)
+
+
+def _job_state(name: str) -> JobState | None:
+    if not name:
+        return None
+    try:
+        return state_of(name)
+    except KeyError:
+        names = ", ".join(state_name(s) for s in JobState)
+        raise InvalidArgument(f"unknown state {name!r}: one of {names}", param="state") from None
 
 
 @feedback_router.get("/jobs/{job_id}", response_model=p.JobResponse)

@@ -70,6 +70,8 @@ class FakeTrainer:
         self.fail = False
         #: The trainer process dies while a job runs: its event stream breaks with UNAVAILABLE.
         self.lost = False
+        #: Raised by the next submits (a full queue, say), when set.
+        self.refuse: Exception | None = None
 
     async def init_adapter(self, name: str, lora: LoraSpec) -> Adapter:
         # Storage keeps explicit shapes only; this stand-in fills the blanks with fixed values.
@@ -83,6 +85,8 @@ class FakeTrainer:
         self, adapter: str, samples: Sequence[Sample], config: Mapping[str, Any] | None, idempotency_key: str
     ) -> JobView:
         config_to_proto(config)
+        if self.refuse is not None:
+            raise self.refuse
         if idempotency_key in self.keys:
             return self.jobs[self.keys[idempotency_key]]
         self.submitted.append(Submitted(adapter, tuple(samples), config, idempotency_key))

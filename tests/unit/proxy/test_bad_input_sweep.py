@@ -242,6 +242,30 @@ HTTP_CASES: list[Case] = [
     ],
     *[Case(f"http-versions-{k}", get(f"/v1/adapters/{v}/versions"), "adapter") for k, v in BAD_PATH_NAMES.items()],
     *values(
+        "http-feedback-list-adapter",
+        {"foreign": "beta/secret", "upper": "Bot", "nul": "b\x00t", "long": "b" * 100},
+        lambda v: get("/v1/feedback", adapter=v),
+        "adapter",
+    ),
+    *values(
+        "http-feedback-list-state",
+        {"unknown": "JOB_STATE_DONE", "lower": "succeeded", "number": "5"},
+        lambda v: get("/v1/feedback", state=v),
+        "state",
+    ),
+    *values(
+        "http-feedback-list-page_size",
+        VERSIONS_PAGE_SIZE | {"over-max": 101},
+        lambda v: get("/v1/feedback", page_size=v),
+        "page_size",
+    ),
+    *values(
+        "http-feedback-list-page_token",
+        {"garbage": "not-a-token", "traversal": "../../x", "nul": "\x00"},
+        lambda v: get("/v1/feedback", page_token=v),
+        "page_token",
+    ),
+    *values(
         "http-versions-page_size",
         VERSIONS_PAGE_SIZE,
         lambda v: get("/v1/adapters/bot/versions", page_size=v),
@@ -430,6 +454,29 @@ GRPC_CASES: list[Case] = [
         GRPC_NAMES,
         lambda v: adapters("Versions", proxy_pb2.AdaptersServiceVersionsRequest, name=v),
         "adapter",
+    ),
+    *values(
+        "grpc-feedback-list-adapter",
+        {"foreign": "beta/secret", "upper": "Bot", "nul": "b\x00t"},
+        lambda v: ("feedback", "List", proxy_pb2.FeedbackServiceListRequest(adapter=v)),
+        "adapter",
+    ),
+    Case(
+        "grpc-feedback-list-state-unknown",
+        ("feedback", "List", proxy_pb2.FeedbackServiceListRequest(state=99)),
+        "state",
+    ),
+    *values(
+        "grpc-feedback-list-page_size",
+        {"negative": -1, "over-max": 101, "min": -(2**31)},
+        lambda v: ("feedback", "List", proxy_pb2.FeedbackServiceListRequest(page_size=v)),
+        "page_size",
+    ),
+    *values(
+        "grpc-feedback-list-page_token",
+        {"garbage": "not-a-token", "nul": "\x00"},
+        lambda v: ("feedback", "List", proxy_pb2.FeedbackServiceListRequest(page_token=v)),
+        "page_token",
     ),
     *values(
         "grpc-versions-page_size",
