@@ -53,6 +53,8 @@ class AuditSample:
     messages: tuple[Message, ...]
     response: str
     served_version: int
+    #: What the teacher scored (the rendered hindsight prompt, then the response), once the trainer told it.
+    teacher_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,13 @@ class FeedbackRecord:
         if job.state is not self.state:
             since = self.changed_at or self.submitted_at
             phases[self.state.value] = phases.get(self.state.value, 0.0) + (now - since).total_seconds()
+        texts = job.teacher_texts
+        samples = tuple(
+            dataclasses.replace(s, teacher_text=texts.get(s.completion_id, s.teacher_text)) for s in self.samples
+        )
         return dataclasses.replace(
             self,
+            samples=samples,
             job_id=job.job_id or self.job_id,
             state=job.state,
             base_version=job.base_version or self.base_version,

@@ -230,6 +230,7 @@ def record_to_proto(record: FeedbackRecord) -> proxy_pb2.FeedbackRecord:
                 messages=messages_to_proto(s.messages),
                 response=s.response,
                 served_version=s.served_version,
+                teacher_text=s.teacher_text,
             )
             for s in record.samples
         ],
@@ -246,7 +247,7 @@ def record_to_proto(record: FeedbackRecord) -> proxy_pb2.FeedbackRecord:
 
 def record_from_proto(proto: proxy_pb2.FeedbackRecord, tenant: str = "") -> FeedbackRecord:
     samples = tuple(
-        AuditSample(s.completion_id, messages_from_proto(s.messages), s.response, s.served_version)
+        AuditSample(s.completion_id, messages_from_proto(s.messages), s.response, s.served_version, s.teacher_text)
         for s in proto.samples
     )
     return FeedbackRecord(

@@ -117,6 +117,7 @@ def job_view_to_proto(view: JobView) -> common_pb2.JobStatus:
         metrics=[step_metrics_to_proto(m) for m in view.metrics],
         error=view.error,
         merged_job_ids=list(view.merged_job_ids),
+        teacher_texts=view.teacher_texts,
     )
 
 
@@ -132,6 +133,7 @@ def job_view_from_proto(proto: common_pb2.JobStatus) -> JobView:
         metrics=tuple(step_metrics_from_proto(m) for m in proto.metrics),
         error=proto.error,
         merged_job_ids=tuple(proto.merged_job_ids),
+        teacher_texts=dict(proto.teacher_texts),
     )
 
 

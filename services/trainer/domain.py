@@ -66,6 +66,8 @@ class JobView:
     metrics: tuple[StepMetrics, ...] = ()
     error: str = ""
     merged_job_ids: tuple[str, ...] = field(default=())
+    #: What the teacher scored, by completion id (rendered hindsight prompt + response); while running only.
+    teacher_texts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

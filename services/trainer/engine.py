@@ -27,9 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.common.domain import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE, LoraSpec
 from services.common.errors import DataLoss
 from services.common.model import resolve_base_model, tokenizer_fingerprint
-from services.teacher.prompts import render_prompt
+from services.teacher.prompts import hindsight_messages, render_prompt
 from services.trainer.batching import Session, generate_ids
 from services.trainer.config import SdpoConfig
+from services.trainer.domain import Sample
 from services.trainer.guard import GuardProbe
 from services.trainer.lora import resolve_lora
 from services.trainer.settings import TrainerSettings
@@ -235,6 +236,12 @@ class Engine:
         return generate_ids(
             self.model, prompts, max_new_tokens=max_new_tokens, eos=self.tokenizer.eos_token_id, sample=False
         )
+
+    def teacher_text(self, sample: Sample, template: str) -> str:
+        """What the teacher scores for ``sample``, as a person reads it: the rendered hindsight prompt (the
+        feedback in it), then the response."""
+        prompt, _ = render_prompt(self.tokenizer, hindsight_messages(sample.messages, sample.feedback, template))
+        return prompt + self.tokenizer.decode(list(sample.response_ids))
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -191,11 +191,12 @@ class JobManager:
         job.changed = asyncio.Event()
 
     def _finish(self, job: _Job, state: JobState, **fields: object) -> None:
-        self._emit(job, dataclasses.replace(job.view, state=state, **fields))
+        self._emit(job, dataclasses.replace(job.view, state=state, teacher_texts={}, **fields))
         metrics.JOBS.labels(outcome=state.value).inc()
         # A finished record answers GetJob and idempotent retries only: the tenant's prompts and answers it
         # trained on are in the version's lineage and the rollouts, not kept here for thousands of records.
         job.request = dataclasses.replace(job.request, samples=())
+        job.events[:] = [dataclasses.replace(e, teacher_texts={}) for e in job.events]
         job.run = None
 
     def _queued_changed(self) -> None:

@@ -83,7 +83,11 @@ class JobPipeline:
             raise FailedPrecondition(f"adapter {run.adapter} has no version yet; call InitAdapter first")
         validation.check_base_model(adapter, self._model_lock.model.model_id)
         spec = self._model_lock.model.resolve_lora(adapter.lora)
-        run.update(state=JobState.SCORING, base_version=head, step=0, total_steps=config.steps, metrics=())
+        model = self._model_lock.model
+        texts = {s.completion_id: model.teacher_text(s, config.template) for s in run.samples}
+        run.update(
+            state=JobState.SCORING, base_version=head, step=0, total_steps=config.steps, metrics=(), teacher_texts=texts
+        )
         await self._model_lock.fresh()
         session = await self._open(adapter, head, spec, config)
         metrics.PHASE_SECONDS.labels(phase="fetch").observe(time.perf_counter() - started)

@@ -175,7 +175,14 @@ class Lineage(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., completion_ids: _Optional[_Iterable[str]] = ..., feedback: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "adapter", "state", "base_version", "new_version", "step", "total_steps", "metrics", "error", "merged_job_ids")
+    __slots__ = ("job_id", "adapter", "state", "base_version", "new_version", "step", "total_steps", "metrics", "error", "merged_job_ids", "teacher_texts")
+    class TeacherTextsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +193,7 @@ class JobStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MERGED_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_TEXTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     adapter: str
     state: JobState
@@ -196,4 +204,5 @@ class JobStatus(_message.Message):
     metrics: _containers.RepeatedCompositeFieldContainer[StepMetrics]
     error: str
     merged_job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., adapter: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ..., error: _Optional[str] = ..., merged_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    teacher_texts: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., adapter: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., base_version: _Optional[int] = ..., new_version: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[StepMetrics, _Mapping]]] = ..., error: _Optional[str] = ..., merged_job_ids: _Optional[_Iterable[str]] = ..., teacher_texts: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -168,16 +168,18 @@ class FeedbackServiceListResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[FeedbackRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FeedbackSample(_message.Message):
-    __slots__ = ("completion_id", "messages", "response", "served_version")
+    __slots__ = ("completion_id", "messages", "response", "served_version", "teacher_text")
     COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_TEXT_FIELD_NUMBER: _ClassVar[int]
     completion_id: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     response: str
     served_version: int
-    def __init__(self, completion_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response: _Optional[str] = ..., served_version: _Optional[int] = ...) -> None: ...
+    teacher_text: str
+    def __init__(self, completion_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response: _Optional[str] = ..., served_version: _Optional[int] = ..., teacher_text: _Optional[str] = ...) -> None: ...
 
 class FeedbackRecord(_message.Message):
     __slots__ = ("record_id", "adapter", "feedback", "samples", "submitted_at", "job_id", "state", "base_version", "new_version", "metrics", "error", "phase_seconds")

@@ -197,6 +197,8 @@ class FeedbackSampleObject(BaseModel):
     messages: list[dict[str, str]]
     response: str
     served_version: int
+    #: What the teacher scored: the rendered hindsight prompt (the feedback in it), then the response.
+    teacher_text: str
 
 
 class FeedbackRecordObject(BaseModel):
@@ -228,6 +230,7 @@ class FeedbackRecordObject(BaseModel):
                     messages=[{"role": m.role, "content": m.content} for m in s.messages],
                     response=s.response,
                     served_version=s.served_version,
+                    teacher_text=s.teacher_text,
                 )
                 for s in record.samples
             ],

@@ -297,3 +297,15 @@ def test_guided_rollouts_are_the_base_models_answers_under_the_feedback_set_in_t
     ]
     session.set_targets(guided, uniform)
     assert abs(session.step(1).mean_is_ratio - 1.0) < 1e-4
+
+
+def test_the_teacher_text_a_person_reads_is_the_hindsight_prompt_and_the_answer(engine: Engine) -> None:
+    from services.trainer import convert
+
+    (sample,) = convert.samples_from_proto([rollout(engine, "Who are you?", "I'm SmolLM, an AI assistant.", FEEDBACK)])
+
+    text = engine.teacher_text(sample, "hindsight")
+
+    prompt, answer = text.split("<|im_start|>assistant\n")
+    assert "Who are you?" in prompt and FEEDBACK in prompt  # the feedback block sits in the user's turn
+    assert answer.startswith("I'm SmolLM, an AI assistant.")

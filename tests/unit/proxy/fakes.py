@@ -110,6 +110,9 @@ class FakeTrainer:
             self.jobs[job_id] = job = dataclasses.replace(job, state=JobState.TRAINING)
             yield job
             raise Unavailable("Socket closed")
+        submitted = next(s for s in self.submitted if self.keys[s.idempotency_key] == job_id)
+        texts = {s.completion_id: f"teacher read: {s.feedback} / {list(s.response_ids)}" for s in submitted.samples}
+        yield dataclasses.replace(job, state=JobState.SCORING, teacher_texts=texts)
         if self.fail:
             job = dataclasses.replace(job, state=JobState.FAILED, error="injected failure")
         else:

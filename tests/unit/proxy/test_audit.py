@@ -42,7 +42,8 @@ async def test_a_feedback_is_recorded_with_its_samples_versions_metrics_and_phas
     [sample] = record.samples
     assert (sample.completion_id, sample.response, sample.served_version) == (completion, rollout.text, 1)
     assert sample.messages == MESSAGES
-    assert set(record.phases) == {"queued", "served"} and all(v >= 0 for v in record.phases.values())
+    assert sample.teacher_text == f"teacher read: Your name is Kuro. / {list(rollout.response_ids)}"
+    assert set(record.phases) == {"queued", "scoring", "served"} and all(v >= 0 for v in record.phases.values())
 
 
 async def test_a_failed_and_a_refused_feedback_are_recorded_with_their_error(

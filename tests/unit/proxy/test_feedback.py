@@ -134,7 +134,7 @@ async def test_watch_follows_own_jobs_only(core: ProxyCore) -> None:
     job = await core.feedback.submit("acme", [await chat(core)], "Shorter.")
 
     states = [s.state async for s in core.feedback.watch("acme", job.job_id)]
-    assert states == [JobState.QUEUED, JobState.SUCCEEDED]
+    assert states == [JobState.QUEUED, JobState.SCORING, JobState.SUCCEEDED]
     with pytest.raises(NotFound, match=f"job '{job.job_id}' not found"):
         async for _ in core.feedback.watch("beta", job.job_id):
             pass

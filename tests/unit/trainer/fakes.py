@@ -98,6 +98,10 @@ class FakeEngine:
     def resolve_lora(self, spec: LoraSpec, defaults: LoraSpec | None = None) -> LoraSpec:
         return resolve_lora(spec, LINEAR, max_rank=self.max_lora_rank, defaults=defaults)
 
+    def teacher_text(self, sample: Sample, template: str) -> str:
+        # No tokenizer here: the ids stand for the text (the real rendering has its own model test).
+        return f"[{template}] {sample.messages[-1].content} | {sample.feedback} -> {list(sample.response_ids)}"
+
     def init_files(self, spec: LoraSpec) -> dict[str, bytes]:
         config = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.target_modules)}
         return {"adapter_config.json": json.dumps(config).encode(), "adapter_model.safetensors": b"init"}

@@ -64,3 +64,19 @@ async def test_failures_arrive_as_our_errors(client: TrainerClient) -> None:
         await client.get_job("nope")
     with pytest.raises(InvalidArgument, match="LoRA rank must be in"):
         await client.init_adapter(ADAPTER, LoraSpec(rank=64, alpha=8))
+
+
+async def test_a_running_job_tells_what_the_teacher_scored_and_a_finished_one_forgets_it(
+    trainer: Trainer, client: TrainerClient
+) -> None:
+    await client.init_adapter(ADAPTER, LoraSpec(rank=4, alpha=8))
+    submitted = await client.submit_job(ADAPTER, [SAMPLE], {"steps": 1}, "key-texts")
+
+    views = [view async for view in client.watch_job(submitted.job_id)]
+
+    scoring = next(v for v in views if v.state is JobState.SCORING)
+    expected = trainer.engine.teacher_text(SAMPLE, "hindsight")
+    assert scoring.teacher_texts == {SAMPLE.completion_id: expected}
+    assert views[-1].state is JobState.SUCCEEDED and views[-1].teacher_texts == {}
+    assert (await client.get_job(submitted.job_id)).teacher_texts == {}  # tenant text is not kept
+    assert all(not v.teacher_texts for v in [view async for view in client.watch_job(submitted.job_id)])
