@@ -71,6 +71,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str, f
             "CLAAS_STORE_URL": str(workdir / "rollouts"),
             "CLAAS_ADAPTER_DIR": str(workdir / "adapters"),
             "CLAAS_WATCH_HEADS": "false",
+            # All of them staged at once (a tenant may hold a quarter): the figure is for every call in flight.
+            "CLAAS_MAX_PARALLEL_EXPORTS": str(4 * args.parallel),
         }
         with role("proxy", proxy_env, workdir) as px:
             roles = {"storage": st, "proxy": px}
