@@ -32,6 +32,11 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
+def owner_of(adapter: str) -> str:
+    """The tenant of ``"tenant/adapter"``."""
+    return adapter.partition("/")[0]
+
+
 def check_version(version: int, *, field: str = "version", allow_zero: bool = True, zero: str = "") -> int:
     """A version number (0 allowed where it means "the head" or "none"); raises InvalidArgument otherwise."""
     least = 0 if allow_zero else 1

@@ -14,8 +14,7 @@ tenant data, deleted after the rollouts' retention.
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -29,6 +28,7 @@ import structlog
 from services.common.domain import Message, StepMetrics
 from services.common.errors import InvalidArgument
 from services.common.objectstore import ObjectStore
+from services.common.pages import next_page_token, read_page_token
 from services.trainer.domain import JobState, JobView
 
 log = structlog.get_logger("claas.proxy.audit")
@@ -145,8 +145,13 @@ def record_time(record_id: str) -> datetime | None:
     return datetime.fromtimestamp((_STAMP_TOP - int(stamp)) / 1000, UTC)
 
 
+def _folder(tenant: str, adapter: str = "") -> str:
+    """Where ``tenant``'s records are, or those of its ``adapter`` ("tenant/name")."""
+    return f"{PREFIX}{tenant}/{adapter.partition('/')[2]}/" if adapter else f"{PREFIX}{tenant}/"
+
+
 def record_key(record: FeedbackRecord) -> str:
-    return f"{PREFIX}{record.tenant}/{record.adapter.partition('/')[2]}/{record.record_id}.json"
+    return f"{_folder(record.tenant, record.adapter)}{record.record_id}.json"
 
 
 class AuditLog:
@@ -170,8 +175,8 @@ class AuditLog:
         token ("" after the last)."""
         if not 0 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size must be in 0..{MAX_PAGE_SIZE}, got {page_size}", param="page_size")
-        after = _decode(page_token)
-        prefix = f"{PREFIX}{tenant}/{adapter.partition('/')[2]}/" if adapter else f"{PREFIX}{tenant}/"
+        after = read_page_token(page_token, _check_record_id, "")
+        prefix = _folder(tenant, adapter)
         cutoff = self._clock() - self._retention
         ids = {}
         for key in await self._store.list(prefix):
@@ -182,12 +187,14 @@ class AuditLog:
         ordered = sorted(ids)
         size = page_size or PAGE_SIZE
         page = ordered[:size]
-        records = [FeedbackRecord.from_json(await self._store.get(ids[i])) for i in page]
-        return records, _encode(page[-1]) if len(ordered) > size else ""
+        records = [
+            FeedbackRecord.from_json(data) for data in await asyncio.gather(*(self._store.get(ids[i]) for i in page))
+        ]
+        return records, next_page_token(page[-1]) if len(ordered) > size else ""
 
     async def delete_adapter(self, tenant: str, adapter: str) -> None:
         """Every record of the adapter (``tenant/name``) goes with it."""
-        await self._store.delete_prefix(f"{PREFIX}{tenant}/{adapter.partition('/')[2]}/")
+        await self._store.delete_prefix(_folder(tenant, adapter))
 
     async def sweep(self) -> int:
         """Delete the records older than the retention period; how many."""
@@ -204,17 +211,7 @@ class AuditLog:
         return len(expired)
 
 
-def _encode(record_id: str) -> str:
-    return base64.urlsafe_b64encode(record_id.encode()).decode()
-
-
-def _decode(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        record_id = base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        record_id = ""
+def _check_record_id(record_id: str) -> str:
     if record_time(record_id) is None:
-        raise InvalidArgument(f"invalid page_token {token!r}", param="page_token")
+        raise ValueError(record_id)
     return record_id

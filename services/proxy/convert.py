@@ -26,6 +26,7 @@ from services.common.convert import (
 )
 from services.common.domain import LoraSpec
 from services.common.errors import DataLoss, InvalidArgument
+from services.common.naming import owner_of
 from services.proxy.audit import AuditSample, FeedbackRecord
 from services.proxy.domain import ChatRequest, ChatResult, Sampling, ScoreRequest, ScoreResult
 from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
@@ -252,7 +253,7 @@ def record_from_proto(proto: proxy_pb2.FeedbackRecord, tenant: str = "") -> Feed
     )
     return FeedbackRecord(
         record_id=proto.record_id,
-        tenant=tenant or proto.adapter.partition("/")[0],
+        tenant=tenant or owner_of(proto.adapter),
         adapter=proto.adapter,
         feedback=proto.feedback,
         samples=samples,

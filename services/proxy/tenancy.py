@@ -14,6 +14,7 @@ import structlog
 
 from services.common.auth import ApiKeyAuth, KeysFileError, Principal
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
+from services.common.naming import owner_of
 
 log = structlog.get_logger("claas.proxy.tenancy")
 
@@ -44,7 +45,7 @@ def not_found(name: str) -> NotFound:
 
 
 def owns(tenant: str, full_name: str) -> bool:
-    return full_name.partition("/")[0] == tenant
+    return owner_of(full_name) == tenant
 
 
 class KeysFileAuth:

@@ -19,8 +19,6 @@ deletes pending and manifest-less version folders and leftovers of interrupted d
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import dataclasses
@@ -41,8 +39,9 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.locks import KeyedLocks
-from services.common.naming import check_version
+from services.common.naming import check_version, owner_of
 from services.common.objectstore import ObjectStore
+from services.common.pages import next_page_token, read_page_token
 from services.storage import layout, metrics
 from services.storage.domain import (
     AdapterRecord,
@@ -180,7 +179,7 @@ class AdapterStore:
         self._serving()
         check_prefix(prefix)
         size = self._page(page_size)
-        after = _decode_token(page_token)
+        after = read_page_token(page_token, check_name, "")
         names = sorted(n for n in self._names if n.startswith(prefix) and n > after)
         records = []
         for name in names[:size]:
@@ -188,7 +187,7 @@ class AdapterStore:
                 records.append(await self._load(name))
             except NotFound:  # deleted meanwhile
                 continue
-        return records, _encode_token(names[size - 1]) if len(names) > size else ""
+        return records, next_page_token(names[size - 1]) if len(names) > size else ""
 
     async def delete_adapter(self, name: str) -> bool:
         """Remove the record first (the adapter is gone at once), then its versions. Idempotent."""
@@ -202,7 +201,7 @@ class AdapterStore:
             await self.store.delete(layout.record_key(name))
             self._names.discard(name)
             if record is not None:
-                self._usage[_tenant(name)].change(-record.kept_versions, -record.kept_bytes)
+                self._usage[owner_of(name)].change(-record.kept_versions, -record.kept_bytes)
             await self.store.delete_prefix(layout.adapter_prefix(name))
         if record is None:
             return False
@@ -276,7 +275,7 @@ class AdapterStore:
                     kept_bytes=record.kept_bytes + size,
                 )
                 await self._save(committed)
-                self._usage[_tenant(name)].change(1, size)
+                self._usage[owner_of(name)].change(1, size)
                 await self._retire(committed, victims)
         finally:
             spool.close()
@@ -328,7 +327,7 @@ class AdapterStore:
         try:
             retiring = record.retire(victims)
             await self._save(retiring)
-            self._usage[_tenant(record.name)].change(-len(victims), -sum(v.size for v in victims))
+            self._usage[owner_of(record.name)].change(-len(victims), -sum(v.size for v in victims))
             for version in retiring.retiring:
                 await self.store.delete_prefix(layout.version_prefix(record.name, version))
             done = dataclasses.replace(retiring, retiring=())
@@ -340,7 +339,7 @@ class AdapterStore:
         return done
 
     def _check_quota(self, name: str, versions: int, size: int) -> None:
-        tenant = _tenant(name)
+        tenant = owner_of(name)
         usage, retention = self._usage[tenant], self._retention
         if versions > 0 and retention.max_tenant_versions and usage.versions + versions > retention.max_tenant_versions:
             raise ResourceExhausted(
@@ -406,7 +405,7 @@ class AdapterStore:
         self._serving()
         check_name(name)
         size = self._page(page_size)
-        after = _decode_version_token(page_token)
+        after = read_page_token(page_token, lambda text: check_version(int(text)), 0)
         record = await self._load(name)
         numbers = await self._committed_numbers(record, after)
         page: list[Version] = []
@@ -425,7 +424,7 @@ class AdapterStore:
                     page.append(info.public(False, PRIVATE_FILES))
                     used += len(info.to_json())
         more = bool(numbers) and last != numbers[-1]
-        return page, _encode_token(str(last)) if more else ""
+        return page, next_page_token(str(last)) if more else ""
 
     async def set_head(self, name: str, expected: int, version: int) -> AdapterRecord:
         """Compare-and-swap of the head (rollback): ``ABORTED`` unless the head is ``expected``."""
@@ -520,15 +519,11 @@ class AdapterStore:
             record = dataclasses.replace(record, pending=0, retiring=())
             await self._save(record)
         self._names.add(name)
-        self._usage[_tenant(name)].change(record.kept_versions, record.kept_bytes)
+        self._usage[owner_of(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)
 
     def close(self) -> None:
         self.heads.close()
-
-
-def _tenant(name: str) -> str:
-    return name.partition("/")[0]
 
 
 async def _drain(items: AsyncIterator[UploadHeader | Chunk]) -> None:
@@ -561,25 +556,3 @@ def _check_spec(base_model: str, lora: LoraSpec) -> None:
         raise InvalidArgument(f"lora.alpha must be >= 1, got {lora.alpha}", param="lora.alpha")
     if not 0.0 <= lora.dropout < 1.0:
         raise InvalidArgument(f"lora.dropout must be in [0, 1), got {lora.dropout}", param="lora.dropout")
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
-def _decode_version_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        return check_version(int(base64.urlsafe_b64decode(token.encode()).decode()))
-    except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
-        raise InvalidArgument(f"invalid page_token {token!r}", param="page_token") from None
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return check_name(base64.urlsafe_b64decode(token.encode()).decode())
-    except (binascii.Error, UnicodeDecodeError, InvalidArgument):
-        raise InvalidArgument(f"invalid page_token {token!r}", param="page_token") from None

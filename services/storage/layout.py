@@ -43,8 +43,8 @@ MAX_TAGS = 32
 #: Most target modules of a LoRA shape.
 MAX_TARGET_MODULES = 256
 
-_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_MODULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: A file name of a version, and a module name of a LoRA shape: plain names, no path.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PREFIX = re.compile(r"[a-z0-9._/-]{0,128}")
 _NAME_RULE = f"'tenant/adapter', each part {NAME_PART_RULE}"
@@ -81,7 +81,7 @@ def check_target_modules(modules: tuple[str, ...]) -> tuple[str, ...]:
             f"lora.target_modules holds {len(modules)} names, at most {MAX_TARGET_MODULES}", param="lora.target_modules"
         )
     for module in modules:
-        if not _MODULE.fullmatch(module):
+        if not _PLAIN_NAME.fullmatch(module):
             raise InvalidArgument(
                 f"invalid module name {module[:40]!r} in lora.target_modules: 1-128 of A-Z a-z 0-9 . _ -",
                 param="lora.target_modules",
@@ -105,7 +105,7 @@ def check_prefix(prefix: str) -> str:
 def check_file_name(path: str) -> str:
     """A file of a version: a plain name (no folders), never the manifest itself."""
     # Compared without case: "Manifest.json" would be the manifest itself on a case-insensitive disk.
-    if not _FILE.fullmatch(path) or ".." in path or path.lower() == MANIFEST_FILE:
+    if not _PLAIN_NAME.fullmatch(path) or ".." in path or path.lower() == MANIFEST_FILE:
         raise InvalidArgument(f"invalid file path {path!r}: a plain file name of A-Z a-z 0-9 . _ -")
     return path
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 
 from services.common.errors import ClaasError, NotFound, ResourceExhausted
+from services.common.naming import owner_of
 from services.trainer import metrics
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import JobRequest, JobState, JobView, Sample
@@ -123,8 +124,8 @@ class JobManager:
         known = self.find(request.adapter, request.idempotency_key)
         if known is not None:
             return known
-        tenant = request.adapter.partition("/")[0]
-        if sum(1 for job in self._queue if job.request.adapter.partition("/")[0] == tenant) >= self._max_per_tenant:
+        tenant = owner_of(request.adapter)
+        if sum(1 for job in self._queue if owner_of(job.request.adapter) == tenant) >= self._max_per_tenant:
             # Before the global bound: one tenant's burst must leave room in the queue for the others.
             raise ResourceExhausted(
                 f"tenant {tenant!r} has {self._max_per_tenant} jobs waiting, its quota "
