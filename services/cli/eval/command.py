@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-key", default=None, help="API key (env CLAAS_API_KEY; default: the local stack's)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before one call gives up")
     parser.add_argument("--json", action="store_true", help="end with the summary as one JSON line")
+    parser.add_argument(
+        "--publish", action="store_true", help="upload the finished run to the proxy, for its dashboard's Evals page"
+    )
     add_stack_arguments(parser)
     parser.set_defaults(func=_eval)
 
@@ -124,9 +127,22 @@ def _run(
     print(table(summary), flush=True)
     print(f"\nrun folder {run_dir.path}: metadata.json baseline.json steps.jsonl summary.json "
           + " ".join(p.name for p in plots), flush=True)  # fmt: skip
+    if args.publish:
+        publish(Api(url, key, timeout_s=args.timeout), run_dir, meta["run_id"])
     if args.json:
         print(json.dumps(summary), flush=True)
     return 0
+
+
+def publish(api: Api, run_dir: RunDir, run_id: str) -> None:
+    """Upload the run's files (the dashboard shows them to the key's tenant); raises ApiError."""
+    try:
+        # metadata.json last: the proxy lists a run once it has one, so a run appears whole.
+        for path in sorted(run_dir.run_files(), key=lambda p: p.name == "metadata.json"):
+            api.publish_file(run_id, path.name, path.read_bytes())
+    finally:
+        api.close()
+    print(f"published run {run_id}: see it under Evals on the proxy's /dashboard", flush=True)
 
 
 def _say(line: str) -> None:

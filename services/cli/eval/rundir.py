@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.eval.config import ConfigError, RunConfig
+from services.common.eval_files import RUN_FILES
 
 ARMS = ("real", "control")
 #: Keys of the configuration a resumed run may change: more steps extend it.
 RESUMABLE_CHANGES = frozenset({"steps"})
-PLOTS = ("margins.png", "learning_curves.png", "collapse.png", "forgetting.png", "sdpo.png")
 
 
 class RunDir:
@@ -71,6 +71,10 @@ class RunDir:
         if len(kept) != len(lines):
             self.steps_path.write_text("".join(kept))
         return records
+
+    def run_files(self) -> list[Path]:
+        """The run's files that exist, in the order a reader needs them (what ``--publish`` uploads)."""
+        return [self.path / name for name in RUN_FILES if (self.path / name).is_file()]
 
     def append_step(self, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -86,11 +87,13 @@ def _validation_error(exc: RequestValidationError) -> InvalidArgument:
 
 class RequestGate:
     """Pure ASGI middleware (streams pass through untouched): binds a request id, refuses bodies over
-    ``max_body_bytes`` with 413, and logs and counts every request."""
+    ``max_body_bytes`` (or the ``larger`` limit of the path's prefix) with 413, and logs and counts every
+    request."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, larger: Mapping[str, int] | None = None) -> None:
         self._app = app
         self._max = max_body_bytes
+        self._larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,9 +112,10 @@ class RequestGate:
                 message.setdefault("headers", []).append((REQUEST_ID_KEY.encode(), request_id.encode()))
             await send(message)
 
+        limit = next((n for prefix, n in self._larger.items() if scope["path"].startswith(prefix)), self._max)
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max:
-            await self._too_large(scope, receive, send_with_id)
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(_limit_error(limit))(scope, receive, send_with_id)
         else:
             received = 0
 
@@ -119,9 +123,9 @@ class RequestGate:
                 nonlocal received
                 message = await receive()
                 received += len(message.get("body", b""))
-                if received > self._max:
+                if received > limit:
                     # The framework passes HTTPException through its body parsing; anything else becomes 400.
-                    raise HTTPException(413, detail=self._limit_error().message)
+                    raise HTTPException(413, detail=_limit_error(limit).message)
                 return message
 
             await self._app(scope, counted, send_with_id)
@@ -131,8 +135,6 @@ class RequestGate:
             "http", method=scope["method"], code=status["code"], ms=round((time.perf_counter() - started) * 1e3, 2)
         )
 
-    def _limit_error(self) -> RequestTooLarge:
-        return RequestTooLarge(f"request body over the limit of {self._max} bytes")
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(self._limit_error())(scope, receive, send)
+def _limit_error(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"request body over the limit of {limit} bytes")

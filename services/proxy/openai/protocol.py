@@ -371,3 +371,11 @@ class DeleteResponse(BaseModel):
     """Whether there was anything to delete."""
 
     deleted: bool
+
+
+class EvalFileResponse(BaseModel):
+    """Ours: one file of an eval run kept (``PUT /v1/evals/{run_id}/{name}``)."""
+
+    run_id: str
+    name: str
+    bytes: int

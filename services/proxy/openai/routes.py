@@ -14,6 +14,8 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound
 from services.common.naming import vllm_lora_name
 from services.proxy import convert
 from services.proxy.core import ProxyCore
+from services.proxy.dashboard.routes import MOUNT, build_dashboard
+from services.proxy.dashboard.routes import NAME as DASHBOARD
 from services.proxy.domain import ChatResult, Delta, Started
 from services.proxy.openai import protocol as p
 from services.proxy.openai import text as t
@@ -42,9 +44,14 @@ def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], boo
     app.state.core = core
     app.state.auth = auth
     install_error_handlers(app)
-    app.add_middleware(RequestGate, max_body_bytes=core.settings.max_request_bytes)
-    for router in (openai_router, feedback_router, adapters_router):
+    app.add_middleware(
+        RequestGate,
+        max_body_bytes=core.settings.max_request_bytes,
+        larger={EVALS_PREFIX: core.settings.eval_max_file_bytes},
+    )
+    for router in (openai_router, feedback_router, adapters_router, evals_router):
         app.include_router(router)
+    app.mount(MOUNT, build_dashboard(core, auth), name=DASHBOARD)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -324,3 +331,16 @@ async def get_adapter(name: str, core: Core, tenant: Tenant) -> p.AdapterRespons
 @adapters_router.delete("/{name:path}", response_model=p.DeleteResponse)
 async def delete_adapter(name: str, core: Core, tenant: Tenant) -> p.DeleteResponse:
     return p.DeleteResponse(deleted=await core.adapters.delete(tenant, name))
+
+
+EVALS_PREFIX = "/v1/evals/"
+evals_router = APIRouter(prefix=EVALS_PREFIX.rstrip("/"))
+
+
+@evals_router.put("/{run_id}/{name}", response_model=p.EvalFileResponse)
+async def publish_eval_file(run_id: str, name: str, request: Request, core: Core, tenant: Tenant) -> p.EvalFileResponse:
+    """One file of a `claas eval` run (the raw bytes of summary.json, a PNG plot, ...), kept under the
+    caller's tenant for the dashboard; the same file again replaces it."""
+    data = await request.body()
+    await core.evals.publish(tenant, run_id, name, data)
+    return p.EvalFileResponse(run_id=run_id, name=name, bytes=len(data))

@@ -13,7 +13,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from services.cli.eval.rundir import PLOTS
+from services.common.eval_files import PLOTS
 
 pytestmark = pytest.mark.stack
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from services.cli.eval.config import load_config
 from services.cli.eval.plots import write_plots
-from services.cli.eval.rundir import PLOTS
+from services.common.eval_files import PLOTS
 
 
 def _metrics(value: float) -> dict[str, float]:

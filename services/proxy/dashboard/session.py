@@ -1,0 +1,59 @@
+"""Dashboard sessions: a signed, expiring cookie naming the tenant, and the CSRF token of its forms.
+
+The cookie holds no key, only the tenant the key named at sign-in and a random token; it is signed (HMAC,
+itsdangerous) with the dashboard secret, so a client can neither forge nor extend it. Forms that change
+something carry the session's token, which a page of another site cannot read (SameSite=Strict, and no
+page of ours is framed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from services.common.errors import PermissionDenied, Unauthenticated
+
+COOKIE = "claas_dashboard"
+
+
+class SessionExpired(Unauthenticated):
+    """A session cookie that was good once: the sign-in page says so."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in tenant and the token its forms must carry."""
+
+    tenant: str
+    csrf: str
+
+    def check_csrf(self, token: str | None) -> None:
+        if not token or not hmac.compare_digest(token.encode(), self.csrf.encode()):
+            raise PermissionDenied("this form's CSRF token is missing or wrong: reload the page and try again")
+
+
+class Sessions:
+    """Issues and reads session cookies signed with ``secret``, valid ``max_age_s`` seconds."""
+
+    def __init__(self, secret: str, max_age_s: int) -> None:
+        self._signer = URLSafeTimedSerializer(secret or secrets.token_urlsafe(32), salt="claas-dashboard-session")
+        self.max_age_s = max_age_s
+
+    def issue(self, tenant: str) -> tuple[str, Session]:
+        """A new session of ``tenant`` and its cookie value."""
+        session = Session(tenant, secrets.token_urlsafe(24))
+        return self._signer.dumps({"t": session.tenant, "c": session.csrf}), session
+
+    def read(self, cookie: str | None) -> Session:
+        if not cookie:
+            raise Unauthenticated("sign in with an API key")
+        try:
+            body = self._signer.loads(cookie, max_age=self.max_age_s)
+        except SignatureExpired:
+            raise SessionExpired("your session expired: sign in again") from None
+        except BadSignature:
+            raise Unauthenticated("sign in with an API key") from None
+        return Session(str(body["t"]), str(body["c"]))
