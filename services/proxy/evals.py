@@ -137,7 +137,8 @@ class EvalRuns:
 
     async def publish(self, tenant: str, run_id: str, name: str, data: bytes) -> None:
         """Keep one file of a run under the caller's tenant, once it is known to be what its name says."""
-        _check_run_id(run_id)
+        if not NAME_PART.fullmatch(run_id) or ".." in run_id:
+            raise InvalidArgument(f"invalid run id {run_id!r}: {NAME_PART_RULE}", param="run_id")
         if name not in RUN_FILES:
             raise InvalidArgument(f"{name!r} is not a file of an eval run: one of {', '.join(RUN_FILES)}", param="name")
         if len(data) > self.max_file_bytes:
@@ -160,7 +161,7 @@ class EvalRuns:
 
 def _check_run_id(run_id: str) -> str:
     if not NAME_PART.fullmatch(run_id) or ".." in run_id:
-        raise NotFound(f"eval run '{run_id}' not found ({NAME_PART_RULE})", param="run_id")
+        raise NotFound(f"eval run '{run_id}' not found", param="run_id")
     return run_id
 
 

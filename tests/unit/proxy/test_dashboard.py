@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from pydantic import SecretStr
 
 from services.cli.eval.api import Api
 from services.cli.eval.command import publish
@@ -25,11 +28,11 @@ from services.cli.eval.plots import write_plots
 from services.cli.eval.report import summarize
 from services.cli.eval.rundir import RunDir
 from services.common.domain import Lineage, StepMetrics
-from services.proxy.dashboard.session import COOKIE
+from services.proxy.dashboard.session import COOKIE, Sessions
 from services.proxy.settings import ProxySettings
 from services.storage.client import StorageClient
-from tests.unit.proxy.conftest import Proxy, proxy_settings
-from tests.unit.proxy.fakes import PEFT, head
+from tests.unit.proxy.conftest import Proxy, proxy_settings, running_proxy
+from tests.unit.proxy.fakes import PEFT, FakeTrainer, FakeVllm, head
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = os.environ.get("DASHBOARD_SHOTS", "")
@@ -38,10 +41,14 @@ XSS = '<script>window.__pwned = 1; alert(1)</script><img src="x" onerror="window
 pytestmark = pytest.mark.timeout(120)
 
 
+SECRET = "a-dashboard-secret-of-32-characters-at-least"
+
+
 @pytest.fixture
 def settings(tmp_path: Path, keys_file: Path) -> ProxySettings:
-    """The proxy tests' settings, plus a folder of eval runs."""
-    return proxy_settings(tmp_path, keys_file).model_copy(update={"eval_runs_dir": tmp_path / "eval-runs"})
+    """The proxy tests' settings, plus a folder of eval runs and a known session secret."""
+    extra = {"eval_runs_dir": tmp_path / "eval-runs", "dashboard_secret": SecretStr(SECRET)}
+    return proxy_settings(tmp_path, keys_file).model_copy(update=extra)
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +93,16 @@ Visit = Callable[..., Awaitable[Visitor]]
 
 @pytest.fixture
 async def visit(browser: Browser, proxy: Proxy) -> AsyncIterator[Visit]:
-    """``await visit("acme")``: a fresh browser context signed in as the tenant (``visit()``: signed out)."""
+    """``await visit("acme")``: a fresh browser context signed in as the tenant (``visit()``: signed out), on
+    the proxy of the test or the one given as ``at``."""
     contexts = []
 
-    async def open_as(tenant: str = "") -> Visitor:
-        context = await browser.new_context(base_url=proxy.base_url)
+    async def open_as(tenant: str = "", at: Proxy = proxy) -> Visitor:
+        context = await browser.new_context(base_url=at.base_url)
         contexts.append(context)
         visitor = Visitor(await context.new_page())
         if tenant:
-            await visitor.sign_in(proxy.keys[tenant])
+            await visitor.sign_in(at.keys[tenant])
             await expect(visitor.page.get_by_role("heading", name="Adapters")).to_be_visible()
         return visitor
 
@@ -133,6 +141,8 @@ async def test_signing_in_needs_a_good_key_and_gives_a_strict_http_only_cookie(p
     await visitor.sign_in(proxy.keys["acme"])
     await expect(page.get_by_role("heading", name="Adapters")).to_be_visible()
     await expect(page.get_by_text("tenant acme")).to_be_visible()
+    await page.goto("/dashboard")
+    await expect(page.get_by_role("heading", name="Adapters")).to_be_visible()
     assert proxy.keys["acme"] not in page.url
     [cookie] = await page.context.cookies()
     assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (COOKIE, True, "Strict")
@@ -369,3 +379,41 @@ async def test_a_rollback_without_the_sessions_csrf_token_is_refused_and_changes
     assert await head(storage, "acme/bot") == 2
     await page.goto("/dashboard/adapters/bot")
     await expect(page.locator("#head")).to_have_text("v2")
+
+
+async def test_an_expired_session_and_storage_that_is_down_get_a_page_saying_so(
+    proxy: Proxy,
+    settings: ProxySettings,
+    trainer: FakeTrainer,
+    vllm: FakeVllm,
+    keys: dict[str, str],
+    visit: Visit,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with monkeypatch.context() as patch:  # a session signed with the proxy's secret a day ago
+        day_ago = time.time() - 86400
+        patch.setattr(time, "time", lambda: day_ago)
+        cookie, _ = Sessions(SECRET, settings.dashboard_session_s).issue("acme")
+    visitor = await visit()
+    await visitor.page.context.add_cookies([{"name": COOKIE, "value": cookie, "url": f"{proxy.base_url}/dashboard"}])
+    await visitor.page.goto("/dashboard/adapters")
+    await expect(visitor.page.get_by_role("alert")).to_have_text("your session expired: sign in again")
+    await visitor.shot("session-expired")
+
+    nowhere = StorageClient.connect(f"127.0.0.1:{_closed_port()}")
+    try:
+        async with running_proxy(settings, nowhere, trainer, vllm, keys) as down:
+            visitor = await visit(at=down)
+            await visitor.sign_in(keys["acme"])
+            await expect(visitor.page.get_by_role("heading", name="Unavailable")).to_be_visible()
+            await expect(visitor.page.get_by_text("A service the proxy needs did not answer")).to_be_visible()
+            assert "Traceback" not in await visitor.page.content()
+            await visitor.shot("storage-down")
+    finally:
+        await nowhere.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
