@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP surface and its feedback/adapters twins: thin routes over the proxy core."""
+"""The OpenAI-compatible HTTP surface, its feedback/adapters twins and the eval-run upload: thin routes over
+the proxy core. The dashboard (``services/proxy/dashboard``) is mounted beside them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound
 from services.common.naming import vllm_lora_name
 from services.proxy import convert
 from services.proxy.core import ProxyCore
-from services.proxy.dashboard.routes import MOUNT, build_dashboard
-from services.proxy.dashboard.routes import NAME as DASHBOARD
+from services.proxy.dashboard import routes as dashboard
 from services.proxy.domain import ChatResult, Delta, Started
 from services.proxy.openai import protocol as p
 from services.proxy.openai import text as t
@@ -51,7 +51,7 @@ def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], boo
     )
     for router in (openai_router, feedback_router, adapters_router, evals_router):
         app.include_router(router)
-    app.mount(MOUNT, build_dashboard(core, auth), name=DASHBOARD)
+    app.mount(dashboard.MOUNT, dashboard.build_dashboard(core, auth), name=dashboard.NAME)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

@@ -66,12 +66,15 @@ class Visitor:
     def __init__(self, page: Page) -> None:
         self.page = page
         self.dialogs: list[str] = []
+        #: What the browser refused under the pages' Content-Security-Policy: our own pages need nothing refused.
+        self.refused: list[str] = []
 
         async def dismiss(dialog: Any) -> None:
             self.dialogs.append(dialog.message)
             await dialog.dismiss()
 
         page.on("dialog", dismiss)
+        page.on("console", lambda m: self.refused.append(m.text) if "Content Security Policy" in m.text else None)
 
     async def sign_in(self, key: str) -> None:
         await self.page.goto("/dashboard/sign-in")
@@ -84,8 +87,11 @@ class Visitor:
             await self.page.screenshot(path=f"{SHOTS}/{name}.png", full_page=True)
 
     async def nothing_ran(self) -> None:
+        """No script of a payload ran: no dialog, no global set, and nothing even reached the CSP (the
+        payloads were text, not markup)."""
         assert self.dialogs == []
         assert await self.page.evaluate("() => window.__pwned") is None
+        assert self.refused == []
 
 
 Visit = Callable[..., Awaitable[Visitor]]
@@ -232,6 +238,7 @@ async def test_a_running_job_is_followed_live_to_succeeded(proxy: Proxy, visit: 
     await expect(page.locator("#job-live")).to_have_text("The job has ended.")
     await expect(page.locator("#job-events li")).to_have_count(3)  # queued, scoring, succeeded
     await visitor.shot("job-live")
+    assert visitor.refused == []  # the page's own script and styles pass its CSP
 
     await page.goto("/dashboard/feedback")
     await expect(page.locator("details.record").first).to_contain_text("succeeded")
