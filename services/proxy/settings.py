@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, model_validator
 
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
-from services.common.settings import CommonSettings, FeedbackLimits, default_data_dir
+from services.common.settings import (
+    EXAMPLE_SECRET_PREFIX,
+    CommonSettings,
+    FeedbackLimits,
+    beyond_loopback,
+    default_data_dir,
+)
 
 
 class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
@@ -98,12 +105,20 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         16 * 1024 * 1024, ge=1024, description="Largest file of an eval run that `claas eval --publish` may upload."
     )
 
-    @field_validator("dashboard_secret")
-    @classmethod
-    def _long_secret(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value() and len(value.get_secret_value()) < 32:
+    @model_validator(mode="after")
+    def _usable_dashboard_secret(self) -> Self:
+        # Empty is allowed (a random one per process); a short one, or the manifests' example beyond loopback,
+        # would let whoever guessed or read it sign session cookies for any tenant.
+        secret = self.dashboard_secret.get_secret_value()
+        if secret and len(secret) < 32:
             raise ValueError("CLAAS_DASHBOARD_SECRET must be at least 32 characters (or empty for a random one)")
-        return value
+        exposed = [host for host in self.listening_hosts() if beyond_loopback(host)]
+        if exposed and secret.startswith(EXAMPLE_SECRET_PREFIX):
+            raise ValueError(
+                f"CLAAS_DASHBOARD_SECRET is the example value ({EXAMPLE_SECRET_PREFIX}...) while the service "
+                f"listens on {exposed[0]}: set your own (k8s/README.md, Secrets) or leave it empty"
+            )
+        return self
 
     def listening_hosts(self) -> list[str]:
         return [self.host, self.http_host]

@@ -37,3 +37,14 @@ def test_the_teacher_asks_for_a_vllm_key_only_with_its_vllm_backend() -> None:
         TeacherSettings(backend="vllm", **exposed)
     assert TeacherSettings(backend="vllm", vllm_api_key="own-key", **exposed)
     assert TeacherSettings(backend="hf", **exposed)
+
+
+def test_the_proxy_refuses_a_short_or_example_dashboard_secret() -> None:
+    """Hole: whoever read the manifests' example secret could sign a session cookie for any tenant."""
+    exposed = {"http_host": "0.0.0.0", "internal_token": "own-token", "vllm_api_key": "own-key"}
+    with pytest.raises(ValidationError, match="CLAAS_DASHBOARD_SECRET is the example value"):
+        ProxySettings(dashboard_secret="change-me-dashboard-session-signing-secret", **exposed)
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        ProxySettings(dashboard_secret="short")
+    assert ProxySettings(**exposed).dashboard_secret.get_secret_value() == ""  # a random one per process
+    assert ProxySettings(dashboard_secret="an-own-secret-of-more-than-32-characters", **exposed)

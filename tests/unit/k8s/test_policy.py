@@ -188,7 +188,7 @@ def test_the_claas_image_is_one_image_in_every_role(objects: list[Obj], overlay:
 
 def test_secrets_hold_only_placeholders(objects: list[Obj]) -> None:
     secrets = of_kind(objects, "Secret")
-    assert len(secrets) == 5
+    assert len(secrets) == 6
     for secret in secrets:
         assert "stringData" not in secret
         for key, encoded in secret["data"].items():
