@@ -29,7 +29,7 @@ from services.common.auth import Authenticator
 from services.common.errors import ClaasError, InvalidArgument, Unauthenticated
 from services.proxy.core import ProxyCore
 from services.proxy.dashboard import views
-from services.proxy.dashboard.session import COOKIE, Session, SessionExpired, Sessions
+from services.proxy.dashboard.session import COOKIE, Session, Sessions
 from services.proxy.openai.objects import JobObject
 from services.proxy.tenancy import tenant_of
 from services.trainer.domain import JobState
@@ -124,7 +124,10 @@ def _install_error_pages(app: FastAPI) -> None:
     @app.exception_handler(ClaasError)
     async def _claas(request: Request, exc: ClaasError) -> Response:
         if isinstance(exc, Unauthenticated):
-            return _sign_in_page(request, exc.message, expired=isinstance(exc, SessionExpired))
+            response = _sign_in_page(request, exc.message)
+            if request.cookies.get(COOKIE):
+                response.delete_cookie(COOKIE, path=MOUNT)  # expired or forged: the browser can drop it
+            return response
         log.info("dashboard_error", path=request.url.path, status=exc.http_status, error=exc.message)
         return _render(request, "error.html", exc.http_status, message=exc.message, status=exc.http_status)
 
@@ -141,11 +144,8 @@ def _install_error_pages(app: FastAPI) -> None:
         return _render(request, "error.html", exc.status_code, message=message, status=exc.status_code)
 
 
-def _sign_in_page(request: Request, message: str = "", *, expired: bool = False, status: int = 401) -> Response:
-    response = _render(request, "sign_in.html", status, message=message, expired=expired, session=None)
-    if request.cookies.get(COOKIE):
-        response.delete_cookie(COOKIE, path=MOUNT)
-    return response
+def _sign_in_page(request: Request, message: str = "", *, status: int = 401) -> Response:
+    return _render(request, "sign_in.html", status, message=message, session=None)
 
 
 def _core(request: Request) -> ProxyCore:
@@ -188,7 +188,7 @@ def _pages(app: FastAPI) -> None:
             raise Unauthenticated("enter an API key")
         auth: Authenticator = request.app.state.auth
         tenant = tenant_of(auth.authenticate(key))
-        cookie, _ = request.app.state.sessions.issue(tenant)
+        cookie = request.app.state.sessions.issue(tenant)
         response = RedirectResponse(_url(request, "adapters"), status_code=303)
         response.set_cookie(
             COOKIE,

@@ -19,10 +19,6 @@ from services.common.errors import PermissionDenied, Unauthenticated
 COOKIE = "claas_dashboard"
 
 
-class SessionExpired(Unauthenticated):
-    """A session cookie that was good once: the sign-in page says so."""
-
-
 @dataclass(frozen=True)
 class Session:
     """A signed-in tenant and the token its forms must carry."""
@@ -42,10 +38,9 @@ class Sessions:
         self._signer = URLSafeTimedSerializer(secret or secrets.token_urlsafe(32), salt="claas-dashboard-session")
         self.max_age_s = max_age_s
 
-    def issue(self, tenant: str) -> tuple[str, Session]:
-        """A new session of ``tenant`` and its cookie value."""
-        session = Session(tenant, secrets.token_urlsafe(24))
-        return self._signer.dumps({"t": session.tenant, "c": session.csrf}), session
+    def issue(self, tenant: str) -> str:
+        """The cookie value of a new session of ``tenant``."""
+        return self._signer.dumps({"t": tenant, "c": secrets.token_urlsafe(24)})
 
     def read(self, cookie: str | None) -> Session:
         if not cookie:
@@ -53,7 +48,7 @@ class Sessions:
         try:
             body = self._signer.loads(cookie, max_age=self.max_age_s)
         except SignatureExpired:
-            raise SessionExpired("your session expired: sign in again") from None
+            raise Unauthenticated("your session expired: sign in again") from None
         except BadSignature:
             raise Unauthenticated("sign in with an API key") from None
         return Session(str(body["t"]), str(body["c"]))

@@ -400,12 +400,17 @@ async def test_an_expired_session_and_storage_that_is_down_get_a_page_saying_so(
     with monkeypatch.context() as patch:  # a session signed with the proxy's secret a day ago
         day_ago = time.time() - 86400
         patch.setattr(time, "time", lambda: day_ago)
-        cookie, _ = Sessions(SECRET, settings.dashboard_session_s).issue("acme")
+        cookie = Sessions(SECRET, settings.dashboard_session_s).issue("acme")
     visitor = await visit()
-    await visitor.page.context.add_cookies([{"name": COOKIE, "value": cookie, "url": f"{proxy.base_url}/dashboard"}])
+    await visitor.page.context.add_cookies([_cookie(cookie)])
     await visitor.page.goto("/dashboard/adapters")
     await expect(visitor.page.get_by_role("alert")).to_have_text("your session expired: sign in again")
     await visitor.shot("session-expired")
+    assert await visitor.page.context.cookies() == []  # dropped
+    forged = Sessions("another-secret-of-at-least-32-characters", settings.dashboard_session_s).issue("acme")
+    await visitor.page.context.add_cookies([_cookie(forged)])
+    await visitor.page.goto("/dashboard/adapters")
+    await expect(visitor.page.get_by_role("heading", name="Sign in")).to_be_visible()
 
     nowhere = StorageClient.connect(f"127.0.0.1:{_closed_port()}")
     try:
@@ -418,6 +423,11 @@ async def test_an_expired_session_and_storage_that_is_down_get_a_page_saying_so(
             await visitor.shot("storage-down")
     finally:
         await nowhere.close()
+
+
+def _cookie(value: str) -> Any:
+    """The session cookie as the proxy sets it."""
+    return {"name": COOKIE, "value": value, "domain": "127.0.0.1", "path": "/dashboard"}
 
 
 def _closed_port() -> int:
