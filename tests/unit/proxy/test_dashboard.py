@@ -194,16 +194,25 @@ async def test_an_adapter_shows_its_versions_lineage_and_step_chart_and_rolls_ba
     await visitor.shot("adapters")
 
 
-async def test_the_feedback_log_expands_a_record_and_pages_through_the_rest(proxy: Proxy, visit: Visit) -> None:
+async def test_the_feedback_log_expands_a_record_and_pages_through_the_rest(
+    proxy: Proxy, trainer: FakeTrainer, visit: Visit
+) -> None:
     for n in (1, 2, 3):
         await feedback(proxy, f"Feedback number {n}.", prompt=f"Question number {n}?")
+    trainer.fail = True
+    await feedback(proxy, "This one fails.")
     visitor = await visit("acme")
     page = visitor.page
 
-    await page.goto("/dashboard/feedback?page_size=2")
+    await page.goto("/dashboard/feedback?page_size=3")
     records = page.locator("details.record")
-    await expect(records).to_have_count(2)
-    newest = records.first
+    await expect(records).to_have_count(3)
+    failed = records.first
+    await expect(failed).to_contain_text("failed")
+    await failed.locator("summary").click()
+    await expect(failed.get_by_role("heading", name="Error")).to_be_visible()
+    await expect(failed.locator(".alert")).to_have_text("injected failure")
+    newest = records.nth(1)
     await expect(newest).to_contain_text("succeeded")
     await expect(newest).to_contain_text("v3 → v4")
     await newest.locator("summary").click()
@@ -212,7 +221,7 @@ async def test_the_feedback_log_expands_a_record_and_pages_through_the_rest(prox
     await expect(newest.locator("pre.response")).to_have_text("Hello world!")
     await expect(newest.locator("pre.teacher")).to_contain_text("teacher read: Feedback number 3. / [")
     await expect(newest.locator("pre.json").first).to_contain_text('"scoring"')
-    await expect(records.nth(1).locator(".feedback")).not_to_be_visible()
+    await expect(records.nth(2).locator(".feedback")).not_to_be_visible()
     await visitor.shot("feedback-log")
 
     await page.get_by_role("link", name="Older").click()
@@ -220,7 +229,7 @@ async def test_the_feedback_log_expands_a_record_and_pages_through_the_rest(prox
     await expect(records.first).to_contain_text("v1 → v2")
     await expect(page.get_by_role("link", name="Older")).to_have_count(0)
     await page.get_by_role("link", name="Newest").click()
-    await expect(records).to_have_count(2)
+    await expect(records).to_have_count(3)
 
 
 async def test_a_running_job_is_followed_live_to_succeeded(proxy: Proxy, visit: Visit) -> None:
