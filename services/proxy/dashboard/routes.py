@@ -39,6 +39,11 @@ log = structlog.get_logger("claas.proxy.dashboard")
 HERE = Path(__file__).parent
 MOUNT = "/dashboard"
 NAME = "dashboard"
+SERVER_ERRORS = {
+    500: "something went wrong on our side; it has been logged",
+    503: "a service the proxy needs (storage, the trainer or the model server) did not answer",
+    504: "a service the proxy needs took too long to answer",
+}
 #: Pages may load only the proxy's own files; nothing may frame them.
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -92,8 +97,7 @@ class _SecurityHeaders:
             log.exception("dashboard_internal_error", path=scope["path"])
             if started:
                 return  # a stream that broke: its client sees it end
-            message = "something went wrong on our side; it has been logged"
-            page = _render(Request(scope), "error.html", 500, message=message, status=500)
+            page = _render(Request(scope), "error.html", 500, message=SERVER_ERRORS[500], status=500)
             await page(scope, receive, with_headers)
 
 
@@ -129,7 +133,10 @@ def _install_error_pages(app: FastAPI) -> None:
                 response.delete_cookie(COOKIE, path=MOUNT)  # expired or forged: the browser can drop it
             return response
         log.info("dashboard_error", path=request.url.path, status=exc.http_status, error=exc.message)
-        return _render(request, "error.html", exc.http_status, message=exc.message, status=exc.http_status)
+        # A client error is about what the person asked for: they read it. A server-side one names our
+        # services' addresses and internals: the log has it, the page says what it means for them.
+        message = exc.message if exc.http_status < 500 else SERVER_ERRORS.get(exc.http_status, SERVER_ERRORS[500])
+        return _render(request, "error.html", exc.http_status, message=message, status=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
