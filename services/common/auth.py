@@ -46,6 +46,15 @@ class Authenticator(Protocol):
         ...
 
 
+class KeyAuthenticator(Authenticator, Protocol):
+    """Tenants' API keys, also known by their SHA-256: what a session made from a key is checked against
+    again, so that revoking the key ends the session too."""
+
+    def authenticate_digest(self, digest: str) -> Principal:
+        """The caller whose key has this SHA-256 (hex), or raise Unauthenticated."""
+        ...
+
+
 def bearer_from_header(value: str | None) -> str | None:
     if not value:
         return None
@@ -116,7 +125,10 @@ class ApiKeyAuth:
     def authenticate(self, bearer: str | None) -> Principal:
         if bearer is None:
             raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")
-        tenant = self._tenants.get(hash_key(bearer))
+        return self.authenticate_digest(hash_key(bearer))
+
+    def authenticate_digest(self, digest: str) -> Principal:
+        tenant = self._tenants.get(digest)
         if tenant is None:
             raise Unauthenticated("invalid API key")
         return Principal(tenant=tenant)

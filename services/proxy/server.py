@@ -13,7 +13,7 @@ import structlog
 import uvicorn
 from fastapi import FastAPI
 
-from services.common.auth import Authenticator, KeysFileError
+from services.common.auth import KeyAuthenticator, KeysFileError
 from services.common.errors import Unauthenticated, Unavailable
 from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
@@ -53,7 +53,7 @@ class ProxyServer(ServiceServer):
     answers. The core and its clients are made in ``start_core``, inside the running event loop (gRPC
     channels belong to the loop they were made in); calls before that are ``UNAVAILABLE``."""
 
-    def __init__(self, settings: ProxySettings, auth: Authenticator, make_core: Callable[[], ProxyCore]) -> None:
+    def __init__(self, settings: ProxySettings, auth: KeyAuthenticator, make_core: Callable[[], ProxyCore]) -> None:
         def register(server: grpc.aio.Server) -> None:
             add_servicers(server, self._current)
 

@@ -91,7 +91,7 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         "one per process, so sessions end when the proxy restarts and are not shared between replicas.",
     )
     dashboard_session_s: int = Field(
-        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, seconds (a revoked key's too)."
+        8 * 3600, ge=60, description="How long a dashboard sign-in lasts, seconds; revoking its key ends it at once."
     )
     dashboard_secure_cookie: bool = Field(
         False, description="Mark the dashboard's session cookie Secure: set it where the proxy is reached by HTTPS."

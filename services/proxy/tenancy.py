@@ -84,3 +84,7 @@ class KeysFileAuth:
     def authenticate(self, bearer: str | None) -> Principal:
         self._refresh()
         return self._auth.authenticate(bearer)
+
+    def authenticate_digest(self, digest: str) -> Principal:
+        self._refresh()
+        return self._auth.authenticate_digest(digest)

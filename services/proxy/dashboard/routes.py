@@ -25,7 +25,7 @@ from starlette.datastructures import URL
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.auth import Authenticator
+from services.common.auth import KeyAuthenticator
 from services.common.errors import ClaasError, InvalidArgument, Unauthenticated
 from services.proxy.core import ProxyCore
 from services.proxy.dashboard import views
@@ -54,7 +54,7 @@ SECURITY_HEADERS = {
 }
 
 
-def build_dashboard(core: ProxyCore, auth: Authenticator) -> FastAPI:
+def build_dashboard(core: ProxyCore, auth: KeyAuthenticator) -> FastAPI:
     """The dashboard application, to be mounted at ``MOUNT`` under the name ``NAME``."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     settings = core.settings
@@ -160,7 +160,8 @@ def _core(request: Request) -> ProxyCore:
 
 
 def _session(request: Request) -> Session:
-    session = request.app.state.sessions.read(request.cookies.get(COOKIE))
+    sessions: Sessions = request.app.state.sessions
+    session = sessions.check(sessions.read(request.cookies.get(COOKIE)), request.app.state.auth)
     request.state.session = session
     return session
 
@@ -193,9 +194,9 @@ def _pages(app: FastAPI) -> None:
         key = (await _form(request)).get("api_key", "").strip()
         if not key:
             raise Unauthenticated("enter an API key")
-        auth: Authenticator = request.app.state.auth
+        auth: KeyAuthenticator = request.app.state.auth
         tenant = tenant_of(auth.authenticate(key))
-        cookie = request.app.state.sessions.issue(tenant)
+        cookie = request.app.state.sessions.issue(tenant, key)
         response = RedirectResponse(_url(request, "adapters"), status_code=303)
         response.set_cookie(
             COOKIE,

@@ -10,7 +10,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from services.common.auth import Authenticator, bearer_from_header
+from services.common.auth import Authenticator, KeyAuthenticator, bearer_from_header
 from services.common.errors import ClaasError, InvalidArgument, NotFound
 from services.common.naming import vllm_lora_name
 from services.proxy import convert
@@ -37,7 +37,7 @@ log = structlog.get_logger("claas.proxy.http")
 ERRORS = {status: {"model": p.ErrorResponse} for status in (400, 401, 404, 413, 503)}
 
 
-def build_app(core: ProxyCore, auth: Authenticator, *, serving: Callable[[], bool]) -> FastAPI:
+def build_app(core: ProxyCore, auth: KeyAuthenticator, *, serving: Callable[[], bool]) -> FastAPI:
     # The schema is served behind an API key like every route, and Prometheus reads the metrics port
     # (CLAAS_METRICS_PORT), not this public one: neither tells a stranger what runs here.
     app = FastAPI(title="CLaaS proxy", version="1", docs_url=None, redoc_url=None, openapi_url=None, responses=ERRORS)

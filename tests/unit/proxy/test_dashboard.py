@@ -29,6 +29,7 @@ from services.cli.eval.report import summarize
 from services.cli.eval.rundir import RunDir
 from services.common.domain import Lineage, StepMetrics
 from services.proxy.dashboard.session import COOKIE, Sessions
+from services.proxy.keys import revoke_api_keys
 from services.proxy.settings import ProxySettings
 from services.storage.client import StorageClient
 from tests.unit.proxy.conftest import Proxy, proxy_settings, running_proxy
@@ -397,9 +398,10 @@ async def test_a_rollback_without_the_sessions_csrf_token_is_refused_and_changes
     await expect(page.locator("#head")).to_have_text("v2")
 
 
-async def test_an_expired_session_and_storage_that_is_down_get_a_page_saying_so(
+async def test_an_expired_forged_or_revoked_session_and_storage_that_is_down_get_a_page_saying_so(
     proxy: Proxy,
     settings: ProxySettings,
+    keys_file: Path,
     trainer: FakeTrainer,
     vllm: FakeVllm,
     keys: dict[str, str],
@@ -409,23 +411,31 @@ async def test_an_expired_session_and_storage_that_is_down_get_a_page_saying_so(
     with monkeypatch.context() as patch:  # a session signed with the proxy's secret a day ago
         day_ago = time.time() - 86400
         patch.setattr(time, "time", lambda: day_ago)
-        cookie = Sessions(SECRET, settings.dashboard_session_s).issue("acme")
+        cookie = Sessions(SECRET, settings.dashboard_session_s).issue("acme", keys["acme"])
     visitor = await visit()
     await visitor.page.context.add_cookies([_cookie(cookie)])
     await visitor.page.goto("/dashboard/adapters")
     await expect(visitor.page.get_by_role("alert")).to_have_text("your session expired: sign in again")
     await visitor.shot("session-expired")
     assert await visitor.page.context.cookies() == []  # dropped
-    forged = Sessions("another-secret-of-at-least-32-characters", settings.dashboard_session_s).issue("acme")
+    forged = Sessions("another-secret-of-at-least-32-characters", settings.dashboard_session_s).issue(
+        "acme", keys["acme"]
+    )
     await visitor.page.context.add_cookies([_cookie(forged)])
     await visitor.page.goto("/dashboard/adapters")
     await expect(visitor.page.get_by_role("heading", name="Sign in")).to_be_visible()
+    signed_in = await visit("acme")
+    revoke_api_keys(keys_file, tenant="acme")  # `claas keys revoke --tenant acme`
+    await signed_in.page.reload()
+    await expect(signed_in.page.get_by_role("alert")).to_have_text(
+        "the key of this session is no longer valid: sign in again"
+    )
 
     nowhere = StorageClient.connect(f"127.0.0.1:{_closed_port()}")
     try:
         async with running_proxy(settings, nowhere, trainer, vllm, keys) as down:
             visitor = await visit(at=down)
-            await visitor.sign_in(keys["acme"])
+            await visitor.sign_in(keys["beta"])
             await expect(visitor.page.get_by_role("heading", name="Unavailable")).to_be_visible()
             await expect(visitor.page.get_by_role("alert")).to_have_text(re.compile("a service the proxy needs"))
             assert "failed to connect" not in await visitor.page.content()  # storage's address stays in the log

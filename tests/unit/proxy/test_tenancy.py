@@ -37,6 +37,7 @@ def test_added_keys_authenticate_their_tenant_and_only_hashes_are_stored(keys_fi
     auth = KeysFileAuth(keys_file)
 
     assert auth.authenticate(key) == Principal(tenant="acme")
+    assert auth.authenticate_digest(hash_key(key)) == Principal(tenant="acme")  # a dashboard session's check
     stored = json.loads(keys_file.read_text())
     assert stored == {f"sha256:{hash_key(key)}": "acme"}
     assert key not in keys_file.read_text()
