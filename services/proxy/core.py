@@ -78,7 +78,12 @@ class ProxyCore:
             store, cache_size=settings.rollout_cache_size, retention_days=settings.rollout_retention_days
         )
         self.audit = AuditLog(store, retention_days=settings.rollout_retention_days)
-        self.evals = EvalRuns(store, folder=settings.eval_runs_dir, max_file_bytes=settings.eval_max_file_bytes)
+        self.evals = EvalRuns(
+            store,
+            folder=settings.eval_runs_dir,
+            max_file_bytes=settings.eval_max_file_bytes,
+            max_runs=settings.max_eval_runs_per_tenant,
+        )
         self.loras = LoraManager(vllm, self._fetch, settings.adapter_dir, settings.max_loaded_adapters)
         limits = ChatLimits(
             default_max_tokens=settings.default_max_tokens,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from services.common.errors import ClaasError, InvalidArgument, NotFound, RequestTooLarge
+from services.common.errors import ClaasError, InvalidArgument, NotFound, RequestTooLarge, ResourceExhausted
 from services.common.eval_files import DATA_FILES, PLOTS, PNG_SIGNATURE, RUN_FILES
 from services.common.naming import NAME_PART, NAME_PART_RULE
 from services.common.objectstore import ObjectStore
@@ -96,14 +96,20 @@ class _Published:
     async def put(self, tenant: str, run_id: str, name: str, data: bytes) -> None:
         await self._store.put(f"{PREFIX}{tenant}/{run_id}/{name}", data)
 
+    async def delete(self, tenant: str, run_id: str) -> bool:
+        existed = bool(await self.files(tenant, run_id))
+        await self._store.delete_prefix(f"{PREFIX}{tenant}/{run_id}/")
+        return existed
+
 
 class EvalRuns:
     """The caller's eval runs, newest first; a run in both places is read from the published copy."""
 
-    def __init__(self, store: ObjectStore, *, folder: Path | None, max_file_bytes: int) -> None:
+    def __init__(self, store: ObjectStore, *, folder: Path | None, max_file_bytes: int, max_runs: int = 0) -> None:
         self._published = _Published(store)
         self._folder = _Folder(folder) if folder is not None else None
         self.max_file_bytes = max_file_bytes
+        self._max_runs = max_runs
 
     async def list(self, tenant: str) -> list[EvalRunInfo]:
         found: dict[str, _RunSource] = {}
@@ -146,8 +152,21 @@ class EvalRuns:
                 f"{name} is {len(data)} bytes, at most {self.max_file_bytes} (CLAAS_EVAL_MAX_FILE_BYTES)"
             )
         _check_content(run_id, name, data)
+        published = await self._published.runs(tenant)
+        # A quota, not a lock: two new runs published at once may pass it by one each.
+        if self._max_runs and run_id not in published and len(published) >= self._max_runs:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} has published {self._max_runs} eval runs, its quota "
+                "(CLAAS_MAX_EVAL_RUNS_PER_TENANT); delete one first (DELETE /v1/evals/{run_id})"
+            )
         await self._published.put(tenant, run_id, name, data)
         log.info("eval_file_published", run=run_id, file=name, bytes=len(data))
+
+    async def delete(self, tenant: str, run_id: str) -> bool:
+        """Delete a published run (a run of the operator's folder stays); whether there was one."""
+        deleted = await self._published.delete(tenant, _check_run_id(run_id))
+        log.info("eval_run_deleted", run=run_id, deleted=deleted)
+        return deleted
 
     def _sources(self) -> list[_RunSource]:
         return [s for s in (self._folder, self._published) if s is not None]

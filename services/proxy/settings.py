@@ -104,6 +104,9 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     eval_max_file_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest file of an eval run that `claas eval --publish` may upload."
     )
+    max_eval_runs_per_tenant: int = Field(
+        100, ge=0, description="Eval runs one tenant may publish (a quota: more is RESOURCE_EXHAUSTED); 0: no limit."
+    )
 
     @model_validator(mode="after")
     def _usable_dashboard_secret(self) -> Self:

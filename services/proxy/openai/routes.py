@@ -344,3 +344,9 @@ async def publish_eval_file(run_id: str, name: str, request: Request, core: Core
     data = await request.body()
     await core.evals.publish(tenant, run_id, name, data)
     return p.EvalFileResponse(run_id=run_id, name=name, bytes=len(data))
+
+
+@evals_router.delete("/{run_id}", response_model=p.DeleteResponse)
+async def delete_eval_run(run_id: str, core: Core, tenant: Tenant) -> p.DeleteResponse:
+    """A published run, every file of it."""
+    return p.DeleteResponse(deleted=await core.evals.delete(tenant, run_id))

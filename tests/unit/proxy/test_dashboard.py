@@ -377,6 +377,9 @@ async def test_another_tenant_sees_none_of_its_data_and_gets_404_on_its_urls(
     await visitor.shot("not-found")
     refused = await page.request.post("/dashboard/adapters/bot/rollback", form={"version": "1"})
     assert refused.status in (403, 404)
+    deleted = await proxy.http.delete(f"/v1/evals/{eval_run.name}", headers=proxy.auth("beta"))
+    assert deleted.json() == {"deleted": False}  # beta's own (empty) folder of runs
+    assert [r.run_id for r in await proxy.server.core.evals.list("acme")] == [eval_run.name]
 
 
 async def test_a_rollback_without_the_sessions_csrf_token_is_refused_and_changes_nothing(

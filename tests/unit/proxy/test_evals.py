@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound, RequestTooLarge
+from services.common.errors import InvalidArgument, NotFound, RequestTooLarge, ResourceExhausted
 from services.common.eval_files import PNG_SIGNATURE
 from services.common.objectstore import LocalFolderStore
 from services.proxy.evals import EvalRuns
@@ -70,3 +70,18 @@ async def test_a_published_file_must_be_a_known_file_of_the_run_holding_what_its
         with pytest.raises(InvalidArgument, match="invalid run id"):
             await runs.publish("acme", bad, "summary.json", b"{}")
     assert not (tmp_path / "store").exists()  # nothing refused was kept
+
+
+async def test_a_tenant_publishes_up_to_its_quota_of_runs_and_deletes_them(tmp_path: Path) -> None:
+    runs = EvalRuns(LocalFolderStore(tmp_path, fsync=False), folder=None, max_file_bytes=2048, max_runs=1)
+    await runs.publish("acme", "run-1", "metadata.json", _meta("run-1", ""))
+    await runs.publish("acme", "run-1", "sdpo.png", PNG)  # more of the same run
+    await runs.publish("beta", "run-2", "metadata.json", _meta("run-2", ""))  # another tenant's quota
+    with pytest.raises(ResourceExhausted, match="CLAAS_MAX_EVAL_RUNS_PER_TENANT"):
+        await runs.publish("acme", "run-2", "metadata.json", _meta("run-2", ""))
+
+    assert not await runs.delete("beta", "run-1")
+    assert await runs.delete("acme", "run-1")
+    assert await runs.list("acme") == []
+    await runs.publish("acme", "run-2", "metadata.json", _meta("run-2", ""))
+    assert [r.run_id for r in await runs.list("acme")] == ["run-2"]
