@@ -101,11 +101,11 @@ Visit = Callable[..., Awaitable[Visitor]]
 @pytest.fixture
 async def visit(browser: Browser, proxy: Proxy) -> AsyncIterator[Visit]:
     """``await visit("acme")``: a fresh browser context signed in as the tenant (``visit()``: signed out), on
-    the proxy of the test or the one given as ``at``."""
+    the proxy of the test or the one given as ``at``, with JavaScript unless ``script=False``."""
     contexts = []
 
-    async def open_as(tenant: str = "", at: Proxy = proxy) -> Visitor:
-        context = await browser.new_context(base_url=at.base_url)
+    async def open_as(tenant: str = "", at: Proxy = proxy, script: bool = True) -> Visitor:
+        context = await browser.new_context(base_url=at.base_url, java_script_enabled=script)
         contexts.append(context)
         visitor = Visitor(await context.new_page())
         if tenant:
@@ -252,6 +252,24 @@ async def test_a_running_job_is_followed_live_to_succeeded(proxy: Proxy, visit: 
 
     await page.goto("/dashboard/feedback")
     await expect(page.locator("details.record").first).to_contain_text("succeeded")
+
+
+async def test_without_javascript_every_page_still_works(proxy: Proxy, visit: Visit) -> None:
+    await feedback(proxy, "Your name is Kuro.")
+    await feedback(proxy, "Answer in French.", wait=False)
+    visitor = await visit("acme", script=False)
+    page = visitor.page
+
+    await page.get_by_role("link", name="Feedback log").click()
+    record = page.locator("details.record").first
+    await record.locator("summary").click()  # <details> opens without a script
+    await expect(record.locator(".feedback")).to_have_text("Answer in French.")
+    await page.get_by_role("link", name="follow it live").click()
+    await expect(page.locator("#job-state")).to_have_text("QUEUED")  # as it was when the page was made
+    await expect(page.locator("#job-live")).to_contain_text("Reload to see the latest state")
+    await page.goto("/dashboard/adapters/bot")
+    await page.get_by_role("button", name="Roll back to v1").click()  # a plain form
+    await expect(page.locator("#head")).to_have_text("v1")
 
 
 def _metrics(value: float) -> dict[str, float]:
