@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from services.common.domain import Message, StepMetrics
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.common.objectstore import ObjectStore
 from services.common.pages import next_page_token, read_page_token
 from services.trainer.domain import JobState, JobView
@@ -116,12 +116,13 @@ class FeedbackRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> FeedbackRecord:
+        """The record; ValueError, TypeError or KeyError for a body not in the shape ``to_json`` writes."""
         body: dict[str, Any] = json.loads(data)
         samples = tuple(
             AuditSample(**s | {"messages": tuple(Message(**m) for m in s["messages"])}) for s in body.pop("samples")
         )
         changed = body.pop("changed_at")
-        return cls(
+        record = cls(
             **body
             | {
                 "samples": samples,
@@ -131,6 +132,31 @@ class FeedbackRecord:
                 "changed_at": datetime.fromisoformat(changed) if changed else None,
             }
         )
+        # The values pages and the API use as they are (a job id as a key, a version in a URL).
+        _typed(record, str, "record_id", "tenant", "adapter", "feedback", "job_id", "error")
+        _typed(record, int, "base_version", "new_version")
+        if not isinstance(record.phases, dict) or not all(_number(v) for v in record.phases.values()):
+            raise TypeError("phases is not an object of seconds")
+        for sample in record.samples:
+            _typed(sample, str, "completion_id", "response", "teacher_text")
+            _typed(sample, int, "served_version")
+            for message in sample.messages:
+                _typed(message, str, "role", "content")
+        for metrics in record.metrics:
+            if not all(_number(v) for v in dataclasses.astuple(metrics)):
+                raise TypeError("a step's metrics are not numbers")
+        return record
+
+
+def _typed(obj: object, kind: type, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def new_record_id(now: datetime) -> str:
@@ -187,10 +213,20 @@ class AuditLog:
         ordered = sorted(ids)
         size = page_size or PAGE_SIZE
         page = ordered[:size]
-        records = [
-            FeedbackRecord.from_json(data) for data in await asyncio.gather(*(self._store.get(ids[i]) for i in page))
-        ]
+        loaded = await asyncio.gather(*(self._load(ids[i]) for i in page))
+        records = [r for r in loaded if r is not None]
         return records, next_page_token(page[-1]) if len(ordered) > size else ""
+
+    async def _load(self, key: str) -> FeedbackRecord | None:
+        """A stored record, or None (logged) for one that went (swept meanwhile) or cannot be read: written
+        torn, edited by hand or by another version of the proxy. One such record leaves the others readable."""
+        try:
+            return FeedbackRecord.from_json(await self._store.get(key))
+        except NotFound:
+            return None
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            log.warning("audit_record_unreadable", key=key, error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
 
     async def delete_adapter(self, tenant: str, adapter: str) -> None:
         """Every record of the adapter (``tenant/name``) goes with it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,30 +19,42 @@ from services.common.errors import ClaasError, InvalidArgument, NotFound, Reques
 from services.common.eval_files import DATA_FILES, PLOTS, PNG_SIGNATURE, RUN_FILES
 from services.common.naming import NAME_PART, NAME_PART_RULE
 from services.common.objectstore import ObjectStore
+from services.proxy.eval_shapes import Metadata, Step, Summary, parse
 
 log = structlog.get_logger("claas.proxy.evals")
 
 PREFIX = "evals/"
 
 
+class UnreadableRun(ClaasError):
+    """A run whose files are there but not in the shape `claas eval` writes (the operator's folder may hold
+    anything). HTTP 422: the request was right and the run exists, but its content cannot be shown; neither
+    a 404 (it is listed) nor a 500 (nothing failed on our side, and retrying cannot help)."""
+
+    http_status = 422
+    kind = "invalid_request_error"
+
+
 @dataclass(frozen=True)
 class EvalRunInfo:
-    """One line of the runs list."""
+    """One line of the runs list; ``problem`` says why a run's metadata.json cannot be read ("" when it can)."""
 
     run_id: str
     started: str
     preferences: tuple[str, ...]
     published: bool
+    problem: str = ""
 
 
 @dataclass(frozen=True)
 class EvalRun:
-    """A whole run as its files say: ``summary`` is None while it has none (a run still going)."""
+    """A whole run as its files say, each checked (eval_shapes.py): ``summary`` is None while it has none
+    (a run still going)."""
 
     info: EvalRunInfo
-    metadata: dict[str, Any]
-    summary: dict[str, Any] | None
-    steps: tuple[dict[str, Any], ...]
+    metadata: Metadata
+    summary: Summary | None
+    steps: tuple[Step, ...]
     plots: tuple[str, ...]
 
 
@@ -52,7 +65,7 @@ class _RunSource(Protocol):
 
     async def files(self, tenant: str, run_id: str) -> list[str]: ...
 
-    async def read(self, tenant: str, run_id: str, name: str) -> bytes: ...
+    async def read(self, tenant: str, run_id: str, name: str, *, max_bytes: int = 0) -> bytes: ...
 
 
 class _Folder:
@@ -62,20 +75,38 @@ class _Folder:
         self._root = root
 
     async def runs(self, tenant: str) -> list[str]:
-        folder = self._root / tenant
-        return await asyncio.to_thread(
-            lambda: [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-        )
+        return await asyncio.to_thread(_entries, self._root / tenant, folders=True)
 
     async def files(self, tenant: str, run_id: str) -> list[str]:
-        folder = self._root / tenant / run_id
-        return await asyncio.to_thread(lambda: [p.name for p in folder.iterdir()] if folder.is_dir() else [])
+        return await asyncio.to_thread(_entries, self._root / tenant / run_id, folders=False)
 
-    async def read(self, tenant: str, run_id: str, name: str) -> bytes:
+    async def read(self, tenant: str, run_id: str, name: str, *, max_bytes: int = 0) -> bytes:
+        path = self._root / tenant / run_id / name
+
+        def read() -> bytes:
+            if not path.is_file():  # a folder, a pipe that would never end: not a file of a run
+                raise OSError(f"{path.name} is not a file")
+            with path.open("rb") as file:
+                data = file.read(max_bytes + 1) if max_bytes else file.read()
+            if max_bytes and len(data) > max_bytes:
+                raise UnreadableRun(
+                    f"{name} of eval run {run_id!r} is over {max_bytes} bytes (CLAAS_EVAL_MAX_FILE_BYTES)"
+                )
+            return data
+
         try:
-            return await asyncio.to_thread((self._root / tenant / run_id / name).read_bytes)
+            return await asyncio.to_thread(read)
         except OSError:
             raise NotFound(f"no file {name!r} in eval run {run_id!r}") from None
+
+
+def _entries(folder: Path, *, folders: bool) -> list[str]:
+    """The names in a folder of the operator's (its sub-folders only, or all); none where it cannot be read."""
+    try:
+        return [p.name for p in folder.iterdir() if p.is_dir() or not folders] if folder.is_dir() else []
+    except OSError as exc:
+        log.warning("eval_folder_unreadable", folder=str(folder), error=str(exc))
+        return []
 
 
 class _Published:
@@ -90,8 +121,8 @@ class _Published:
     async def files(self, tenant: str, run_id: str) -> list[str]:
         return [key.rsplit("/", 1)[-1] for key in await self._store.list(f"{PREFIX}{tenant}/{run_id}/")]
 
-    async def read(self, tenant: str, run_id: str, name: str) -> bytes:
-        return await self._store.get(f"{PREFIX}{tenant}/{run_id}/{name}")
+    async def read(self, tenant: str, run_id: str, name: str, *, max_bytes: int = 0) -> bytes:
+        return await self._store.get(f"{PREFIX}{tenant}/{run_id}/{name}")  # its size was checked when published
 
     async def put(self, tenant: str, run_id: str, name: str, data: bytes) -> None:
         await self._store.put(f"{PREFIX}{tenant}/{run_id}/{name}", data)
@@ -120,26 +151,55 @@ class EvalRuns:
         infos = []
         for run_id, source in found.items():
             try:
-                infos.append(_info(run_id, await _json(source, tenant, run_id, "metadata.json"), source))
-            except ClaasError as exc:
+                infos.append(_info(run_id, await self._metadata(source, tenant, run_id), source))
+            except NotFound:
+                continue  # no metadata.json yet: a run being published (it comes last) or just started
+            except UnreadableRun as exc:  # listed all the same, saying why: its page says it too
+                log.warning("eval_run_unreadable", run=run_id, error=exc.message)
+                infos.append(EvalRunInfo(run_id, "", (), isinstance(source, _Published), exc.message))
+            except ClaasError as exc:  # storage did not answer for this one: the others are listed
                 log.warning("eval_run_unreadable", run=run_id, error=exc.message)
         return sorted(infos, key=lambda i: (i.started, i.run_id), reverse=True)
 
     async def get(self, tenant: str, run_id: str) -> EvalRun:
+        """The run, every file of it in shape; UnreadableRun (422) naming the first file and field that is not."""
         source = await self._source_of(tenant, _check_run_id(run_id))
         present = set(await source.files(tenant, run_id))
-        metadata = await _json(source, tenant, run_id, "metadata.json")
-        summary = await _json(source, tenant, run_id, "summary.json") if "summary.json" in present else None
-        steps = _steps(await source.read(tenant, run_id, "steps.jsonl")) if "steps.jsonl" in present else []
+        metadata = await self._metadata(source, tenant, run_id)
+        summary = None
+        if "summary.json" in present:
+            (summary,) = await self._read(source, tenant, run_id, "summary.json")
+        steps: Sequence[Step] = ()
+        if "steps.jsonl" in present:
+            data = await source.read(tenant, run_id, "steps.jsonl", max_bytes=self.max_file_bytes)
+            steps = await self._read(source, tenant, run_id, "steps.jsonl", _finished(data))
         plots = tuple(p for p in PLOTS if p in present)
         return EvalRun(_info(run_id, metadata, source), metadata, summary, tuple(steps), plots)
+
+    async def _metadata(self, source: _RunSource, tenant: str, run_id: str) -> Metadata:
+        (metadata,) = await self._read(source, tenant, run_id, "metadata.json")
+        return metadata
+
+    async def _read(
+        self, source: _RunSource, tenant: str, run_id: str, name: str, data: bytes | None = None
+    ) -> Sequence[Any]:
+        """The file's objects in their model (eval_shapes.py)."""
+        if data is None:
+            data = await source.read(tenant, run_id, name, max_bytes=self.max_file_bytes)
+        try:
+            return parse(name, data)
+        except InvalidArgument as exc:
+            raise UnreadableRun(f"eval run {run_id!r} cannot be shown: {exc.message}") from None
 
     async def plot(self, tenant: str, run_id: str, name: str) -> bytes:
         """One of the run's PNG plots."""
         if name not in PLOTS:
             raise NotFound(f"no plot {name!r}")
         source = await self._source_of(tenant, _check_run_id(run_id))
-        return await source.read(tenant, run_id, name)
+        data = await source.read(tenant, run_id, name, max_bytes=self.max_file_bytes)
+        if not data.startswith(PNG_SIGNATURE):  # the operator's folder may hold anything under the name
+            raise UnreadableRun(f"{name} of eval run {run_id!r} is not a PNG image")
+        return data
 
     async def publish(self, tenant: str, run_id: str, name: str, data: bytes) -> None:
         """Keep one file of a run under the caller's tenant, once it is known to be what its name says."""
@@ -184,51 +244,29 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-def _info(run_id: str, metadata: dict[str, Any], source: _RunSource) -> EvalRunInfo:
-    adapters = metadata.get("adapters")
-    names = tuple(str(n) for n in adapters) if isinstance(adapters, dict) else ()
-    return EvalRunInfo(run_id, str(metadata.get("started", "")), names, isinstance(source, _Published))
+def _info(run_id: str, metadata: Metadata, source: _RunSource) -> EvalRunInfo:
+    return EvalRunInfo(run_id, metadata.started, tuple(metadata.adapters), isinstance(source, _Published))
 
 
-async def _json(source: _RunSource, tenant: str, run_id: str, name: str) -> dict[str, Any]:
+def _finished(data: bytes) -> bytes:
+    """steps.jsonl without a torn last line (a run still writing it): one with no newline that does not parse."""
+    head, newline, last = data.rpartition(b"\n")
+    if not last.strip():
+        return data
     try:
-        body = json.loads(await source.read(tenant, run_id, name))
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise InvalidArgument(f"{name} of eval run {run_id!r} is not a JSON object")
-    return body
-
-
-def _steps(data: bytes) -> list[dict[str, Any]]:
-    """The finished steps (a torn last line of a run still writing is left out)."""
-    steps = []
-    for line in data.decode(errors="replace").splitlines():
-        try:
-            step = json.loads(line)
-        except ValueError:
-            break
-        if isinstance(step, dict):
-            steps.append(step)
-    return steps
+        json.loads(last)
+    except (ValueError, RecursionError):
+        return head + newline
+    return data
 
 
 def _check_content(run_id: str, name: str, data: bytes) -> None:
+    """The file is what its name says: a PNG, or JSON in the shape `claas eval` writes (eval_shapes.py)."""
     if name in PLOTS:
         if not data.startswith(PNG_SIGNATURE):
             raise InvalidArgument(f"{name} is not a PNG image", param="name")
         return
     assert name in DATA_FILES
-    try:
-        text = data.decode()
-        bodies = (
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-            if name.endswith(".jsonl")
-            else [json.loads(text)]
-        )
-    except ValueError:
-        raise InvalidArgument(f"{name} is not UTF-8 JSON", param="name") from None
-    if not all(isinstance(b, dict) for b in bodies):
-        raise InvalidArgument(f"{name} must hold JSON objects", param="name")
-    if name == "metadata.json" and bodies[0].get("run_id") != run_id:
-        raise InvalidArgument(f"metadata.json names run {bodies[0].get('run_id')!r}, not {run_id!r}", param="run_id")
+    bodies = parse(name, data)
+    if isinstance(bodies[0], Metadata) and bodies[0].run_id != run_id:
+        raise InvalidArgument(f"metadata.json names run {bodies[0].run_id[:80]!r}, not {run_id!r}", param="run_id")

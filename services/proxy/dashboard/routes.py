@@ -111,7 +111,9 @@ def _template_url(context: dict[str, Any], route: str, /, **params: Any) -> URL:
     return _url(context["request"], route, **params)
 
 
-_env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(("html",)))
+_env = Environment(
+    loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(("html",)), finalize=views.printable
+)
 _env.filters.update(short=views.short_name, pretty=views.pretty_json, number=views.number)
 _env.globals["url_for"] = _template_url
 _templates = Jinja2Templates(env=_env)

@@ -71,7 +71,21 @@ def pretty_json(value: Any) -> str:
 
 
 def number(value: Any) -> str:
-    """A metric for a table cell: four significant digits, a dash for none."""
+    """A metric for a table cell: four significant digits (nan and inf as such), a dash for none."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-" if value is None else str(value)
-    return f"{value:.4g}"
+    try:
+        return f"{value:.4g}"
+    except OverflowError:  # an int too large for a float
+        return ">1e308" if value > 0 else "<-1e308"
+
+
+def printable(value: Any) -> Any:
+    """Every value a template writes out, as it is unless it is a string that UTF-8 cannot encode (a lone
+    surrogate, which JSON can spell): the page could not be sent, so such a character shows escaped."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return type(value)(value.encode(errors="backslashreplace").decode())  # Markup stays Markup
+    return value

@@ -9,6 +9,7 @@ Set DASHBOARD_SHOTS to a folder to keep a screenshot of every page the tests vis
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -337,6 +338,64 @@ async def test_eval_runs_show_the_summary_real_vs_control_plots_and_steps(
     sneaky = await proxy.http.put("/v1/evals/..%2Fbeta/summary.json", headers=proxy.auth("acme"), content=b"{}")
     assert (bad.status_code, fake_png.status_code) == (400, 400)
     assert sneaky.status_code in (400, 404)
+
+
+async def test_an_eval_run_not_in_the_shape_claas_eval_writes_is_refused_or_shown_as_a_clear_422_page(
+    proxy: Proxy, settings: ProxySettings, eval_run: Path, visit: Visit
+) -> None:
+    published = await proxy.http.put(
+        f"/v1/evals/{eval_run.name}/summary.json", headers=proxy.auth("acme"), content=b'{"preferences": []}'
+    )
+    assert published.status_code == 400
+    assert "summary.json is not in the shape" in published.json()["error"]["message"]
+    await asyncio.to_thread(publish, Api(proxy.base_url, proxy.keys["acme"]), RunDir(eval_run), eval_run.name)
+    runs = settings.eval_runs_dir / "acme"
+    shapeless = runs / "20261130-080000-bad1"  # the operator's folder may hold anything
+    _write_run(shapeless, shapeless.name, "2026-11-30T08:00:00Z")
+    (shapeless / "summary.json").write_text('{"preferences": {"identity": {"metrics": {"margin": {"real": "high"}}}}}')
+    garbled = runs / "20261129-080000-bad2"
+    garbled.mkdir()
+    (garbled / "metadata.json").write_bytes(b'{"run_id": "20261129-080000-bad2", "started": "\xff"}')
+    visitor = await visit("acme")
+    page = visitor.page
+
+    listed = await page.goto("/dashboard/evals")
+    assert listed is not None and listed.status == 200
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(3)
+    await expect(rows.first).to_contain_text(eval_run.name)
+    await expect(rows.nth(2)).to_contain_text("metadata.json is not UTF-8")
+    shown = await page.goto(f"/dashboard/evals/{eval_run.name}")
+    assert shown is not None and shown.status == 200  # the good run, untouched by the refused summary
+    await expect(page.get_by_role("row", name=re.compile(r"^margin "))).to_be_visible()
+    for run, says in ((shapeless, "summary.json is not in the shape"), (garbled, "metadata.json is not UTF-8")):
+        answer = await page.goto(f"/dashboard/evals/{run.name}")
+        assert answer is not None and answer.status == 422, run.name
+        await expect(page.get_by_role("heading", name="Cannot do that")).to_be_visible()
+        await expect(page.get_by_role("alert")).to_contain_text(says)
+    await expect(page.get_by_role("alert")).not_to_contain_text("Try again")
+    await expect(page.get_by_role("alert")).not_to_contain_text("went wrong on our side")
+    await visitor.shot("eval-run-not-in-shape")
+
+
+async def test_a_feedback_record_that_cannot_be_read_leaves_the_log_and_the_adapter_page_working(
+    proxy: Proxy, settings: ProxySettings, visit: Visit
+) -> None:
+    await feedback(proxy, "Kept as it was written.")
+    await feedback(proxy, "Edited by hand afterwards.")
+    newest, oldest = sorted((Path(settings.store_url) / "audit" / "acme").rglob("*.json"))
+    newest.write_text(json.dumps(json.loads(newest.read_text()) | {"job_id": ["not", "an", "id"]}))
+    # JSON can spell a lone surrogate, which no page can be sent with: it shows escaped.
+    oldest.write_text(json.dumps(json.loads(oldest.read_text()) | {"feedback": "Kept \ud800 as it was written."}))
+    visitor = await visit("acme")
+    page = visitor.page
+
+    for url in ("/dashboard/feedback", "/dashboard/adapters/bot"):
+        answer = await page.goto(url)
+        assert answer is not None and answer.status == 200, url
+    await page.goto("/dashboard/feedback")
+    await expect(page.locator("details.record")).to_have_count(1)
+    await expect(page.locator("details.record .feedback")).to_have_text("Kept \\ud800 as it was written.")
 
 
 async def test_payloads_in_feedback_prompts_and_names_render_as_text_and_run_nothing(
