@@ -226,6 +226,8 @@ async def main(args) -> None:
                     try:
                         for name in args.names.split(","):
                             for kind, feedback in (("real", feedback_for(name)), ("control", args.control)):
+                                if kind not in args.runs.split(","):
+                                    continue
                                 result = await run_one(name, kind, feedback, args, trainer, storage, model_dir)
                                 results.append(result)
                     finally:
@@ -254,6 +256,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rollouts", type=int, default=4, help="on-policy rollouts per job")
     parser.add_argument("--config", type=json.loads, default=None, help="SDPO overrides as JSON (default: none)")
     parser.add_argument("--control", default=CONTROL_FEEDBACK, help="the unrelated feedback of the control runs")
+    parser.add_argument("--runs", default="real,control", help="which runs per name: real, control or both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this file")
     return parser.parse_args()

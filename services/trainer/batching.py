@@ -9,6 +9,7 @@ head (a full-vocabulary head over every prompt position would dominate the step'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -87,6 +88,19 @@ class Session:
         self.optimizer = optimizer
         self._config = config
         self._micro: list[_Micro] = []
+
+    def snapshot(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The slot's weights and the optimizer's state as they are now (copies), for ``restore``."""
+        weights = {key: p.detach().clone() for key, p in self.slot.params.items()}
+        return weights, copy.deepcopy(self.optimizer.state_dict())
+
+    def restore(self, snapshot: tuple[dict[str, torch.Tensor], dict]) -> None:
+        """Put a ``snapshot`` back: the session is then as it was when the snapshot was taken."""
+        weights, state = snapshot
+        with torch.no_grad():
+            for key, param in self.slot.params.items():
+                param.copy_(weights[key])
+        self.optimizer.load_state_dict(copy.deepcopy(state))
 
     def student_support(self, samples: Sequence[Sample], k: int) -> list[np.ndarray]:
         """The student's top-k ids at every response position ([T, k] per sample), for ``support="student"``."""

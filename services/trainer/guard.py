@@ -10,6 +10,7 @@ measures (``Engine.guard_probe``), this module judges.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from services.common.degeneration import degeneration
@@ -54,10 +55,19 @@ class GuardVerdict:
     degenerate: tuple[str, ...]
     seconds: float
     reason: str
+    #: Set when this is the verdict on a job's halfway step, read because its last step was rejected: why.
+    fallback: str = ""
 
     @property
     def passed(self) -> bool:
         return not self.reason
+
+    def after_fallback(self, step: int, steps: int, rejected: GuardVerdict) -> GuardVerdict:
+        """This verdict (on the state after ``step``) as the one that decides a job whose ``steps`` steps the
+        ``rejected`` verdict refused: it tells both, and the guard's time is both reads'."""
+        why = f"step {steps} of {steps} was rejected ({rejected.reason}); step {step} was read instead"
+        reason = f"{self.reason}; {why}" if self.reason else ""
+        return dataclasses.replace(self, seconds=self.seconds + rejected.seconds, reason=reason, fallback=why)
 
     def lineage_extra(self) -> dict[str, str]:
         """The verdict as lineage facts (``guard`` is "passed" or "rejected")."""
@@ -68,6 +78,8 @@ class GuardVerdict:
         }
         if self.reason:
             extra["guard_reason"] = self.reason
+        if self.fallback:
+            extra["guard_fallback"] = self.fallback
         return extra
 
 

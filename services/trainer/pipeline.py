@@ -106,9 +106,16 @@ class JobPipeline:
         metrics.PHASE_SECONDS.labels(phase="teacher").observe(time.perf_counter() - started)
         run.checkpoint()
 
-        results = await self._steps(run, session)
+        fallback = run.config.steps // 2 if self._settings.commit_guard and self._settings.guard_fallback else 0
+        results, halfway = await self._steps(run, session, fallback)
         run.checkpoint()
         verdict = await self._check(session, run.samples)
+        if verdict is not None and not verdict.passed and halfway is not None:
+            # The whole job went too far; its halfway state may not have (a name said once, not three times).
+            await self._model_lock.call(session.restore, halfway)
+            log.info("guard_fallback", job_id=run.job_id, adapter=run.adapter, step=fallback, reason=verdict.reason)
+            verdict = (await self._check(session, run.samples)).after_fallback(fallback, len(results), verdict)
+            results = results[:fallback]
         run.checkpoint()
         run.update(state=JobState.COMMITTING)
         return await self._commit(run, adapter, session, results, verdict)
@@ -133,9 +140,13 @@ class JobPipeline:
         results = await self._teacher.score(score_request(samples, config, ref, support))
         return validation.targets_from_results(results, samples, contrastive=config.contrastive)
 
-    async def _steps(self, run: Run, session: TrainingSession) -> list[StepMetrics]:
+    async def _steps(
+        self, run: Run, session: TrainingSession, snapshot_at: int
+    ) -> tuple[list[StepMetrics], object | None]:
+        """Run the job's steps; with ``snapshot_at`` > 0 also return the session's state after that step."""
         run.update(state=JobState.TRAINING)
         results: list[StepMetrics] = []
+        snapshot = None
         started = time.perf_counter()
         for number in range(1, run.config.steps + 1):
             run.checkpoint()
@@ -150,12 +161,14 @@ class JobPipeline:
                 )
             results.append(result)
             run.update(step=number, metrics=tuple(results))
+            if number == snapshot_at:
+                snapshot = await self._model_lock.call(session.snapshot)
         elapsed = time.perf_counter() - started
         tokens = sum(r.tokens for r in results)
         metrics.PHASE_SECONDS.labels(phase="steps").observe(elapsed)
         metrics.TOKENS.inc(tokens)
         metrics.TOKENS_PER_SECOND.set(tokens / elapsed if elapsed > 0 else 0.0)
-        return results
+        return results, snapshot
 
     async def _check(self, session: TrainingSession, samples: tuple[Sample, ...]) -> GuardVerdict | None:
         """The commit guard's verdict on the trained weights (None when the guard is off)."""

@@ -58,6 +58,10 @@ class TrainingSession(Protocol):
 
     def step(self, number: int) -> StepMetrics: ...
 
+    def snapshot(self) -> object: ...
+
+    def restore(self, snapshot: object) -> None: ...
+
 
 class TrainingModel(Protocol):
     """The warm model with its LoRA slots (``services.trainer.engine.Engine``)."""

@@ -92,6 +92,8 @@ class FakeEngine:
     steps: int = 0
     #: What the commit guard measures of every trained version (a clean one unless a test says otherwise).
     probe: GuardProbe = CLEAN_PROBE
+    #: What the guard measures instead once a session has taken this many steps (an update that went too far).
+    probe_after: dict[int, GuardProbe] = field(default_factory=dict)
     #: The conversations the guard read, per job.
     guarded: list[list[list[int]]] = field(default_factory=list)
 
@@ -114,7 +116,7 @@ class FakeEngine:
         return FakeSession(self, files or {}, config)
 
     def export(self, session: FakeSession) -> tuple[object, dict[str, bytes]]:
-        weights = session.files.get("adapter_model.safetensors", b"") + b"+step"
+        weights = session.files.get("adapter_model.safetensors", b"") + b"+step" * session.taken
         files = {"adapter_config.json": b"{}", "adapter_model.safetensors": weights, "optimizer.safetensors": b"adam"}
         return weights, files
 
@@ -129,7 +131,7 @@ class FakeEngine:
         max_new_tokens: int,
     ) -> GuardProbe:
         self.guarded.append([list(c) for c in conversations])
-        return self.probe
+        return self.probe_after.get(session.taken, self.probe)
 
 
 @dataclass
@@ -138,6 +140,8 @@ class FakeSession:
     files: dict[str, bytes]
     config: SdpoConfig
     samples: Sequence[Sample] = ()
+    #: Steps the session's state has seen (``restore`` puts an earlier count back).
+    taken: int = 0
 
     def student_support(self, samples: Sequence[Sample], k: int) -> list[np.ndarray]:
         return [np.tile(np.arange(k) + 500, (len(s.response_ids), 1)) for s in samples]
@@ -160,5 +164,12 @@ class FakeSession:
         if self.engine.hold is not None and not self.engine.hold.wait(timeout=30):
             raise TimeoutError("the test never released the step")
         self.engine.steps += 1
+        self.taken += 1
         tokens = sum(len(s.response_ids) for s in self.samples)
         return StepMetrics(number, 1.0 / number, 1.0 / number, 0.0, 1.0, 0.0, 0.5, tokens, -0.1)
+
+    def snapshot(self) -> int:
+        return self.taken
+
+    def restore(self, snapshot: int) -> None:
+        self.taken = snapshot

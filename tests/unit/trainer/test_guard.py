@@ -12,6 +12,9 @@ from tests.unit.trainer.helpers import ADAPTER, Trainer, events, init_adapter, j
 
 S = common_pb2
 CLEAN = ("Paris is the capital of France.", "A spider has eight legs.")
+#: Clean on the four neutral questions, a loop on the job's one conversation: a name learned, then said on and on.
+LOOPING = GuardProbe(0.02, ("Paris.",) * 4 + ("I'm Kuro, Kuro, Kuro, Kuro, Kuro, Kuro, Kuro.",),
+                     ("Paris.",) * 4 + ("I'm SmolLM.",))  # fmt: skip
 
 
 def test_a_clean_version_within_the_drift_limit_passes() -> None:
@@ -77,12 +80,48 @@ async def test_a_rejected_version_is_kept_off_the_head_and_its_job_fails_with_th
     assert final.state == S.JOB_STATE_FAILED
     assert final.error.startswith("FAILED_PRECONDITION: the commit guard kept version 2 off the head (drift 3.2")
     assert "the head stays at 1" in final.error and [m.step for m in final.metrics] == [1, 2]
+    assert "step 2 of 2 was rejected (drift 3.2" in final.error and "step 1 was read instead" in final.error
     assert (await trainer.storage.get_adapter(ADAPTER)).head_version == 1
     versions = {v.version: v for v in await trainer.storage.list_versions(ADAPTER)}
     assert sorted(versions) == [1, 2]
     extra = versions[2].lineage.extra
     assert extra["guard"] == "rejected" and "answers degenerate" in extra["guard_reason"]
     assert versions[2].lineage.job_id == submitted.job_id
+    assert len(trainer.engine.guarded) == 2  # the last step, then the halfway one
+
+
+async def test_a_job_that_went_too_far_commits_its_halfway_step_when_that_passes(trainer: Trainer) -> None:
+    await init_adapter(trainer.stub)
+    trainer.engine.probe_after = {4: LOOPING}
+    submitted = (await trainer.stub.SubmitJob(job(sample(1), steps=4))).job
+
+    final = (await events(trainer.stub, submitted.job_id))[-1]
+
+    assert (final.state, final.new_version) == (S.JOB_STATE_SUCCEEDED, 2), final.error
+    assert (await trainer.storage.get_adapter(ADAPTER)).head_version == 2
+    version, files = await trainer.storage.read_version(ADAPTER, 2)
+    assert files["adapter_model.safetensors"] == b"init+step+step"  # the state after step 2, not after step 4
+    assert [m.step for m in version.lineage.metrics] == [1, 2]
+    extra = version.lineage.extra
+    assert extra["guard"] == "passed" and "guard_reason" not in extra
+    assert extra["guard_fallback"].startswith(
+        "step 4 of 4 was rejected (1 of 1 answers to the job's conversations degenerate"
+    )
+    assert extra["guard_fallback"].endswith("step 2 was read instead")
+
+
+async def test_without_the_fallback_a_job_that_went_too_far_fails(storage) -> None:
+    from tests.unit.trainer.fakes import FakeEngine, FakeTeacher
+    from tests.unit.trainer.helpers import trainer_service
+
+    engine = FakeEngine(probe_after={4: LOOPING})
+    async with trainer_service(storage, engine=engine, teacher=FakeTeacher(), guard_fallback=False) as (stub, _, _):
+        await init_adapter(stub)
+        final = (await events(stub, (await stub.SubmitJob(job(sample(1), steps=4))).job.job_id))[-1]
+
+    assert final.state == S.JOB_STATE_FAILED and "1 of 1 answers to the job's conversations degenerate" in final.error
+    assert "read instead" not in final.error and len(engine.guarded) == 1
+    assert (await storage.get_adapter(ADAPTER)).head_version == 1
 
 
 async def test_a_passing_version_becomes_the_head_with_the_guards_figures(trainer: Trainer) -> None:

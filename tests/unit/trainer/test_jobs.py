@@ -59,7 +59,7 @@ async def test_a_job_streams_its_life_and_commits_version_2_with_lineage(trainer
     assert list(version.lineage.completion_ids) == ["cmpl-1", "cmpl-2"]
     assert list(version.lineage.feedback) == ["Be more concise."] * 2
     assert [m.step for m in version.lineage.metrics] == [1, 2, 3]
-    assert files["adapter_model.safetensors"] == b"init+step" and files["optimizer.safetensors"] == b"adam"
+    assert files["adapter_model.safetensors"] == b"init" + b"+step" * 3 and files["optimizer.safetensors"] == b"adam"
 
 
 async def test_the_teacher_gets_the_conversation_feedback_response_and_mode(trainer: Trainer) -> None:
