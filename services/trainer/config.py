@@ -76,11 +76,11 @@ class SdpoConfig:
     beta2: float = field(default=0.999, metadata={"help": "AdamW beta2, in [0, 1)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, >= 0."})
     steps: int = field(
-        default=6,
+        default=4,
         metadata={
-            "help": f"Optimizer steps per job, 1..{MAX_STEPS}. Measured at 135M, lr 2e-4, 5 jobs: 6 steps took "
-            '" Milo" to p 0.10 where 4 took it to 0.002-0.006; 8 made names repeat ("Nessa nessa nessa"). With the guard\'s '
-            "fallback a job that went too far commits its halfway step."
+            "help": f"Optimizer steps per job, 1..{MAX_STEPS}. Measured at 135M, lr 2e-4, 5 jobs: 6 steps teach names "
+            'with a rare first token faster (" Milo" to p 0.10, 4 steps 0.002-0.006) but made "Kuro" loop more; '
+            "8 made names repeat. With the guard's fallback a job that went too far commits its halfway step."
         },
     )
     is_clip: float = field(

@@ -14,7 +14,7 @@ def test_defaults_are_the_design_defaults() -> None:
     config = SdpoConfig()
     assert (config.loss, config.alpha, config.top_k, config.support) == ("jsd", 0.0, 100, "teacher")
     assert (config.learning_rate, config.beta1, config.beta2) == (2e-4, 0.9, 0.999)
-    assert (config.steps, config.is_clip, config.max_grad_norm) == (6, 2.0, 1.0)
+    assert (config.steps, config.is_clip, config.max_grad_norm) == (4, 2.0, 1.0)
     assert (config.kl_coef, config.clip_epsilon, config.weight_decay) == (0.0, 0.2, 0.0)
     assert (config.teacher_mode, config.trust_region_mu) == ("base", 0.5)
     assert config.contrastive is False
