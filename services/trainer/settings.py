@@ -101,8 +101,8 @@ class TrainerSettings(CommonSettings, FeedbackLimits):
     guard_fallback: bool = Field(
         True,
         description="When the guard rejects a job's trained version, read the version of the job's halfway step "
-        "(steps // 2) too and commit that one if it passes: an update that went one step too far still teaches "
-        "(measured: at 6 steps a name was learned, then said three times over in one answer).",
+        "(steps // 2) too and commit that one if it passes: an update that went too far still teaches (measured: "
+        "a Zara job rejected for a loop at its last step passed at its halfway step, and the name went on to p 0.70).",
     )
     guard_max_new_tokens: int = Field(
         40,
