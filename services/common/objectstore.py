@@ -7,19 +7,28 @@ any S3 server through the ``minio`` SDK; its blocking calls run in worker thread
 
 Small objects (records, manifests) travel whole (``put``/``get``); large ones stream (``put_file`` from an
 open file, ``get_pieces`` in bounded pieces), so memory does not grow with an object's size.
+
+Conditional writes make the store itself the arbiter of races between replicas (DESIGN.md §11): every
+object read by ``get_tagged`` carries an entity tag, ``put_if_absent`` creates only when nothing is there
+(S3 ``If-None-Match: *``) and ``put_if_match`` replaces only the version that was read (S3 ``If-Match``). On
+the local folder they are an exclusive hard link and a replace under an ``flock`` of the key's folder, which hold
+across processes on one machine; a process that dies releases its lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import fcntl
+import hashlib
 import io
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
@@ -33,16 +42,26 @@ from minio.helpers import check_bucket_name
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.settings import ENV_PREFIX, default_data_dir
 
 #: Names of a key's parts: no empty parts, no '.'/'..', and no leading dot (the local store's temporaries).
 _KEY_PART = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+#: What an S3 server answers when a conditional write's condition does not hold (or another one is racing).
+_CONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 #: Piece size of a streamed copy into the local store.
 _COPY_BYTES = 1 << 20
 #: Part size of a streamed S3 upload: the SDK holds one part in memory at a time (5 MiB is S3's minimum).
 _S3_PART_BYTES = 5 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagged:
+    """An object's bytes and the entity tag that names exactly this content of the key."""
+
+    data: bytes
+    etag: str
 
 
 class ObjectStore(Protocol):
@@ -56,6 +75,19 @@ class ObjectStore(Protocol):
 
     async def get(self, key: str) -> bytes:
         """The object's bytes; raises ``errors.NotFound`` when there is none."""
+        ...
+
+    async def get_tagged(self, key: str) -> Tagged:
+        """The object's bytes with its entity tag; raises ``errors.NotFound`` when there is none."""
+        ...
+
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        """Create the object only if ``key`` holds none; its new tag, or ``errors.AlreadyExists``."""
+        ...
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        """Replace the object only if it still has tag ``etag``; its new tag, or ``errors.Aborted`` when
+        another writer changed or removed it first."""
         ...
 
     def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
@@ -140,6 +172,60 @@ class LocalFolderStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r}") from None
 
+    async def get_tagged(self, key: str) -> Tagged:
+        data = await self.get(key)
+        return Tagged(data, _content_tag(data))
+
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        return await asyncio.to_thread(self._put_if_absent, self._path(key), data)
+
+    def _put_if_absent(self, path: Path, data: bytes) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if self._fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            # A hard link never replaces: of racing creators, exactly one link succeeds.
+            os.link(tmp, path)
+        except FileExistsError:
+            raise AlreadyExists(f"object {path.relative_to(self.root).as_posix()!r} already exists") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if self._fsync:
+            _fsync_dir(path.parent)
+        return _content_tag(data)
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        return await asyncio.to_thread(self._put_if_match, key, self._path(key), data, etag)
+
+    def _put_if_match(self, key: str, path: Path, data: bytes, etag: str) -> str:
+        with self._key_lock(path):
+            try:
+                current = _content_tag(path.read_bytes())
+            except FileNotFoundError:
+                raise Aborted(f"object {key!r} was removed since it was read") from None
+            if current != etag:
+                raise Aborted(f"object {key!r} changed since it was read")
+            self._put(path, data)
+        return _content_tag(data)
+
+    @contextlib.contextmanager
+    def _key_lock(self, path: Path) -> Iterator[None]:
+        """An exclusive ``flock`` of the key's folder across every process that opens this store: the check
+        and the replace of ``put_if_match`` happen under it, and so does every delete. The folder itself is
+        locked, not a lock file beside the key, so nothing is left behind when the key goes."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     async def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
@@ -171,8 +257,13 @@ class LocalFolderStore:
         return sorted(keys)
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(self._delete, self._path(key))
+
+    def _delete(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            return
+        with self._key_lock(path):
+            path.unlink(missing_ok=True)
 
     async def delete_prefix(self, prefix: str) -> None:
         await asyncio.to_thread(self._delete_prefix, _check_prefix(prefix))
@@ -184,6 +275,11 @@ class LocalFolderStore:
             return
         for key in self._list(prefix):
             (self.root / key).unlink(missing_ok=True)
+
+
+def _content_tag(data: bytes) -> str:
+    """The local store's entity tag: the content's SHA-256, so equal tags mean equal bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _copy(source: BinaryIO, target: BinaryIO, size: int) -> None:
@@ -229,6 +325,8 @@ class MinioStore:
             self._ensure_bucket()
             return fn(*args, **kwargs)
         except S3Error as exc:
+            if exc.code in _CONDITION_CODES:
+                raise Aborted(f"object {exc.object_name or ''!r}: the condition of the write did not hold") from None
             if exc.code in _MISSING_KEY_CODES:
                 raise NotFound(f"no object {exc.object_name or ''!r} in bucket {self.bucket!r}") from None
             raise
@@ -254,15 +352,39 @@ class MinioStore:
         await self._call(self._client.put_object, self.bucket, name, source, size, part_size=_S3_PART_BYTES)
 
     async def get(self, key: str) -> bytes:
-        return await self._call(self._get, self._prefix + check_key(key))
+        return (await self.get_tagged(key)).data
 
-    def _get(self, name: str) -> bytes:
+    async def get_tagged(self, key: str) -> Tagged:
+        return await self._call(self._get_tagged, self._prefix + check_key(key))
+
+    def _get_tagged(self, name: str) -> Tagged:
         response = self._client.get_object(self.bucket, name)
         try:
-            return response.read()
+            return Tagged(response.read(), response.headers.get("ETag", "").strip('"'))
         finally:
             response.close()
             response.release_conn()
+
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        try:
+            return await self._conditional_put(key, data, {"If-None-Match": "*"})
+        except Aborted:
+            raise AlreadyExists(f"object {key!r} already exists") from None
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        try:
+            return await self._conditional_put(key, data, {"If-Match": f'"{etag}"'})
+        except NotFound:
+            raise Aborted(f"object {key!r} was removed since it was read") from None
+        except Aborted:
+            raise Aborted(f"object {key!r} changed since it was read") from None
+
+    async def _conditional_put(self, key: str, data: bytes, condition: dict[str, str]) -> str:
+        # The SDK's public put_object turns unknown headers into user metadata (x-amz-meta-*), so a
+        # conditional header would be stored instead of obeyed; its single-request PUT sends them as given.
+        name = self._prefix + check_key(key)
+        result = await self._call(self._client._put_object, self.bucket, name, data, condition)
+        return result.etag
 
     async def get_pieces(self, key: str, piece_bytes: int) -> AsyncIterator[bytes]:
         response = await self._call(self._client.get_object, self.bucket, self._prefix + check_key(key))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ from services.common.objectstore import (
     open_object_store,
 )
 from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def test_put_get_list_delete(store: ObjectStore) -> None:
@@ -38,6 +44,66 @@ async def test_put_get_list_delete(store: ObjectStore) -> None:
     assert await store.list("") == ["a/bc/three.bin"]
     with pytest.raises(errors.NotFound):
         await store.get("a/b/one.bin")
+
+
+async def test_conditional_writes_create_once_and_replace_only_what_was_read(store: ObjectStore) -> None:
+    created = await store.put_if_absent("jobs/t/one.json", b"first")
+    with pytest.raises(errors.AlreadyExists):
+        await store.put_if_absent("jobs/t/one.json", b"second")
+    read = await store.get_tagged("jobs/t/one.json")
+    assert (read.data, read.etag) == (b"first", created)
+
+    replaced = await store.put_if_match("jobs/t/one.json", b"third", read.etag)
+    assert replaced != read.etag
+    with pytest.raises(errors.Aborted, match="changed since it was read"):
+        await store.put_if_match("jobs/t/one.json", b"stale", read.etag)
+    await store.put("jobs/t/one.json", b"plain")  # an unconditional write changes the tag too
+    with pytest.raises(errors.Aborted):
+        await store.put_if_match("jobs/t/one.json", b"stale", replaced)
+    await store.delete("jobs/t/one.json")
+    with pytest.raises(errors.Aborted, match="removed since it was read"):
+        await store.put_if_match("jobs/t/one.json", b"gone", replaced)
+    with pytest.raises(errors.NotFound):
+        await store.get_tagged("jobs/t/one.json")
+    assert await store.list("") == []
+
+
+async def test_twenty_concurrent_replacements_of_one_version_have_one_winner(store: ObjectStore) -> None:
+    etag = await store.put_if_absent("adapters/t/a/adapter.json", b"head 1")
+    outcomes = await asyncio.gather(
+        *(store.put_if_match("adapters/t/a/adapter.json", f"head {n}".encode(), etag) for n in range(20)),
+        return_exceptions=True,
+    )
+    winners = [o for o in outcomes if isinstance(o, str)]
+    assert len(winners) == 1
+    assert all(isinstance(o, errors.Aborted) for o in outcomes if not isinstance(o, str))
+    assert (await store.get_tagged("adapters/t/a/adapter.json")).etag == winners[0]
+
+
+async def test_two_processes_racing_for_one_version_have_one_winner(
+    store: ObjectStore, store_fields: dict[str, str]
+) -> None:
+    key = "adapters/t/a/adapter.json"
+    etag = await store.put_if_absent(key, b"head 1")
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.unit.storage.cas_racer", json.dumps(store_fields), key, etag, "10", name],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("left", "right")
+    ]
+    for racer in racers:
+        assert racer.stdout.readline().strip() == "ready"
+    for racer in racers:
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    wins = [int(racer.communicate(timeout=60)[0].strip()) for racer in racers]
+    assert sum(wins) == 1
+    winner = (await store.get(key)).decode()
+    assert winner.split(":")[0] == ("left", "right")[wins.index(1)]
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/./b", ".hidden", "a/"])
