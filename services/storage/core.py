@@ -1,7 +1,10 @@
 """The adapter store: records, immutable versions, a head moved by compare-and-swap, tags, head watches.
 
-How a write stays safe (DESIGN.md §4). This process is the only writer of the store (storage runs as one
-replica); every change of one adapter happens under that adapter's lock. ``PutVersion`` first receives and
+How a write stays safe (DESIGN.md §4). Every change of one adapter happens under that adapter's lock in this
+process, and every write of its record is conditional in the object store itself: created only if absent,
+replaced only if it still has the entity tag it was read with (``ABORTED`` otherwise), so a write by another
+process is never overwritten, and a version another process has reserved is never cleared. (Recovery at
+start, the name index and the tenants' usage still assume one replica.) ``PutVersion`` first receives and
 verifies the whole upload privately (``upload.py``), then, under the lock:
 
 1. returns the version the job already made if the record remembers its job id (a retry after a lost
@@ -117,6 +120,8 @@ class AdapterStore:
         self._max_page_size = max_page_size
         self._locks = KeyedLocks()
         self._names: set[str] = set()
+        # Versions this process reserved whose commit failed half-way: only these may it clear away.
+        self._failed_writes: set[tuple[str, int]] = set()
         self._recovered = False
         self.heads = HeadBroadcaster(watch_queue_size)
 
@@ -135,38 +140,60 @@ class AdapterStore:
             raise Unavailable("storage is recovering from its last stop; retry in a moment")
 
     async def _load(self, name: str) -> AdapterRecord:
+        return (await self._read(name))[0]
+
+    async def _read(self, name: str) -> tuple[AdapterRecord, str]:
+        """The record and its entity tag, which the next write of it must match."""
         try:
-            return AdapterRecord.from_json(await self.store.get(layout.record_key(name)))
+            stored = await self.store.get_tagged(layout.record_key(name))
         except NotFound:
             raise NotFound(f"adapter {name!r} not found", param="name") from None
+        return AdapterRecord.from_json(stored.data), stored.etag
 
-    async def _save(self, record: AdapterRecord) -> None:
-        await self.store.put(layout.record_key(record.name), record.to_json())
+    async def _save(self, record: AdapterRecord, etag: str) -> str:
+        """Replace the record only if it is still the one read (tag ``etag``): a writer that is not this
+        process (another storage replica) makes this write ``ABORTED`` instead of losing its change."""
+        try:
+            return await self.store.put_if_match(layout.record_key(record.name), record.to_json(), etag)
+        except Aborted:
+            raise Aborted(f"adapter {record.name!r} changed meanwhile; read it again and retry") from None
 
     async def create_adapter(self, name: str, base_model: str, lora: LoraSpec) -> AdapterRecord:
         self._serving()
         check_name(name)
         _check_spec(base_model, lora)
+        exists = AlreadyExists(f"adapter {name!r} already exists", param="name")
         async with self._locks(name):
             if await self.store.exists(layout.record_key(name)):
-                raise AlreadyExists(f"adapter {name!r} already exists", param="name")
+                raise exists
             # Leftovers of an interrupted delete must not leak into the new adapter.
             await self.store.delete_prefix(layout.adapter_prefix(name))
             generation = await self._next_generation(name)
             record = AdapterRecord(name=name, base_model=base_model, lora=lora, created_at=now(), generation=generation)
-            await self._save(record)
+            try:
+                # Create only if absent: of two writers creating the name at once, one wins.
+                await self.store.put_if_absent(layout.record_key(name), record.to_json())
+            except AlreadyExists:
+                raise exists from None
             self._names.add(name)
         log.info("adapter_created", adapter=name, base_model=base_model)
         return record
 
     async def _next_generation(self, name: str) -> int:
         """Counted up before the record is written: a crash in between skips a number, never reuses one."""
-        try:
-            last = int(await self.store.get(layout.generation_key(name)))
-        except NotFound:
-            last = 0
-        await self.store.put(layout.generation_key(name), str(last + 1).encode())
-        return last + 1
+        key = layout.generation_key(name)
+        while True:  # a lost race means another writer counted: count on from its number
+            try:
+                stored = await self.store.get_tagged(key)
+            except NotFound:
+                with contextlib.suppress(AlreadyExists):
+                    await self.store.put_if_absent(key, b"1")
+                    return 1
+                continue
+            last = int(stored.data)
+            with contextlib.suppress(Aborted):
+                await self.store.put_if_match(key, str(last + 1).encode(), stored.etag)
+                return last + 1
 
     async def get_adapter(self, name: str) -> AdapterRecord:
         self._serving()
@@ -248,20 +275,21 @@ class AdapterStore:
         name = header.name
         try:
             async with self._locks(name):
-                record = await self._load(name)
+                record, etag = await self._read(name)
                 if record.committed_by(header.lineage.job_id):
                     return await self._already_committed(record, header)
                 _check_incarnation(record, header)
                 _check_parent(record, header.parent_version, "put_version")
-                if record.pending:  # an earlier write of this process failed half-way
-                    await self.store.delete_prefix(layout.version_prefix(name, record.pending))
+                if record.pending:
+                    await self._clear_failed_write(record)
                 n = record.last_version + 1
                 head = n if header.set_head else record.head
                 size = sum(entry.size for entry in header.files)
                 victims = await self._victims(dataclasses.replace(record, last_version=n, head=head))
                 self._check_quota(name, 1 - len(victims), size - sum(v.size for v in victims))
                 reserved = dataclasses.replace(record, last_version=n, pending=n)
-                await self._save(reserved)
+                etag = await self._save(reserved, etag)
+                self._failed_writes.add((name, n))  # until the commit point below is passed
                 for entry in header.files:
                     await self.store.put_file(layout.file_key(name, n, entry.path), spool.open(entry.path), entry.size)
                 info = Version(name, n, header.parent_version, header.files, header.lineage, now())
@@ -274,15 +302,27 @@ class AdapterStore:
                     kept_versions=record.kept_versions + 1,
                     kept_bytes=record.kept_bytes + size,
                 )
-                await self._save(committed)
+                etag = await self._save(committed, etag)
+                self._failed_writes.discard((name, n))
                 self._usage[owner_of(name)].change(1, size)
-                await self._retire(committed, victims)
+                await self._retire(committed, etag, victims)
         finally:
             spool.close()
         log.info("version_committed", adapter=name, version=n, parent=header.parent_version, head=committed.head)
         if committed.head != record.head:
             self.heads.publish(HeadEvent(name, committed.head, record.head, generation=record.generation))
         return info.public(False, PRIVATE_FILES), committed
+
+    async def _clear_failed_write(self, record: AdapterRecord) -> None:
+        """Remove the version a failed commit of this process reserved. A pending version this process did
+        not reserve is another writer's commit in flight (another replica): never touched, and this commit is
+        ``ABORTED`` so that its caller retries once that one ended (``recover`` clears a crashed one's)."""
+        if (record.name, record.pending) not in self._failed_writes:
+            raise Aborted(
+                f"another commit of {record.name!r} (version {record.pending}) is in flight; retry in a moment"
+            )
+        await self.store.delete_prefix(layout.version_prefix(record.name, record.pending))
+        self._failed_writes.discard((record.name, record.pending))
 
     async def _already_committed(self, record: AdapterRecord, header: UploadHeader) -> tuple[Version, AdapterRecord]:
         """A commit retried after an ambiguous failure (the first one landed, its answer was lost): the version
@@ -319,19 +359,19 @@ class AdapterStore:
         numbers = [n for n in await self._committed_numbers(record) if n not in kept]
         return [await self._manifest(record, n) for n in numbers]
 
-    async def _retire(self, record: AdapterRecord, victims: list[Version]) -> AdapterRecord:
+    async def _retire(self, record: AdapterRecord, etag: str, victims: list[Version]) -> AdapterRecord:
         """Delete ``victims`` after the commit point: hidden first (a record write), then removed; a crash in
         between leaves them hidden, and ``recover`` removes them. Never fails the commit it follows."""
         if not victims and not record.retiring:  # (a retirement that failed half-way is finished here)
             return record
         try:
             retiring = record.retire(victims)
-            await self._save(retiring)
+            etag = await self._save(retiring, etag)
             self._usage[owner_of(record.name)].change(-len(victims), -sum(v.size for v in victims))
             for version in retiring.retiring:
                 await self.store.delete_prefix(layout.version_prefix(record.name, version))
             done = dataclasses.replace(retiring, retiring=())
-            await self._save(done)
+            await self._save(done, etag)
         except (ClaasError, OSError) as exc:
             log.warning("retention_failed", adapter=record.name, error=str(exc))
             return record
@@ -433,12 +473,12 @@ class AdapterStore:
         check_version(expected, field="expected_head")
         check_version(version, allow_zero=False)
         async with self._locks(name):
-            record = await self._load(name)
+            record, etag = await self._read(name)
             _check_parent(record, expected, "set_head")
             await self._manifest(record, version)
             updated = dataclasses.replace(record, head=version)
             if updated != record:
-                await self._save(updated)
+                await self._save(updated, etag)
         if updated.head != record.head:
             log.info("head_moved", adapter=name, head=version, previous=record.head)
             self.heads.publish(HeadEvent(name, version, record.head, generation=record.generation))
@@ -451,7 +491,7 @@ class AdapterStore:
         check_tag(tag)
         check_version(version)
         async with self._locks(name):
-            record = await self._load(name)
+            record, etag = await self._read(name)
             tags = {k: v for k, v in record.tags.items() if k != tag}
             if version and len(tags) >= layout.MAX_TAGS:
                 raise ResourceExhausted(
@@ -462,7 +502,7 @@ class AdapterStore:
                 tags[tag] = version
             updated = dataclasses.replace(record, tags=dict(sorted(tags.items())))
             if updated != record:
-                await self._save(updated)
+                await self._save(updated, etag)
         return updated
 
     # -- watching and start-up ------------------------------------------------------------------------
@@ -503,7 +543,7 @@ class AdapterStore:
             log.warning("removing_leftovers", adapter=name, objects=len(keys))
             await self.store.delete_prefix(layout.adapter_prefix(name))
             return 0
-        record = await self._load(name)
+        record, etag = await self._read(name)
         folders = {k.version for k in keys if k.version is not None}
         manifests = {k.version for k in keys if k.version is not None and k.file == layout.MANIFEST_FILE}
         # A pending folder may hold only the local store's hidden temporaries, which listing does not show.
@@ -511,13 +551,13 @@ class AdapterStore:
         stray = sorted((stray | {record.pending}) - {0})
         if stray and stray[-1] > record.last_version:  # never hand out a number that was ever on disk
             record = dataclasses.replace(record, last_version=stray[-1])
-            await self._save(record)
+            etag = await self._save(record, etag)
         for version in stray:
             log.warning("removing_orphan_version", adapter=name, version=version)
             await self.store.delete_prefix(layout.version_prefix(name, version))
         if record.pending or record.retiring:
             record = dataclasses.replace(record, pending=0, retiring=())
-            await self._save(record)
+            await self._save(record, etag)
         self._names.add(name)
         self._usage[owner_of(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)

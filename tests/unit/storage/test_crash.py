@@ -119,6 +119,14 @@ class FailingStore:
         self._write()
         await self._inner.put_file(key, source, size)
 
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        self._write()
+        return await self._inner.put_if_absent(key, data)
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        self._write()
+        return await self._inner.put_if_match(key, data, etag)
+
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
