@@ -145,7 +145,9 @@ class LocalFolderStore:
     async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
         await asyncio.to_thread(self._put, self._path(key), source, size)
 
-    def _put(self, path: Path, data: bytes | BinaryIO, size: int | None = None) -> None:
+    def _put(self, path: Path, data: bytes | BinaryIO, size: int | None = None, *, exclusive: bool = False) -> None:
+        """Write a hidden temporary beside ``path``, then publish it: replace what is there, or with
+        ``exclusive`` only create (``FileExistsError`` when ``path`` exists)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
@@ -157,7 +159,12 @@ class LocalFolderStore:
                 if self._fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                # A hard link never replaces: of racing creators, exactly one link succeeds.
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -180,23 +187,10 @@ class LocalFolderStore:
         return await asyncio.to_thread(self._put_if_absent, self._path(key), data)
 
     def _put_if_absent(self, path: Path, data: bytes) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                if self._fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            # A hard link never replaces: of racing creators, exactly one link succeeds.
-            os.link(tmp, path)
+            self._put(path, data, exclusive=True)
         except FileExistsError:
             raise AlreadyExists(f"object {path.relative_to(self.root).as_posix()!r} already exists") from None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if self._fsync:
-            _fsync_dir(path.parent)
         return _content_tag(data)
 
     async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
