@@ -122,7 +122,6 @@ class Session:
         """
         config = self._config
         tokenizer = self._model.tokenizer
-        eos = tokenizer.eos_token_id
         copies = [(sample, copy) for sample in samples for copy in range(config.guided_rollouts)]
         prompts = [
             render_prompt(tokenizer, hindsight_messages(sample.messages, sample.feedback, config.template))[1]
@@ -133,26 +132,56 @@ class Session:
             torch.manual_seed(seed)
             with self._model.adapter_disabled():
                 responses = generate_ids(
-                    self._model.model, prompts, max_new_tokens=config.guided_max_tokens, eos=eos, sample=True
+                    self._model.model,
+                    prompts,
+                    max_new_tokens=config.guided_max_tokens,
+                    eos=tokenizer.eos_token_id,
+                    sample=True,
                 )
-            guided = [
-                dataclasses.replace(
-                    sample,
-                    completion_id=f"{sample.completion_id}#guided{copy + 1}",
-                    response_ids=tuple(response),
-                    sampled_logprobs=(0.0,) * len(response),
-                )
-                for (sample, copy), response in zip(copies, responses, strict=True)
-            ]
-            # The student's log-probs of the guided responses, in its own context, before any step.
-            for start in range(0, len(guided), self._model.micro_batch_size):
-                chunk = guided[start : start + self._model.micro_batch_size]
-                micro = self._pack(chunk)
-                logprobs = _token_logprobs(self._logits(micro), micro.response).cpu()
-                for b, sample in enumerate(chunk):
-                    values = tuple(float(v) for v in logprobs[b, : len(sample.response_ids)])
-                    guided[start + b] = dataclasses.replace(sample, sampled_logprobs=values)
-        return guided
+            named = [(sample, f"{sample.completion_id}#guided{copy + 1}") for sample, copy in copies]
+            return self._in_student_context(named, responses)
+
+    def greedy_samples(self, samples: Sequence[Sample]) -> list[Sample]:
+        """The student's own greedy answer (``greedy_max_tokens`` long) to each distinct prompt of the job,
+        as it found the adapter, trained on beside the user's rollouts. Greedy answers are what a user reads
+        next, and where a small model loops after a learned word ("Kuro, a Kuro-Kuro"); sampled rollouts at
+        temperature 1 rarely visit that path, so without it the teacher never corrects it."""
+        firsts: dict[tuple[int, ...], Sample] = {}
+        for sample in samples:
+            firsts.setdefault(sample.prompt_ids, sample)  # the first rollout of each prompt names its answer
+        distinct = list(firsts.values())
+        self._model.activate(self.slot)
+        with torch.no_grad():
+            responses = generate_ids(
+                self._model.model,
+                [sample.prompt_ids for sample in distinct],
+                max_new_tokens=self._config.greedy_max_tokens,
+                eos=self._model.tokenizer.eos_token_id,
+                sample=False,
+            )
+            named = [(sample, f"{sample.completion_id}#greedy") for sample in distinct]
+            return self._in_student_context(named, responses)
+
+    def _in_student_context(self, named: Sequence[tuple[Sample, str]], responses: Sequence[list[int]]) -> list[Sample]:
+        """Samples of the trainer's own responses, in each source sample's context, whose behaviour
+        log-probs are the student's as the job found it (before any step), so rho starts at 1."""
+        made = [
+            dataclasses.replace(
+                sample,
+                completion_id=completion_id,
+                response_ids=tuple(response),
+                sampled_logprobs=(0.0,) * len(response),
+            )
+            for (sample, completion_id), response in zip(named, responses, strict=True)
+        ]
+        for start in range(0, len(made), self._model.micro_batch_size):
+            chunk = made[start : start + self._model.micro_batch_size]
+            micro = self._pack(chunk)
+            logprobs = _token_logprobs(self._logits(micro), micro.response).cpu()
+            for b, sample in enumerate(chunk):
+                values = tuple(float(v) for v in logprobs[b, : len(sample.response_ids)])
+                made[start + b] = dataclasses.replace(sample, sampled_logprobs=values)
+        return made
 
     def set_targets(self, samples: Sequence[Sample], targets: Sequence[Targets]) -> None:
         """Pack the samples with their teacher targets; base log-probs too when the KL penalty is on."""

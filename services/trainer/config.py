@@ -146,6 +146,15 @@ class SdpoConfig:
         metadata={"help": f"Longest teacher-guided rollout in tokens, 1..{MAX_GUIDED_TOKENS}."},
     )
 
+    greedy_max_tokens: int = field(
+        default=0,
+        metadata={
+            "help": f"Length of the student's own greedy answer to each distinct prompt of the job, trained on "
+            f"beside the user's rollouts, 0..{MAX_GUIDED_TOKENS}; 0 turns it off. Greedy answers are what a user "
+            "reads, and where a small model loops after a learned word; sampled rollouts rarely take that path."
+        },
+    )
+
     def __post_init__(self) -> None:
         _choice("loss", self.loss, ("jsd", "token"))
         _number("alpha", self.alpha, 0.0, 1.0)
@@ -168,6 +177,7 @@ class SdpoConfig:
         _choice("template", self.template, ("hindsight", "sdpo"))
         _integer("guided_rollouts", self.guided_rollouts, 0, MAX_GUIDED_ROLLOUTS)
         _integer("guided_max_tokens", self.guided_max_tokens, 1, MAX_GUIDED_TOKENS)
+        _integer("greedy_max_tokens", self.greedy_max_tokens, 0, MAX_GUIDED_TOKENS)
 
     def with_overrides(self, **overrides: Any) -> SdpoConfig:
         """A validated copy with the given fields replaced; ``None`` means "keep this field".

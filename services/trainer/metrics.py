@@ -9,7 +9,8 @@ JOBS = Counter("claas_trainer_jobs_total", "Jobs that ended, by outcome.", ["out
 PHASE_SECONDS = Histogram(
     "claas_trainer_job_phase_seconds",
     "Time a job spends in each phase: queue, fetch (adapter download and load), guided (sampling "
-    "teacher-guided rollouts), teacher, steps, guard (the commit guard), commit.",
+    "teacher-guided rollouts), greedy (the student's greedy answers), teacher, steps, guard (the commit guard), "
+    "commit.",
     ["phase"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )

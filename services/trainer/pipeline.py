@@ -100,6 +100,11 @@ class JobPipeline:
             )
             samples = samples + tuple(guided)
             metrics.PHASE_SECONDS.labels(phase="guided").observe(time.perf_counter() - started)
+        if config.greedy_max_tokens:
+            started = time.perf_counter()
+            greedy = await self._model_lock.call(session.greedy_samples, run.samples)
+            samples = samples + tuple(greedy)
+            metrics.PHASE_SECONDS.labels(phase="greedy").observe(time.perf_counter() - started)
         started = time.perf_counter()
         targets = await self._score(samples, config, AdapterRef(run.adapter, head), session)
         await self._model_lock.call(session.set_targets, samples, targets)
@@ -209,6 +214,9 @@ class JobPipeline:
         lineage = job_lineage(job_id=run.job_id, job_ids=run.job_ids, samples=run.samples, results=results)
         if run.config.guided_rollouts:
             extra = {"guided_rollouts": str(run.config.guided_rollouts * len(run.samples))}
+            lineage = dataclasses.replace(lineage, extra=lineage.extra | extra)
+        if run.config.greedy_max_tokens:
+            extra = {"greedy_rollouts": str(len({sample.prompt_ids for sample in run.samples}))}
             lineage = dataclasses.replace(lineage, extra=lineage.extra | extra)
         if verdict is not None:
             lineage = dataclasses.replace(lineage, extra=lineage.extra | verdict.lineage_extra())

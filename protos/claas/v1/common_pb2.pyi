@@ -68,7 +68,7 @@ class LoraSpec(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., dropout: _Optional[float] = ...) -> None: ...
 
 class SdpoConfig(_message.Message):
-    __slots__ = ("loss", "alpha", "top_k", "support", "learning_rate", "beta1", "beta2", "weight_decay", "steps", "is_clip", "max_grad_norm", "kl_coef", "clip_epsilon", "teacher_mode", "trust_region_mu", "contrastive", "neutral_followup", "template", "guided_rollouts", "guided_max_tokens")
+    __slots__ = ("loss", "alpha", "top_k", "support", "learning_rate", "beta1", "beta2", "weight_decay", "steps", "is_clip", "max_grad_norm", "kl_coef", "clip_epsilon", "teacher_mode", "trust_region_mu", "contrastive", "neutral_followup", "template", "guided_rollouts", "guided_max_tokens", "greedy_max_tokens")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class SdpoConfig(_message.Message):
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     GUIDED_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
     GUIDED_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     loss: str
     alpha: float
     top_k: int
@@ -109,7 +110,8 @@ class SdpoConfig(_message.Message):
     template: str
     guided_rollouts: int
     guided_max_tokens: int
-    def __init__(self, loss: _Optional[str] = ..., alpha: _Optional[float] = ..., top_k: _Optional[int] = ..., support: _Optional[str] = ..., learning_rate: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., weight_decay: _Optional[float] = ..., steps: _Optional[int] = ..., is_clip: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., kl_coef: _Optional[float] = ..., clip_epsilon: _Optional[float] = ..., teacher_mode: _Optional[_Union[TeacherMode, str]] = ..., trust_region_mu: _Optional[float] = ..., contrastive: _Optional[bool] = ..., neutral_followup: _Optional[str] = ..., template: _Optional[str] = ..., guided_rollouts: _Optional[int] = ..., guided_max_tokens: _Optional[int] = ...) -> None: ...
+    greedy_max_tokens: int
+    def __init__(self, loss: _Optional[str] = ..., alpha: _Optional[float] = ..., top_k: _Optional[int] = ..., support: _Optional[str] = ..., learning_rate: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., weight_decay: _Optional[float] = ..., steps: _Optional[int] = ..., is_clip: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., kl_coef: _Optional[float] = ..., clip_epsilon: _Optional[float] = ..., teacher_mode: _Optional[_Union[TeacherMode, str]] = ..., trust_region_mu: _Optional[float] = ..., contrastive: _Optional[bool] = ..., neutral_followup: _Optional[str] = ..., template: _Optional[str] = ..., guided_rollouts: _Optional[int] = ..., guided_max_tokens: _Optional[int] = ..., greedy_max_tokens: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
     __slots__ = ("path", "size", "sha256")

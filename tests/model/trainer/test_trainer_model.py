@@ -299,6 +299,45 @@ def test_guided_rollouts_are_the_base_models_answers_under_the_feedback_set_in_t
     assert abs(session.step(1).mean_is_ratio - 1.0) < 1e-4
 
 
+def test_greedy_rollouts_are_the_students_own_greedy_answers_once_per_prompt(engine: Engine) -> None:
+    from services.trainer import convert
+    from services.trainer.batching import generate_ids
+
+    shape = engine.resolve_lora(LoraSpec(rank=8, alpha=16))
+    first, second, other = convert.samples_from_proto(
+        [
+            rollout(engine, "Who are you?", "I'm SmolLM, an AI assistant.", FEEDBACK),
+            rollout(engine, "Who are you?", "Hello there.", FEEDBACK),
+            rollout(engine, "What should I call you?", "Call me SmolLM.", FEEDBACK),
+        ]
+    )
+    session = engine.open("acme/greedy@1", shape, engine.init_files(shape), SdpoConfig(greedy_max_tokens=20))
+
+    greedy = session.greedy_samples([first, second, other])
+
+    assert [g.completion_id for g in greedy] == [f"{first.completion_id}#greedy", f"{other.completion_id}#greedy"]
+    expected = generate_ids(engine.model, [first.prompt_ids, other.prompt_ids], max_new_tokens=20,
+                            eos=engine.tokenizer.eos_token_id, sample=False)  # fmt: skip
+    assert [list(g.response_ids) for g in greedy] == expected
+    for g, source in zip(greedy, (first, other), strict=True):
+        assert (g.prompt_ids, g.messages, g.feedback) == (source.prompt_ids, source.messages, source.feedback)
+        assert len(g.sampled_logprobs) == len(g.response_ids) and all(v <= 0 for v in g.sampled_logprobs)
+    # Behaviour log-probs are the student's own: the first step's importance weights are all 1.
+    uniform = [
+        Targets(
+            TokenDistributions(
+                ids=np.tile(np.arange(8, dtype=np.int32), (len(g.response_ids), 1)),
+                logprobs=np.full((len(g.response_ids), 8), -2.2, dtype=np.float32),
+                sampled_logprobs=np.full(len(g.response_ids), -1.0, dtype=np.float32),
+                tail_logprobs=np.full(len(g.response_ids), -2.2, dtype=np.float32),
+            )
+        )
+        for g in greedy
+    ]
+    session.set_targets(greedy, uniform)
+    assert abs(session.step(1).mean_is_ratio - 1.0) < 1e-4
+
+
 def test_the_teacher_text_a_person_reads_is_the_hindsight_prompt_and_the_answer(engine: Engine) -> None:
     from services.trainer import convert
 

@@ -156,6 +156,12 @@ class FakeSession:
             for c in range(copies)
         ]  # fmt: skip
 
+    def greedy_samples(self, samples: Sequence[Sample]) -> list[Sample]:
+        """One short made-up response per distinct prompt, in that prompt's context."""
+        distinct = [s for i, s in enumerate(samples) if s.prompt_ids not in {t.prompt_ids for t in samples[:i]}]
+        return [dataclasses.replace(s, completion_id=f"{s.completion_id}#greedy", response_ids=(9,),
+                                    sampled_logprobs=(-0.5,)) for s in distinct]  # fmt: skip
+
     def set_targets(self, samples: Sequence[Sample], targets: Sequence[Targets]) -> None:
         self.samples = samples
         self.engine.targets.append(list(targets))

@@ -68,6 +68,8 @@ def test_config_is_frozen() -> None:
         ("guided_rollouts", 9),
         ("guided_max_tokens", 0),
         ("guided_max_tokens", 513),
+        ("greedy_max_tokens", -1),
+        ("greedy_max_tokens", 513),
     ],
 )
 def test_rejection_names_the_field_and_the_value(name: str, value: object) -> None:
@@ -96,6 +98,8 @@ def test_overlong_neutral_followup_is_rejected_with_its_length() -> None:
         ("is_clip", 1.0),
         ("guided_rollouts", 0),
         ("guided_rollouts", 8),
+        ("greedy_max_tokens", 0),
+        ("greedy_max_tokens", 512),
     ],
 )
 def test_boundaries_that_are_allowed(name: str, value: object) -> None:

@@ -97,6 +97,27 @@ async def test_guided_rollouts_are_scored_and_trained_beside_the_users_and_count
     assert version.lineage.extra["guided_rollouts"] == "4"
 
 
+async def test_greedy_rollouts_are_one_per_distinct_prompt_scored_and_trained_and_counted_in_the_lineage(
+    trainer: Trainer,
+) -> None:
+    await init_adapter(trainer.stub)
+    twice = sample(1)
+    twice.completion_id = "cmpl-1b"  # a second rollout of the same prompt
+    other = sample(2)
+    other.prompt_ids[:] = [1, 2, 3, 5]
+    submitted = (await trainer.stub.SubmitJob(job(sample(1), twice, other, greedy_max_tokens=60))).job
+    final = (await events(trainer.stub, submitted.job_id))[-1]
+    assert final.state == S.JOB_STATE_SUCCEEDED, final.error
+
+    (request,) = trainer.teacher.requests
+    assert [list(i.response_ids) for i in request.items] == [[10, 11, 12]] * 3 + [[9]] * 2
+    assert [i.messages[-1].content for i in request.items][3:] == ["Question 1?", "Question 2?"]
+    assert final.metrics[0].tokens == 9 + 2
+    version, _ = await trainer.storage.read_version(ADAPTER, 2)
+    assert list(version.lineage.completion_ids) == ["cmpl-1", "cmpl-1b", "cmpl-2"]
+    assert version.lineage.extra["greedy_rollouts"] == "2"
+
+
 async def test_jobs_are_contrastive_by_default_with_an_hf_teacher(storage) -> None:
     engine, teacher = FakeEngine(), FakeTeacher(backend="hf")
     async with trainer_service(storage, engine=engine, teacher=teacher, default_contrastive=True) as (stub, _, _):
