@@ -25,7 +25,7 @@ from services.proxy.settings import ProxySettings
 from services.proxy.tenancy import KeysFileAuth
 from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
-from services.trainer.client import TrainerClient
+from services.trainer.client import TrainerPool
 
 log = structlog.get_logger("claas.proxy.server")
 
@@ -138,7 +138,7 @@ def build_server(
     """The server, its ready hook (clients and core made, HTTP up, vLLM probed, background work started)
     and its stop hook. ``storage``, ``trainer`` and ``vllm`` replace the clients the settings name (tests
     pass doubles)."""
-    owned: list[StorageClient | TrainerClient | VllmClient] = []
+    owned: list[StorageClient | TrainerPool | VllmClient] = []
 
     def own(client: T) -> T:
         owned.append(client)  # type: ignore[arg-type]
@@ -149,7 +149,8 @@ def build_server(
         return ProxyCore(
             settings,
             storage=storage or own(StorageClient.connect(settings.storage_addr, token=token)),
-            trainer=trainer or own(TrainerClient.connect(settings.trainer_addr, token=token)),
+            trainer=trainer
+            or own(TrainerPool.connect(settings.trainer_addr, token=token, refresh_s=settings.peers_refresh_s)),
             vllm=vllm or own(VllmClient(settings.vllm_url, timeout_s=settings.vllm_timeout_s, api_key=vllm_key)),
             store=open_object_store(settings),
         )

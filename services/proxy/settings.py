@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from services.common.errors import InvalidArgument
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
+from services.common.peers import PeerSet
 from services.common.settings import (
     EXAMPLE_SECRET_PREFIX,
     CommonSettings,
@@ -25,7 +27,15 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     http_host: str = Field("127.0.0.1", description="Address the OpenAI-compatible HTTP server binds to.")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
     storage_addr: str = Field("127.0.0.1:50051", description="Storage service, host:port.")
-    trainer_addr: str = Field("127.0.0.1:50053", description="Trainer service, host:port.")
+    trainer_addr: str = Field(
+        "127.0.0.1:50053",
+        description="The trainers: host:port, several as host:port,host:port, or srv:<name> (the SRV records of "
+        "their headless Service, re-resolved every peers_refresh_s). Each adapter's jobs go to one of them "
+        "(rendezvous hashing), the next one when it is unreachable.",
+    )
+    peers_refresh_s: float = Field(
+        10.0, gt=0, description="How often an srv: replica set is looked up again (pods that come and go)."
+    )
     vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM OpenAI server the proxy uses.")
     vllm_api_key: SecretStr = Field(
         SecretStr(""),
@@ -107,6 +117,15 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     max_eval_runs_per_tenant: int = Field(
         100, ge=0, description="Eval runs one tenant may publish (a quota: more is RESOURCE_EXHAUSTED); 0: no limit."
     )
+
+    @field_validator("trainer_addr")
+    @classmethod
+    def _a_replica_set(cls, value: str) -> str:
+        try:
+            PeerSet(value)
+        except InvalidArgument as exc:
+            raise ValueError(f"CLAAS_TRAINER_ADDR: {exc.message}") from None
+        return value
 
     @model_validator(mode="after")
     def _usable_dashboard_secret(self) -> Self:

@@ -55,10 +55,11 @@ def _grpc_port(container: Obj) -> int:
     return port
 
 
-def _service_role(objects: list[Obj], host: str, port: int) -> str:
-    """The role behind Service ``host`` on ``port``."""
+def _service_role(objects: list[Obj], host: str, port: int | str) -> str:
+    """The role behind Service ``host`` on ``port`` (a number, or the name of an SRV record's port)."""
     service = named(objects, "Service", host)
-    assert port in [p["port"] for p in service["spec"]["ports"]], f"{host} has no port {port}"
+    key = "name" if isinstance(port, str) else "port"
+    assert port in [p.get(key) for p in service["spec"]["ports"]], f"{host} has no port {port}"
     roles = role_containers(objects)
     for role, (workload, _) in roles.items():
         labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -128,8 +129,16 @@ def test_addresses_lead_to_the_roles_they_name(monkeypatch: pytest.MonkeyPatch, 
             if field not in type(settings).model_fields:
                 continue
             assert f"CLAAS_{field.upper()}" in env, f"{role} leaves {field} at its loopback default"
-            host, _, port = getattr(settings, field).rpartition(":")
-            assert _service_role(objects, host, int(port)) == target, f"{role}.{field}"
+            address = getattr(settings, field)
+            if address.startswith("srv:"):
+                # srv:_<port name>._tcp.<Service>: a headless Service's records, one per ready pod.
+                port_name, protocol, host = address.removeprefix("srv:").split(".")[:3]
+                assert protocol == "_tcp" and port_name.startswith("_"), address
+                assert named(objects, "Service", host)["spec"].get("clusterIP") == "None", f"{host} is not headless"
+                assert _service_role(objects, host, port_name[1:]) == target, f"{role}.{field}"
+            else:
+                host, _, port = address.rpartition(":")
+                assert _service_role(objects, host, int(port)) == target, f"{role}.{field}"
             checked += 1
     assert checked >= 4  # trainer -> storage, teacher; proxy -> storage, trainer
 
