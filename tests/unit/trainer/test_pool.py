@@ -132,7 +132,7 @@ async def test_with_no_trainer_ready_a_submit_is_unavailable_with_a_reason() -> 
 
     pool = TrainerPool(PeerSet("srv:_grpc._tcp.claas-trainer", resolver=nobody), TrainerClient.connect)
     try:
-        with pytest.raises(Unavailable, match="no trainer in 'srv:_grpc._tcp.claas-trainer' is ready"):
+        with pytest.raises(Unavailable, match=r"no trainer in 'srv:_grpc\._tcp\.claas-trainer' is ready"):
             await pool.submit_job(ADAPTERS[0], [SAMPLE], CONFIG, "key-1")
     finally:
         await pool.close()
@@ -143,7 +143,7 @@ async def test_with_every_trainer_down_a_submit_is_unavailable_and_a_job_cannot_
 ) -> None:
     for stack in trainers.stops.values():
         await stack.aclose()
-    with pytest.raises(Unavailable, match="none of the 3 trainers .* is reachable"):
+    with pytest.raises(Unavailable, match=r"none of the 3 trainers .* is reachable"):
         await pool.submit_job(ADAPTERS[0], [SAMPLE], CONFIG, "key-1")
     with pytest.raises(Unavailable, match="job 'job-1' is on no reachable trainer"):
         await pool.get_job("job-1")
