@@ -230,21 +230,29 @@ async def main(args) -> None:
                                     continue
                                 result = await run_one(name, kind, feedback, args, trainer, storage, model_dir)
                                 results.append(result)
+                                print_result(result)  # the answers as soon as each run ends
                     finally:
                         await trainer.close()
                         await storage.close()
     report(results, args)
 
 
+HEADER = "name       run      pass  whole name start -> end   ratio     drift   degenerate  failed jobs  verdict"
+
+
+def print_result(r: RunResult) -> None:
+    figures = f"{r.whole_start:.2e} -> {r.whole_end:.2e}  {r.ratio:8.1f}x  {r.drift:.4f}"
+    verdict = "ok" if r.ok() else "MISS"
+    counts = f"{r.degenerate}           {r.failed_jobs}"
+    print(f"{r.name:<10} {r.kind:<8} {r.passed}/{len(r.answers)}   {figures}   {counts}            {verdict}")
+    for answer in r.answers:
+        print(f"    {answer[:110]!r}")
+
+
 def report(results: list[RunResult], args) -> None:
-    print("\nname       run      pass  whole name start -> end   ratio     drift   degenerate  failed jobs  verdict")
+    print("\n" + HEADER)
     for r in results:
-        figures = f"{r.whole_start:.2e} -> {r.whole_end:.2e}  {r.ratio:8.1f}x  {r.drift:.4f}"
-        verdict = "ok" if r.ok() else "MISS"
-        counts = f"{r.degenerate}           {r.failed_jobs}"
-        print(f"{r.name:<10} {r.kind:<8} {r.passed}/{len(r.answers)}   {figures}   {counts}            {verdict}")
-        for answer in r.answers:
-            print(f"    {answer[:110]!r}")
+        print_result(r)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2))
 
