@@ -163,7 +163,11 @@ async def main(args) -> None:
             )
             async with serving(build_teacher, teacher) as teacher_addr:
                 settings = TrainerSettings(
-                    port=0, storage_addr=storage_addr, teacher_addr=teacher_addr, device=args.device
+                    port=0,
+                    storage_addr=storage_addr,
+                    teacher_addr=teacher_addr,
+                    device=args.device,
+                    store_url=str(Path(tmp) / "jobs"),
                 )
                 await run(args, settings, StorageClient.connect(storage_addr))
 

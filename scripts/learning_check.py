@@ -218,7 +218,11 @@ async def main(args) -> None:
             teacher_settings = TeacherSettings(port=0, storage_addr=storage_addr, adapter_dir=Path(tmp) / "teacher")
             async with serving(build_teacher(teacher_settings)) as teacher:
                 settings = TrainerSettings(
-                    port=0, storage_addr=storage_addr, teacher_addr=f"127.0.0.1:{teacher.port}", seed=args.seed
+                    port=0,
+                    storage_addr=storage_addr,
+                    teacher_addr=f"127.0.0.1:{teacher.port}",
+                    seed=args.seed,
+                    store_url=str(Path(tmp) / "store"),
                 )
                 async with serving(build_trainer(settings)) as trainer_server:
                     trainer = TrainerClient.connect(f"127.0.0.1:{trainer_server.port}")

@@ -53,6 +53,10 @@ class StepMetrics:
     teacher_student_gap: float = 0.0
 
 
+#: The lineage fact that lists, comma-separated, every job of a merged batch.
+MERGED_JOB_IDS = "merged_job_ids"
+
+
 @dataclass(frozen=True)
 class Lineage:
     """What made a version: the job, its completions and feedback, the step metrics, free-form facts."""
@@ -62,6 +66,12 @@ class Lineage:
     feedback: tuple[str, ...] = ()
     metrics: tuple[StepMetrics, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def job_ids(self) -> tuple[str, ...]:
+        """Every job the version was made for: ``job_id`` and the jobs merged into its batch."""
+        merged = self.extra.get(MERGED_JOB_IDS, "")
+        return tuple(dict.fromkeys(j for j in (self.job_id, *merged.split(",")) if j))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

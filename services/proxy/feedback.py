@@ -28,6 +28,8 @@ from services.trainer.domain import JobState, JobView, Sample
 log = structlog.get_logger("claas.proxy.feedback")
 
 FEEDBACK = Counter("claas_proxy_feedback_total", "Feedback submitted, by how its job ended.", ["outcome"])
+#: How often a job whose trainer went away is followed again before the caller is told (0.25 s, 0.5 s, 1 s).
+FOLLOW_RETRIES = 3
 
 #: SDPO overrides keyed by ``common.proto``'s ``SdpoConfig`` field names, values as proto JSON.
 Overrides = Mapping[str, Any]
@@ -133,7 +135,7 @@ class Feedback:
                 record.job_id,
                 record.adapter,
                 JobState.FAILED,
-                error="the trainer no longer knows this job (it restarted); the adapter is unchanged: resubmit",
+                error="the trainers no longer know this job (its record expired); the adapter is unchanged: resubmit",
             )
         except Unavailable:
             return record  # shown as last seen
@@ -158,19 +160,29 @@ class Feedback:
             yield status
 
     async def _statuses(self, job: JobView) -> AsyncIterator[JobView]:
-        """The trainer's events of a job; losing the trainer mid-job ends the job as FAILED: the trainer
-        keeps jobs in memory, so a job whose trainer went away will never finish, and its head never moved."""
-        last = job
-        try:
-            async for status in self._trainer.watch_job(job.job_id):
-                last = status
-                yield status
-        except Unavailable as exc:
-            if last.state.terminal:
+        """The trainer's events of a job. A trainer lost mid-job does not end it: its record is in the object
+        store, and it resumes on that trainer's restart or on another trainer once the lease expires; the
+        job is followed again (through any trainer) a few times, then ``Unavailable`` says so."""
+        last: JobView | None = None
+        failures = 0
+        while True:
+            try:
+                async for status in self._trainer.watch_job(job.job_id):
+                    if status != last:  # a stream followed again starts with a snapshot already seen
+                        last, failures = status, 0
+                        yield status
                 return
-            log.warning("trainer_lost", job_id=job.job_id, error=exc.message)
-            error = f"the trainer went away during the job ({exc.message}); the adapter is unchanged: resubmit"
-            yield dataclasses.replace(last, state=JobState.FAILED, error=error)
+            except Unavailable as exc:
+                if last is not None and last.state.terminal:
+                    return
+                failures += 1
+                log.warning("trainer_lost", job_id=job.job_id, error=exc.message, failures=failures)
+                if failures > FOLLOW_RETRIES:
+                    raise Unavailable(
+                        f"no trainer answers for job {job.job_id} ({exc.message}); the job is kept and resumes "
+                        "when a trainer is back: follow it again with Watch"
+                    ) from None
+                await asyncio.sleep(0.25 * 2 ** (failures - 1))  # a back-off before following it again
 
     async def _follow(self, job: JobView, record: FeedbackRecord) -> JobView:
         if not job.state.terminal:

@@ -35,6 +35,7 @@ def adapter_to_proto(adapter: Adapter) -> storage_pb2.Adapter:
         tags=adapter.tags,
         created_at=timestamp_to_proto(adapter.created_at),
         generation=adapter.generation,
+        committed_jobs=adapter.committed_jobs,
     )
 
 
@@ -47,6 +48,7 @@ def adapter_from_proto(adapter: storage_pb2.Adapter) -> Adapter:
         tags=dict(adapter.tags),
         created_at=timestamp_from_proto(adapter.created_at),
         generation=adapter.generation or 1,
+        committed_jobs=dict(adapter.committed_jobs),
     )
 
 

@@ -298,7 +298,7 @@ class AdapterStore:
                     reserved,
                     pending=0,
                     head=head,
-                    jobs=record.with_job(header.lineage.job_id, n),
+                    jobs=record.with_jobs(header.lineage.job_ids, n),
                     kept_versions=record.kept_versions + 1,
                     kept_bytes=record.kept_bytes + size,
                 )

@@ -59,8 +59,16 @@ class AdapterRecord:
 
     def public(self) -> Adapter:
         """The record as callers see it."""
+        committed = {job: v for job, v in self.jobs.items() if self.is_committed(v)}
         return Adapter(
-            self.name, self.base_model, self.lora, self.head, dict(self.tags), self.created_at, self.generation
+            self.name,
+            self.base_model,
+            self.lora,
+            self.head,
+            dict(self.tags),
+            self.created_at,
+            self.generation,
+            committed,
         )
 
     def is_committed(self, version: int) -> bool:
@@ -94,11 +102,9 @@ class AdapterRecord:
         version = self.jobs.get(job_id, 0) if job_id else 0
         return version if self.is_committed(version) else 0
 
-    def with_job(self, job_id: str, version: int) -> dict[str, int]:
-        """``jobs`` with ``job_id`` -> ``version`` added, the oldest entries dropped past the bound."""
-        if not job_id:
-            return dict(self.jobs)
-        jobs = {k: v for k, v in self.jobs.items() if k != job_id} | {job_id: version}
+    def with_jobs(self, job_ids: tuple[str, ...], version: int) -> dict[str, int]:
+        """``jobs`` with each of ``job_ids`` -> ``version`` added, the oldest entries dropped past the bound."""
+        jobs = {k: v for k, v in self.jobs.items() if k not in job_ids} | dict.fromkeys(job_ids, version)
         return dict(list(jobs.items())[-JOBS_REMEMBERED:])
 
     def to_json(self) -> bytes:
@@ -130,6 +136,8 @@ class Adapter:
     created_at: datetime
     #: Which adapter of this name (``AdapterRecord.generation``): part of the names its versions are loaded as.
     generation: int = 1
+    #: The versions the latest jobs committed, by job id: a job resumed after a crash finds it already ran.
+    committed_jobs: dict[str, int] = field(default_factory=dict)
 
     @property
     def incarnation(self) -> str:

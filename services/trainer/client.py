@@ -8,8 +8,9 @@ which routes each adapter to its owner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -146,16 +147,31 @@ class TrainerPool:
 
     async def get_job(self, job_id: str) -> JobView:
         member, job = await self._locate(job_id)
-        return job if job is not None else await self._client(member).get_job(job_id)
+        if job is not None:
+            return job
+        with self._forgotten_if_lost(job_id):
+            return await self._client(member).get_job(job_id)
 
     async def watch_job(self, job_id: str) -> AsyncIterator[JobView]:
         member, _ = await self._locate(job_id)
-        async for job in self._client(member).watch_job(job_id):
-            yield job
+        with self._forgotten_if_lost(job_id):
+            async for job in self._client(member).watch_job(job_id):
+                yield job
 
     async def cancel_job(self, job_id: str) -> JobView:
         member, _ = await self._locate(job_id)
-        return await self._client(member).cancel_job(job_id)
+        with self._forgotten_if_lost(job_id):
+            return await self._client(member).cancel_job(job_id)
+
+    @contextlib.contextmanager
+    def _forgotten_if_lost(self, job_id: str) -> Iterator[None]:
+        """A trainer that cannot be reached is no longer where the job is asked for: every trainer reads the
+        job records, so the next call asks them all (the job may have moved to one of them)."""
+        try:
+            yield
+        except Unavailable:
+            self._jobs.pop(job_id, None)
+            raise
 
     def _client(self, member: str) -> TrainerClient:
         if member not in self._clients:

@@ -19,6 +19,7 @@ from services.teacher.domain import TeacherInfo
 from services.trainer import validation
 from services.trainer.domain import JobRequest, JobView, Sample, TrainerInfo
 from services.trainer.jobs import JobManager
+from services.trainer.journal import JobJournal
 from services.trainer.pipeline import JobPipeline, ModelLock
 from services.trainer.roles import Scorer, TrainingModel, VersionStore
 from services.trainer.settings import TrainerSettings
@@ -31,7 +32,8 @@ class TrainerCore:
 
     ``start`` compares tokenizers with the teacher and opens the job queue; ``init_adapter`` commits an
     adapter's version 1; ``submit`` validates a job and queues it (``pipeline.JobPipeline`` runs it);
-    ``get_job``/``watch_job``/``cancel_job`` and ``info`` answer from the queue. Every use of the model goes
+    ``get_job``/``watch_job``/``cancel_job`` and ``info`` answer from the queue (and, with a ``journal``, from
+    the job records every trainer writes to the object store). Every use of the model goes
     through one ``ModelLock``, so InitAdapter and a job's steps never overlap.
     """
 
@@ -43,6 +45,7 @@ class TrainerCore:
         settings: TrainerSettings,
         *,
         reload_engine: Callable[[], TrainingModel] | None = None,
+        journal: JobJournal | None = None,
     ) -> None:
         self._model_lock = ModelLock(engine, reload=reload_engine)
         self._storage = storage
@@ -56,6 +59,7 @@ class TrainerCore:
             max_queue_per_tenant=settings.max_queue_per_tenant,
             max_records=settings.max_job_records,
             max_batch_samples=settings.max_batch_samples,
+            journal=journal,
         )
 
     @property
@@ -69,7 +73,7 @@ class TrainerCore:
         info = await self._wait_for_teacher()
         validation.check_tokenizers(self._engine.model_id, self._engine.fingerprint, info)
         self._teacher_info = info
-        self.jobs.start()
+        await self.jobs.start()
         log.info("trainer_ready", model=self._engine.model_id, teacher=info.model_id, backend=info.backend)
 
     async def stop(self) -> None:
@@ -138,7 +142,7 @@ class TrainerCore:
         if not adapter:
             raise InvalidArgument("adapter is empty", param="adapter")
         validation.check_idempotency_key(idempotency_key)
-        known = self.jobs.find(adapter, idempotency_key)
+        known = await self.jobs.find(adapter, idempotency_key)
         if known is not None:
             return known
         config = validation.job_config(
@@ -149,13 +153,13 @@ class TrainerCore:
         record = await self._storage.get_adapter(adapter)  # NOT_FOUND
         validation.check_base_model(record, engine.model_id)
         engine.resolve_lora(record.lora)
-        return self.jobs.submit(JobRequest(adapter, samples, config, idempotency_key))
+        return await self.jobs.submit(JobRequest(adapter, samples, config, idempotency_key))
 
-    def get_job(self, job_id: str) -> JobView:
-        return self.jobs.get(job_id)
+    async def get_job(self, job_id: str) -> JobView:
+        return await self.jobs.get(job_id)
 
     def watch_job(self, job_id: str) -> AsyncIterator[JobView]:
         return self.jobs.watch(job_id)
 
-    def cancel_job(self, job_id: str) -> JobView:
-        return self.jobs.cancel(job_id)
+    async def cancel_job(self, job_id: str) -> JobView:
+        return await self.jobs.cancel(job_id)

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import structlog
 
-from services.common.domain import Lineage, LoraSpec, StepMetrics
+from services.common.domain import MERGED_JOB_IDS, Lineage, LoraSpec, StepMetrics
 from services.common.errors import Aborted, DeadlineExceeded, FailedPrecondition, Unavailable
 from services.storage.domain import Adapter, Version
 from services.teacher.domain import AdapterRef, ScoreItem, ScoreRequest, TeacherMode
@@ -78,6 +78,11 @@ class JobPipeline:
         config, samples = run.config, run.samples
         started = time.perf_counter()
         adapter = await self._storage.get_adapter(run.adapter)
+        committed = {job: adapter.committed_jobs[job] for job in run.job_ids if job in adapter.committed_jobs}
+        if committed:
+            await self._settle(run, adapter, committed)
+            if not run.job_ids:
+                return max(committed.values())
         head = adapter.head_version
         if head == 0:
             raise FailedPrecondition(f"adapter {run.adapter} has no version yet; call InitAdapter first")
@@ -124,6 +129,21 @@ class JobPipeline:
         run.checkpoint()
         run.update(state=JobState.COMMITTING)
         return await self._commit(run, adapter, session, results, verdict)
+
+    async def _settle(self, run: Run, adapter: Adapter, committed: dict[str, int]) -> None:
+        """Jobs resumed after a crash that followed their commit end with the version they made (never a
+        second one); a version the guard kept off the head fails them again with its reason."""
+        for number in committed.values():
+            if number == adapter.head_version:
+                continue
+            lineage = (await self._storage.get_version(run.adapter, number)).lineage
+            if lineage.extra.get("guard") == "rejected":
+                raise FailedPrecondition(
+                    f"{REJECTION} {number} off the head ({lineage.extra.get('guard_reason', '')}); the head stays "
+                    f"at {adapter.head_version}"
+                )
+        log.info("jobs_already_committed", adapter=run.adapter, jobs=committed)
+        run.settle(committed)
 
     async def _open(self, adapter: Adapter, head: int, spec: LoraSpec, config: SdpoConfig) -> TrainingSession:
         model = self._model_lock.model
@@ -319,7 +339,7 @@ def job_lineage(
     """What made the version: the job (and the jobs merged into it), its samples' ids and feedback, the steps."""
     extra = {"source": "sdpo"}
     if len(job_ids) > 1:
-        extra["merged_job_ids"] = ",".join(job_ids)
+        extra[MERGED_JOB_IDS] = ",".join(job_ids)
     return Lineage(
         job_id=job_id,
         completion_ids=tuple(s.completion_id for s in samples),

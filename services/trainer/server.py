@@ -10,9 +10,11 @@ from claas.v1 import trainer_pb2, trainer_pb2_grpc
 
 from services.common.auth import InternalTokenAuth
 from services.common.errors import Unavailable
+from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
 from services.teacher.client import TeacherClient
 from services.trainer.core import TrainerCore
+from services.trainer.journal import JobJournal
 from services.trainer.roles import Scorer, TrainingModel, VersionStore
 from services.trainer.servicer import TrainerServicer
 from services.trainer.settings import TrainerSettings
@@ -63,7 +65,13 @@ class TrainerRuntime:
             )
             self._owned.append(teacher)
         reload = load_engine if settings.reload_model_per_job else None
-        core = TrainerCore(engine, storage, teacher, settings, reload_engine=reload)
+        journal = JobJournal(
+            open_object_store(settings),
+            settings.owner(),
+            lease_s=settings.job_lease_s,
+            retention_days=settings.job_retention_days,
+        )
+        core = TrainerCore(engine, storage, teacher, settings, reload_engine=reload, journal=journal)
         await core.start()
         self._core = core
 

@@ -36,10 +36,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             yield trainer_pb2.WatchJobResponse(job=convert.job_view_to_proto(view))
 
     async def GetJob(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.GetJobResponse:
-        return trainer_pb2.GetJobResponse(job=convert.job_view_to_proto(self._core().get_job(request.job_id)))
+        view = await self._core().get_job(request.job_id)
+        return trainer_pb2.GetJobResponse(job=convert.job_view_to_proto(view))
 
     async def CancelJob(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.CancelJobResponse:
-        return trainer_pb2.CancelJobResponse(job=convert.job_view_to_proto(self._core().cancel_job(request.job_id)))
+        view = await self._core().cancel_job(request.job_id)
+        return trainer_pb2.CancelJobResponse(job=convert.job_view_to_proto(view))
 
     async def Info(self, request, context: grpc.aio.ServicerContext) -> trainer_pb2.TrainerServiceInfoResponse:
         return convert.info_to_proto(self._core().info())

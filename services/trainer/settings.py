@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 
 from pydantic import Field
 
 from services.common.model import PACKAGED_MODEL
+from services.common.objectstore import ObjectStoreSettings, store_secrets
 from services.common.settings import CommonSettings, FeedbackLimits
 
 
-class TrainerSettings(CommonSettings, FeedbackLimits):
-    """The trainer: one warm base model per device, a bounded job queue, commits through storage."""
+class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
+    """The trainer: one warm base model per device, a bounded job queue, commits through storage, and job
+    records in the object store (``CLAAS_STORE_URL``, the one storage uses) that outlive the process."""
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     base_model: str = Field(
@@ -38,8 +41,23 @@ class TrainerSettings(CommonSettings, FeedbackLimits):
         description="Jobs one tenant may have waiting (a quota: more is RESOURCE_EXHAUSTED naming it), so that "
         "one tenant cannot fill the queue for all.",
     )
+    trainer_id: str = Field(
+        "",
+        description="This trainer's name in the job records: after a restart it resumes the unfinished jobs "
+        "recorded under this name. Empty: host name and port (a StatefulSet pod's name survives its restarts).",
+    )
+    job_lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="A trainer whose heartbeat (written every third of this) is older is gone: another trainer "
+        "takes over its unfinished jobs.",
+    )
+    job_retention_days: int = Field(
+        30, ge=1, description="Records of finished jobs older than this are deleted (like the proxy's rollouts)."
+    )
     max_job_records: int = Field(
-        10_000, ge=10, description="Finished job records kept in memory (oldest dropped first) for GetJob/WatchJob."
+        10_000, ge=10, description="Finished job records kept in memory (oldest dropped first) in front of the store."
     )
     max_batch_samples: int = Field(
         32, ge=1, description="Largest batch that merging queued jobs of one adapter may build."
@@ -126,3 +144,10 @@ class TrainerSettings(CommonSettings, FeedbackLimits):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Weights dtype of the base model (float32 on CPU; bfloat16 on GPUs that have it)."
     )
+
+    def secrets(self) -> dict[str, str]:
+        return super().secrets() | store_secrets(self)
+
+    def owner(self) -> str:
+        """The name the job records know this trainer by."""
+        return self.trainer_id or f"{socket.gethostname()}-{self.port}"

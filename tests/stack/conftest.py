@@ -57,10 +57,13 @@ async def stack_teacher(
 
 
 @pytest.fixture(scope="session")
-async def stack_trainer(model_dir: Path, stack_storage: str, stack_teacher: str) -> AsyncIterator[str]:
+async def stack_trainer(
+    model_dir: Path, stack_storage: str, stack_teacher: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
     """Address of the trainer service with a warm packaged model."""
     settings = TrainerSettings(
         port=0,
+        store_url=str(tmp_path_factory.mktemp("jobs")),
         base_model=str(model_dir),
         storage_addr=stack_storage,
         teacher_addr=stack_teacher,

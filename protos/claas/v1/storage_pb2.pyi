@@ -11,8 +11,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Adapter(_message.Message):
-    __slots__ = ("name", "base_model", "lora", "head_version", "tags", "created_at", "generation")
+    __slots__ = ("name", "base_model", "lora", "head_version", "tags", "created_at", "generation", "committed_jobs")
     class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CommittedJobsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +33,7 @@ class Adapter(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_JOBS_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_model: str
     lora: _common_pb2.LoraSpec
@@ -33,7 +41,8 @@ class Adapter(_message.Message):
     tags: _containers.ScalarMap[str, int]
     created_at: _timestamp_pb2.Timestamp
     generation: int
-    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., lora: _Optional[_Union[_common_pb2.LoraSpec, _Mapping]] = ..., head_version: _Optional[int] = ..., tags: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    committed_jobs: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., lora: _Optional[_Union[_common_pb2.LoraSpec, _Mapping]] = ..., head_version: _Optional[int] = ..., tags: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., committed_jobs: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Version(_message.Message):
     __slots__ = ("name", "version", "parent_version", "files", "lineage", "created_at")

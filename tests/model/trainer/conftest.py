@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,7 +68,8 @@ async def trainer(
     engine: Engine, storage_addr: str, teacher_addr: str, *, storage: object | None = None
 ) -> AsyncIterator[trainer_pb2_grpc.TrainerServiceStub]:
     """A trainer server on ``engine``, talking to the real teacher and to storage (or the given stand-in)."""
-    settings = trainer_settings(storage_addr, teacher_addr)
+    jobs = tempfile.TemporaryDirectory(prefix="claas-jobs-")
+    settings = trainer_settings(storage_addr, teacher_addr, store_url=jobs.name, store_fsync=False)
     extra = {"storage": storage} if storage is not None else {}
     server, ready, stop = build_server(settings, engine=lambda: engine, **extra)
     port = await server.start()
@@ -80,6 +82,7 @@ async def trainer(
         await channel.close()
         await server.stop()
         await stop()
+        jobs.cleanup()
 
 
 def rollout(engine: Engine, question: str, answer: str, feedback: str) -> trainer_pb2.TrainSample:

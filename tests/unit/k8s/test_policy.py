@@ -232,11 +232,15 @@ def test_only_minio_and_its_bucket_job_hold_the_root_credentials(objects: list[O
     assert holders == {("claas-minio", "minio"), ("claas-minio-bucket", "mc")}
 
 
-def test_storage_and_the_proxy_sign_in_as_the_user_the_bucket_job_creates(objects: list[Obj]) -> None:
+def test_storage_the_proxy_and_the_trainers_sign_in_as_the_user_the_bucket_job_creates(objects: list[Obj]) -> None:
     mc, script = _bucket_job(objects)
     created = (secret_ref(mc, "SERVICE_ACCESS_KEY"), secret_ref(mc, "SERVICE_SECRET_KEY"))
-    for workload, container in [("claas-storage", "storage"), ("claas-proxy", "proxy")]:
-        service = find_container(objects, "Deployment", workload, container)
+    for kind, workload, container in [
+        ("Deployment", "claas-storage", "storage"),
+        ("Deployment", "claas-proxy", "proxy"),
+        ("StatefulSet", "claas-trainer", "trainer"),  # its job records
+    ]:
+        service = find_container(objects, kind, workload, container)
         assert (secret_ref(service, "CLAAS_S3_ACCESS_KEY"), secret_ref(service, "CLAAS_S3_SECRET_KEY")) == created
     assert 'admin user add store "$SERVICE_ACCESS_KEY" "$SERVICE_SECRET_KEY"' in script
     assert 'admin policy attach store claas-service --user "$SERVICE_ACCESS_KEY"' in script
@@ -364,9 +368,8 @@ def test_internal_services_answer_pods_of_the_namespace(objects: list[Obj]) -> N
         assert ingress_allowed(objects, _workload(objects, component), port, _peer(objects, caller))
 
 
-def test_minio_answers_only_storage_the_proxy_and_the_bucket_job(objects: list[Obj]) -> None:
+def test_minio_answers_only_storage_the_proxy_the_trainers_and_the_bucket_job(objects: list[Obj]) -> None:
     minio = _workload(objects, "object-store")
-    for caller in ("storage", "proxy", "bucket-init"):
+    for caller in ("storage", "proxy", "trainer", "bucket-init"):
         assert ingress_allowed(objects, minio, 9000, _peer(objects, caller)), caller
-    for caller in ("teacher", "trainer"):
-        assert not ingress_allowed(objects, minio, 9000, _peer(objects, caller)), caller
+    assert not ingress_allowed(objects, minio, 9000, _peer(objects, "teacher"))

@@ -68,8 +68,9 @@ class FakeTrainer:
         self.keys: dict[str, str] = {}
         self.submitted: list[Submitted] = []
         self.fail = False
-        #: The trainer process dies while a job runs: its event stream breaks with UNAVAILABLE.
-        self.lost = False
+        #: The trainer process dies while a job runs, this many times: its event stream breaks with UNAVAILABLE
+        #: (the job itself is durable and goes on once a trainer is back).
+        self.lost = 0
         #: Raised by the next submits (a full queue, say), when set.
         self.refuse: Exception | None = None
 
@@ -104,9 +105,10 @@ class FakeTrainer:
     async def watch_job(self, job_id: str) -> AsyncIterator[JobView]:
         job = await self.get_job(job_id)
         yield job
-        if job.state is not JobState.QUEUED:
+        if job.state.terminal:
             return
         if self.lost:
+            self.lost -= 1
             self.jobs[job_id] = job = dataclasses.replace(job, state=JobState.TRAINING)
             yield job
             raise Unavailable("Socket closed")

@@ -87,11 +87,11 @@ async def test_an_unfinished_jobs_record_is_brought_up_to_date_when_read(core: P
     assert {r.state for r in (await core.feedback.records("acme"))[0]} == {JobState.QUEUED}
 
     assert [s.state async for s in core.feedback.watch("acme", first.job_id)][-1] is JobState.SUCCEEDED
-    del trainer.jobs["job-2"]  # the trainer restarted and lost it
+    del trainer.jobs["job-2"]  # its record expired on every trainer
 
     longer, shorter = (await core.feedback.records("acme"))[0]
     assert (shorter.state, shorter.new_version) == (JobState.SUCCEEDED, 2)
-    assert longer.state is JobState.FAILED and "no longer knows this job" in longer.error
+    assert longer.state is JobState.FAILED and "no longer know this job" in longer.error
 
 
 async def test_deleting_an_adapter_deletes_its_records(core: ProxyCore, storage: StorageClient) -> None:

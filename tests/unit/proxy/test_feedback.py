@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common.domain import Message
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.proxy.core import ProxyCore
 from services.proxy.domain import ChatRequest
 from services.proxy.feedback import job_key
@@ -64,14 +64,25 @@ async def test_a_failed_job_is_reported_and_the_head_stays(
     assert await head(storage, "acme/bot") == 1
 
 
-async def test_losing_the_trainer_mid_job_reports_the_job_failed(
+async def test_a_trainer_lost_mid_job_is_followed_again_until_the_job_ends(
     core: ProxyCore, trainer: FakeTrainer, storage: StorageClient
 ) -> None:
-    trainer.lost = True
+    trainer.lost = 2  # the job's trainer goes away twice; the job resumes (its record is durable)
     job = await core.feedback.submit("acme", [await chat(core)], "Shorter.", wait=True)
-    assert job.state == JobState.FAILED
-    assert "the trainer went away during the job" in job.error and "resubmit" in job.error
+    assert (job.state, job.new_version) == (JobState.SUCCEEDED, 2)
+    assert await head(storage, "acme/bot") == 2
+
+
+async def test_no_trainer_answering_for_a_running_job_is_unavailable_not_a_failure(
+    core: ProxyCore, trainer: FakeTrainer, storage: StorageClient
+) -> None:
+    trainer.lost = 100
+    with pytest.raises(Unavailable, match="the job is kept and resumes when a trainer is back") as caught:
+        await core.feedback.submit("acme", [await chat(core)], "Shorter.", wait=True)
+    assert "follow it again with Watch" in caught.value.message
     assert await head(storage, "acme/bot") == 1
+    (record,) = (await core.feedback.records("acme"))[0]
+    assert record.state is JobState.TRAINING  # as last seen, not failed
 
 
 async def test_a_retried_submit_is_the_same_job(core: ProxyCore, trainer: FakeTrainer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ async def trainer_service(
 
     Jobs are plain (not contrastive) unless a test says so, to keep one teacher call per job.
     """
-    fields = {"default_contrastive": False, **fields}
+    jobs = tempfile.TemporaryDirectory(prefix="claas-jobs-")
+    fields = {"default_contrastive": False, "store_url": jobs.name, "store_fsync": False, **fields}
     settings = TrainerSettings(port=0, grace_period_s=1, dependency_wait_s=0, **fields)
     server, start, stop = build_server(settings, engine=lambda: engine, storage=storage, teacher=teacher)
     port = await server.start()
@@ -60,6 +62,7 @@ async def trainer_service(
         await channel.close()
         await server.stop()
         await stop()
+        jobs.cleanup()
 
 
 async def init_adapter(stub: trainer_pb2_grpc.TrainerServiceStub, name: str = ADAPTER) -> None:

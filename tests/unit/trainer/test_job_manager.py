@@ -28,19 +28,19 @@ async def test_finished_records_beyond_the_bound_are_forgotten_with_their_keys()
         return 7
 
     manager = JobManager(runner, max_queue=10, max_records=2)
-    manager.start()
+    await manager.start()
     try:
-        first = manager.submit(_request("k-0"))
+        first = await manager.submit(_request("k-0"))
         await _finished(manager, first.job_id)
-        later = [manager.submit(_request(f"k-{i}")) for i in (1, 2)]
+        later = [await manager.submit(_request(f"k-{i}")) for i in (1, 2)]
         for view in later:
             await _finished(manager, view.job_id)
-        manager.submit(_request("k-3"))
+        await manager.submit(_request("k-3"))
 
         with pytest.raises(NotFound, match="not found"):
-            manager.get(first.job_id)
-        assert manager.find("acme/bot", "k-0") is None
-        assert manager.get(later[1].job_id).new_version == 7
+            await manager.get(first.job_id)
+        assert await manager.find("acme/bot", "k-0") is None
+        assert (await manager.get(later[1].job_id)).new_version == 7
     finally:
         await manager.stop()
 
@@ -56,21 +56,21 @@ async def test_a_crashing_runner_fails_the_job_with_the_reason_and_the_worker_go
         return 3
 
     manager = JobManager(runner, max_queue=10)
-    manager.start()
+    await manager.start()
     try:
-        crashed, fine = manager.submit(_request()), manager.submit(_request())
+        crashed, fine = await manager.submit(_request()), await manager.submit(_request())
         assert (await _finished(manager, crashed.job_id))[-1] is JobState.FAILED
-        error = manager.get(crashed.job_id).error
+        error = (await manager.get(crashed.job_id)).error
         assert error == (
             f"INTERNAL: the trainer failed on job {crashed.job_id}; the operator's log has the cause. "
             "Resubmit the feedback"
         )
         assert "boom" not in error  # the exception's text stays in the log
         # The second job was merged into the first (same adapter and config, waiting together).
-        assert manager.get(fine.job_id).state is JobState.FAILED
-        again = manager.submit(_request())
+        assert (await manager.get(fine.job_id)).state is JobState.FAILED
+        again = await manager.submit(_request())
         await _finished(manager, again.job_id)
-        assert manager.get(again.job_id).new_version == 3
+        assert (await manager.get(again.job_id)).new_version == 3
     finally:
         await manager.stop()
 
@@ -80,9 +80,9 @@ async def test_watching_a_finished_job_yields_its_final_state_once() -> None:
         return 2
 
     manager = JobManager(runner, max_queue=10)
-    manager.start()
+    await manager.start()
     try:
-        view = manager.submit(_request())
+        view = await manager.submit(_request())
         await _finished(manager, view.job_id)
         assert await _finished(manager, view.job_id) == [JobState.SUCCEEDED]
     finally:
@@ -98,12 +98,12 @@ async def test_stopping_the_worker_fails_the_running_job_and_says_to_resubmit() 
         return 0
 
     manager = JobManager(runner, max_queue=10)
-    manager.start()
-    view = manager.submit(_request())
+    await manager.start()
+    view = await manager.submit(_request())
     await started.wait()
     await manager.stop()
 
-    final = manager.get(view.job_id)
+    final = await manager.get(view.job_id)
     assert final.state is JobState.FAILED and "resubmit" in final.error
 
 
@@ -116,13 +116,13 @@ async def test_finished_records_keep_no_samples() -> None:
         return 2
 
     manager = JobManager(runner, max_queue=10)
-    manager.start()
+    await manager.start()
     try:
-        view = manager.submit(_request("k"))
+        view = await manager.submit(_request("k"))
         await _finished(manager, view.job_id)
         record = manager._jobs[view.job_id]
         assert record.request.samples == () and record.run is None
         assert runs[0].samples == (SAMPLE,)  # the run itself had them
-        assert manager.find("acme/bot", "k") == manager.get(view.job_id)  # still answers a retry
+        assert await manager.find("acme/bot", "k") == await manager.get(view.job_id)  # still answers a retry
     finally:
         await manager.stop()

@@ -6,6 +6,7 @@ The engine and teacher are doubles (no model); storage is the real service on a 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -390,7 +391,7 @@ async def test_unknown_jobs_are_not_found(trainer: Trainer) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reload_model_per_job_loads_the_engine_for_every_job(storage) -> None:
+async def test_reload_model_per_job_loads_the_engine_for_every_job(storage, tmp_path: Path) -> None:
     loads: list[FakeEngine] = []
 
     def load() -> FakeEngine:
@@ -398,7 +399,9 @@ async def test_reload_model_per_job_loads_the_engine_for_every_job(storage) -> N
         return loads[-1]
 
     teacher = FakeTeacher()
-    settings = TrainerSettings(port=0, grace_period_s=1, dependency_wait_s=0, reload_model_per_job=True)
+    settings = TrainerSettings(
+        port=0, grace_period_s=1, dependency_wait_s=0, reload_model_per_job=True, store_url=str(tmp_path)
+    )
     server, start, stop = build_server(settings, engine=load, storage=storage, teacher=teacher)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
