@@ -101,6 +101,11 @@ class ObjectStore(Protocol):
         """Every key starting with ``prefix`` (a plain string prefix, not only a folder), sorted."""
         ...
 
+    async def list_written(self, prefix: str) -> dict[str, float]:
+        """Every key starting with ``prefix`` and when it was last written (seconds since the epoch, by the
+        store's clock): one listing instead of one read per key."""
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove the object; removing a missing one is not an error."""
         ...
@@ -249,6 +254,16 @@ class LocalFolderStore:
                 if not name.startswith(".") and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    async def list_written(self, prefix: str) -> dict[str, float]:
+        return await asyncio.to_thread(self._list_written, _check_prefix(prefix))
+
+    def _list_written(self, prefix: str) -> dict[str, float]:
+        written = {}
+        for key in self._list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted since the listing
+                written[key] = (self.root / key).stat().st_mtime
+        return written
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, self._path(key))
@@ -400,8 +415,14 @@ class MinioStore:
         return await self._call(self._list, self._prefix + _check_prefix(prefix))
 
     def _list(self, prefix: str) -> list[str]:
+        return sorted(self._list_written(prefix))
+
+    async def list_written(self, prefix: str) -> dict[str, float]:
+        return await self._call(self._list_written, self._prefix + _check_prefix(prefix))
+
+    def _list_written(self, prefix: str) -> dict[str, float]:
         objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
-        return sorted(o.object_name[len(self._prefix) :] for o in objects if not o.is_dir)
+        return {o.object_name[len(self._prefix) :]: o.last_modified.timestamp() for o in objects if not o.is_dir}
 
     async def delete(self, key: str) -> None:
         await self._call(self._client.remove_object, self.bucket, self._prefix + check_key(key))

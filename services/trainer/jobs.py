@@ -17,7 +17,7 @@ import dataclasses
 import re
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -126,6 +126,8 @@ class JobManager:
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._keys: dict[tuple[str, str], str] = {}
         self._queue: deque[_Job] = deque()
+        #: Submits per tenant between their quota check and their place in the queue (the record's writes).
+        self._admitting: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
@@ -173,20 +175,25 @@ class JobManager:
         if known is not None:
             return known
         tenant = owner_of(request.adapter)
-        if sum(1 for job in self._queue if owner_of(job.request.adapter) == tenant) >= self._max_per_tenant:
+        waiting = sum(1 for job in self._queue if owner_of(job.request.adapter) == tenant) + self._admitting[tenant]
+        if waiting >= self._max_per_tenant:
             # Before the global bound: one tenant's burst must leave room in the queue for the others.
             raise ResourceExhausted(
                 f"tenant {tenant!r} has {self._max_per_tenant} jobs waiting, its quota "
                 "(CLAAS_MAX_QUEUE_PER_TENANT); retry once one has run"
             )
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) + sum(self._admitting.values()) >= self._max_queue:
             raise ResourceExhausted(f"the training queue is full ({self._max_queue} jobs waiting); retry later")
         view = JobView(
             job_id=uuid.uuid4().hex, adapter=request.adapter, state=JobState.QUEUED, total_steps=request.config.steps
         )
         job = _Job(request, view, time.monotonic(), [view], asyncio.Event(), submitted_at=time.time())
         if self._journal is not None:
-            record, job.etag = await self._journal.create(self._record(job))
+            self._admitting[tenant] += 1
+            try:
+                record, job.etag = await self._journal.create(self._record(job))
+            finally:
+                self._admitting -= Counter({tenant: 1})  # drops the tenant at zero
             if record.view.job_id != view.job_id:  # a concurrent submit with this key, maybe on another trainer
                 return record.view
             job.saved = view

@@ -4,6 +4,7 @@ store's conditional writes alone (one binding per idempotency key, one taker per
 from __future__ import annotations
 
 import asyncio
+import time
 
 from services.common.domain import Message
 from services.common.objectstore import ObjectStore
@@ -33,12 +34,17 @@ async def test_twenty_concurrent_submits_of_one_key_bind_one_job(store: ObjectSt
 
 
 async def test_two_trainers_racing_for_a_gone_trainers_jobs_take_each_once(store: ObjectStore) -> None:
-    gone = JobJournal(store, "gone", lease_s=30, retention_days=30, clock=lambda: 0.0)
+    gone = JobJournal(store, "gone", lease_s=30, retention_days=30)
     await gone.beat()
     ids = [f"{i:032x}" for i in range(8)]
     for job_id in ids:
         await gone.create(_record(job_id, "gone", f"k-{job_id}"))
     takers = [JobJournal(store, name, lease_s=30, retention_days=30) for name in ("b", "c")]
+    assert [await t.gone_owners() for t in takers] == [[], []]  # its heartbeat is fresh
+    # 31 s later by the takers' clocks, as the store's listing dates the heartbeat.
+    takers = [
+        JobJournal(store, name, lease_s=30, retention_days=30, clock=lambda: time.time() + 31) for name in ("b", "c")
+    ]
     assert [await t.gone_owners() for t in takers] == [["gone"], ["gone"]]
 
     async def take(taker: JobJournal) -> list[str]:

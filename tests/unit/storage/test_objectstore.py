@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,19 @@ async def test_put_get_list_delete(store: ObjectStore) -> None:
     assert await store.list("") == ["a/bc/three.bin"]
     with pytest.raises(errors.NotFound):
         await store.get("a/b/one.bin")
+
+
+async def test_a_listing_dates_each_key_by_its_last_write(store: ObjectStore) -> None:
+    before = time.time()
+    await store.put("beats/a.json", b"a")
+    await store.put("beats/b.json", b"b")
+    await store.put("other/c.json", b"c")
+    written = await store.list_written("beats/")
+    assert sorted(written) == await store.list("beats/") == ["beats/a.json", "beats/b.json"]
+    # S3 dates to the second; the server runs on this machine's clock.
+    assert all(before - 1 <= at <= time.time() + 1 for at in written.values()), (before, written)
+    with pytest.raises(errors.InvalidArgument, match="invalid object key prefix"):
+        await store.list_written("../beats/")
 
 
 async def test_conditional_writes_create_once_and_replace_only_what_was_read(store: ObjectStore) -> None:

@@ -16,7 +16,7 @@ import pytest
 from claas.v1 import common_pb2, trainer_pb2
 
 from services.common.domain import Message
-from services.common.errors import NotFound
+from services.common.errors import NotFound, ResourceExhausted
 from services.common.objectstore import LocalFolderStore
 from services.storage.client import StorageClient
 from services.trainer.config import SdpoConfig
@@ -86,8 +86,8 @@ async def test_a_trainer_that_restarts_resumes_its_unfinished_jobs_and_runs_each
 async def test_the_jobs_of_a_trainer_gone_for_good_run_once_on_the_others_and_any_of_them_answers(
     tmp_path: Path,
 ) -> None:
-    # The gone trainer's clock stands at 0: its heartbeat is older than any lease.
-    gone = JobManager(_stuck, max_queue=10, journal=_journal(tmp_path, "gone", clock=lambda: 0.0))
+    # The takers' lease is 0.3 s: the gone trainer's last heartbeat is soon older than that.
+    gone = JobManager(_stuck, max_queue=10, journal=_journal(tmp_path, "gone"))
     await gone.start()
     views = [await gone.submit(_request(f"k-{i}", adapter=f"acme/a{i}")) for i in range(4)]
     await gone.stop()
@@ -183,6 +183,26 @@ async def test_ended_records_are_swept_after_the_retention_period_with_their_key
     assert await later.sweep() == 1
     assert await later.find("acme/bot", "k") is None
     assert not any(tmp_path.joinpath("jobs").iterdir())
+
+
+async def test_concurrent_submits_cannot_pass_the_queue_bounds_while_their_records_are_written(
+    tmp_path: Path,
+) -> None:
+    """Hole: the bounds were checked before the awaited record writes, so submits in flight together all passed."""
+    manager = JobManager(_stuck, max_queue=5, max_queue_per_tenant=3, journal=_journal(tmp_path, "t0"))
+
+    async def outcomes(requests: list[JobRequest]) -> tuple[int, list[str]]:
+        results = await asyncio.gather(*(manager.submit(r) for r in requests), return_exceptions=True)
+        refused = [str(r) for r in results if isinstance(r, ResourceExhausted)]
+        assert len(refused) + sum(isinstance(r, JobView) for r in results) == len(requests), results
+        return len(requests) - len(refused), refused
+
+    queued, refused = await outcomes([_request(f"k-{i}", adapter=f"acme/a{i}") for i in range(20)])
+    assert queued == 3 and all("its quota (CLAAS_MAX_QUEUE_PER_TENANT)" in r for r in refused)
+    queued, refused = await outcomes([_request(f"k-{i}", adapter=f"t{i}/bot") for i in range(20)])
+    assert queued == 2 and all("the training queue is full (5 jobs waiting)" in r for r in refused)
+    assert manager.queue_depth == 5
+    assert len(await manager._journal.open_jobs("t0")) == 5  # the refused left no record behind
 
 
 async def test_unknown_or_malformed_job_ids_are_not_found(tmp_path: Path) -> None:
