@@ -97,13 +97,20 @@ class ObjectStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
-    async def list(self, prefix: str) -> list[str]:
-        """Every key starting with ``prefix`` (a plain string prefix, not only a folder), sorted."""
+    async def list(self, prefix: str, *, after: str = "") -> list[str]:
+        """Every key starting with ``prefix`` (a plain string prefix, not only a folder), sorted; with
+        ``after``, only the keys that sort after it (S3 lists from there, not from the prefix's start)."""
         ...
 
     async def list_written(self, prefix: str) -> dict[str, float]:
         """Every key starting with ``prefix`` and when it was last written (seconds since the epoch, by the
         store's clock): one listing instead of one read per key."""
+        ...
+
+    async def list_folders(self, folder: str, *, after: str = "", limit: int = 0) -> list[str]:
+        """The names of the folders right under ``folder`` (which ends in '/', or is "" for the top) that
+        hold objects, sorted, those after ``after`` only, at most ``limit`` of them (0: all). One S3 listing
+        page per 1,000 folders, whatever the objects inside them."""
         ...
 
     async def delete(self, key: str) -> None:
@@ -128,6 +135,12 @@ def _check_prefix(prefix: str) -> str:
     if prefix.startswith("/") or ".." in prefix or (head and check_key(head) != head):
         raise InvalidArgument(f"invalid object key prefix {prefix!r}")
     return prefix
+
+
+def _check_folder(folder: str) -> str:
+    if folder and (not folder.endswith("/") or check_key(folder[:-1]) != folder[:-1]):
+        raise InvalidArgument(f"invalid object folder {folder!r}: a key prefix ending in '/'")
+    return folder
 
 
 class LocalFolderStore:
@@ -240,8 +253,9 @@ class LocalFolderStore:
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
 
-    async def list(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list, _check_prefix(prefix))
+    async def list(self, prefix: str, *, after: str = "") -> list[str]:
+        keys = await asyncio.to_thread(self._list, _check_prefix(prefix))
+        return [key for key in keys if key > after] if after else keys
 
     def _list(self, prefix: str) -> list[str]:
         base = self.root / prefix.rpartition("/")[0]
@@ -265,6 +279,24 @@ class LocalFolderStore:
                 written[key] = (self.root / key).stat().st_mtime
         return written
 
+    async def list_folders(self, folder: str, *, after: str = "", limit: int = 0) -> list[str]:
+        return await asyncio.to_thread(self._list_folders, _check_folder(folder), after, limit)
+
+    def _list_folders(self, folder: str, after: str, limit: int) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root / folder))
+        except FileNotFoundError:
+            return []
+        # A folder a delete emptied may linger on disk; like S3, only folders holding objects count.
+        names = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith(".") and e.name > after)
+        found = []
+        for name in names:
+            if _holds_files(self.root / folder / name):
+                found.append(name)
+                if len(found) == limit:
+                    break
+        return found
+
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, self._path(key))
 
@@ -284,6 +316,15 @@ class LocalFolderStore:
             return
         for key in self._list(prefix):
             (self.root / key).unlink(missing_ok=True)
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether a folder holds an object at any depth (hidden temporaries do not count); stops at the first."""
+    for _, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(not name.startswith(".") for name in files):
+            return True
+    return False
 
 
 def _content_tag(data: bytes) -> str:
@@ -411,11 +452,13 @@ class MinioStore:
             return False
         return True
 
-    async def list(self, prefix: str) -> list[str]:
-        return await self._call(self._list, self._prefix + _check_prefix(prefix))
+    async def list(self, prefix: str, *, after: str = "") -> list[str]:
+        start = self._prefix + after if after else None
+        return await self._call(self._list, self._prefix + _check_prefix(prefix), start)
 
-    def _list(self, prefix: str) -> list[str]:
-        return sorted(self._list_written(prefix))
+    def _list(self, prefix: str, start: str | None = None) -> list[str]:
+        objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True, start_after=start)
+        return sorted(o.object_name[len(self._prefix) :] for o in objects if not o.is_dir)
 
     async def list_written(self, prefix: str) -> dict[str, float]:
         return await self._call(self._list_written, self._prefix + _check_prefix(prefix))
@@ -423,6 +466,21 @@ class MinioStore:
     def _list_written(self, prefix: str) -> dict[str, float]:
         objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
         return {o.object_name[len(self._prefix) :]: o.last_modified.timestamp() for o in objects if not o.is_dir}
+
+    async def list_folders(self, folder: str, *, after: str = "", limit: int = 0) -> list[str]:
+        return await self._call(self._list_folders, self._prefix + _check_folder(folder), after, limit)
+
+    def _list_folders(self, folder: str, after: str, limit: int) -> list[str]:
+        start = f"{folder}{after}/" if after else None
+        found = []
+        # Not recursive: S3 answers the folders as common prefixes, a page per 1,000 of them.
+        for entry in self._client.list_objects(self.bucket, prefix=folder, start_after=start):
+            name = entry.object_name[len(folder) :].rstrip("/")
+            if entry.is_dir and name > after:
+                found.append(name)
+                if len(found) == limit:
+                    break
+        return found
 
     async def delete(self, key: str) -> None:
         await self._call(self._client.remove_object, self.bucket, self._prefix + check_key(key))

@@ -3,13 +3,14 @@
 How a write stays safe (DESIGN.md §4). Every change of one adapter happens under that adapter's lock in this
 process, and every write of its record is conditional in the object store itself: created only if absent,
 replaced only if it still has the entity tag it was read with (``ABORTED`` otherwise), so a write by another
-process is never overwritten, and a version another process has reserved is never cleared. (Recovery at
-start, the name index and the tenants' usage still assume one replica.) ``PutVersion`` first receives and
-verifies the whole upload privately (``upload.py``), then, under the lock:
+process (another storage replica) is never overwritten. Adapters are listed from the store's own folders,
+so every replica sees every adapter. ``PutVersion`` first receives and verifies the whole upload privately
+(``upload.py``), then, under the lock:
 
 1. returns the version the job already made if the record remembers its job id (a retry after a lost
    answer), else checks head == parent (``ABORTED`` otherwise; nothing written);
-2. writes the record with ``last_version = pending = n`` — the reservation: n is never handed out again;
+2. writes the record with ``last_version = pending = n`` and who reserved it, when — the reservation: n is
+   never handed out again;
 3. writes the version's files, then its ``manifest.json``;
 4. writes the record with ``pending = 0``, the head moved to n and the job id remembered — the commit point.
 
@@ -17,6 +18,11 @@ Each object write is atomic, and readers see version n only when the record says
 version, n != pending) and its manifest exists. A writer killed between any two writes therefore leaves the
 old record (old head, readable) or a record with ``pending = n`` that hides version n; ``recover`` (at start)
 deletes pending and manifest-less version folders and leftovers of interrupted deletes.
+
+A reservation of another replica is cleared (by the next commit of the adapter, or by recovery) only once that
+replica's heartbeat is older than the lease, or the reservation older than ``stale_write_s``; a replica whose
+own heartbeat has not been written for most of the lease stops its commit before the next write (fencing), so
+a replica taken for gone never writes into a version folder another one has cleared.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -41,6 +48,7 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.heartbeat import Heartbeats
 from services.common.locks import KeyedLocks
 from services.common.naming import check_version, owner_of
 from services.common.objectstore import ObjectStore
@@ -66,6 +74,10 @@ log = structlog.get_logger("claas.storage")
 PAGE_BYTES = 4 << 20
 #: Manifests read concurrently while a page of versions is built.
 _MANIFESTS_AT_ONCE = 16
+#: Where the storage replicas' heartbeats live.
+REPLICAS = "storage-replicas/"
+#: Share of the lease after this replica's last written heartbeat at which its own commits stop writing.
+_FENCE = 2 / 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +103,14 @@ class Usage:
 
 
 class AdapterStore:
-    """Call ``recover`` once before serving: it cleans up after crashes and builds the name index."""
+    """Call ``recover`` once before serving: it cleans up after crashes, counts the tenants' usage and starts
+    this replica's heartbeat; ``close`` stops it.
+
+    ``replica`` names this process among the storage replicas on the store (stable across its restarts, so
+    a restarted one clears its own reservations at once); ``lease_s`` is how old a replica's heartbeat may be
+    before the others take it for gone; ``stale_write_s`` how old a reservation may be before any replica
+    clears it.
+    """
 
     def __init__(
         self,
@@ -103,12 +122,20 @@ class AdapterStore:
         watch_queue_size: int = 1000,
         max_parallel_transfers: int = 4,
         retention: Retention = Retention(),
+        replica: str,
+        lease_s: float = 30.0,
+        stale_write_s: float = 600.0,
     ) -> None:
         self.store = store
+        self.heartbeats = Heartbeats(store, REPLICAS, replica, lease_s=lease_s)
+        self._stale_write_s = stale_write_s
+        self._beaten_at = 0.0
+        self._beating: asyncio.Task | None = None
         self._limits = limits
         self._retention = retention
         # What each tenant keeps (versions, bytes), from the records: built by ``recover``, then kept current
-        # by every commit, retirement and delete (this process is the store's only writer).
+        # by this replica's commits, retirements and deletes. With several replicas each one also misses what
+        # the others changed since its start, so a tenant may pass its quota by that much until a restart.
         self._usage: dict[str, Usage] = collections.defaultdict(Usage)
         # Bound the memory of transfers whatever the number of callers: each one in flight holds a chunk or
         # two; the others wait their turn (within their deadline) with their bytes held back by gRPC's flow
@@ -119,9 +146,6 @@ class AdapterStore:
         self._page_size = page_size
         self._max_page_size = max_page_size
         self._locks = KeyedLocks()
-        self._names: set[str] = set()
-        # Versions this process reserved whose commit failed half-way: only these may it clear away.
-        self._failed_writes: set[tuple[str, int]] = set()
         self._recovered = False
         self.heads = HeadBroadcaster(watch_queue_size)
 
@@ -135,7 +159,7 @@ class AdapterStore:
 
     def _serving(self) -> None:
         """Calls wait for crash recovery: before it ends, a pending version or a half-deleted adapter is
-        still on disk and the name index is incomplete."""
+        still on disk and the tenants' usage is not counted."""
         if not self._recovered:
             raise Unavailable("storage is recovering from its last stop; retry in a moment")
 
@@ -166,8 +190,12 @@ class AdapterStore:
         async with self._locks(name):
             if await self.store.exists(layout.record_key(name)):
                 raise exists
-            # Leftovers of an interrupted delete must not leak into the new adapter.
-            await self.store.delete_prefix(layout.adapter_prefix(name))
+            # Leftovers of an interrupted delete must not leak into the new adapter. The record itself is kept
+            # out of it: another replica may have created it since the check above.
+            await self.store.delete_prefix(layout.versions_prefix(name))
+            for key in await self.store.list(layout.adapter_prefix(name)):
+                if key != layout.record_key(name):
+                    await self.store.delete(key)
             generation = await self._next_generation(name)
             record = AdapterRecord(name=name, base_model=base_model, lora=lora, created_at=now(), generation=generation)
             try:
@@ -175,7 +203,6 @@ class AdapterStore:
                 await self.store.put_if_absent(layout.record_key(name), record.to_json())
             except AlreadyExists:
                 raise exists from None
-            self._names.add(name)
         log.info("adapter_created", adapter=name, base_model=base_model)
         return record
 
@@ -207,7 +234,7 @@ class AdapterStore:
         check_prefix(prefix)
         size = self._page(page_size)
         after = read_page_token(page_token, check_name, "")
-        names = sorted(n for n in self._names if n.startswith(prefix) and n > after)
+        names = await self._names(prefix, after, size + 1)
         records = []
         for name in names[:size]:
             try:
@@ -215,6 +242,31 @@ class AdapterStore:
             except NotFound:  # deleted meanwhile
                 continue
         return records, next_page_token(names[size - 1]) if len(names) > size else ""
+
+    async def _names(self, prefix: str, after: str = "", limit: int = 0) -> list[str]:
+        """The names under ``prefix`` in (tenant, adapter) order, after ``after``, at most ``limit`` (0: all),
+        from the folders of the store: a LIST page per 1,000 adapters, whatever their versions. A folder whose
+        record is gone (a delete in progress) is named too; its reader finds no record."""
+        tenant_start, slash, adapter_start = prefix.partition("/")
+        after_tenant, _, after_adapter = after.partition("/")
+        if slash:
+            tenants = [tenant_start] if tenant_start >= after_tenant else []
+        else:
+            tenants = [t for t in await self.store.list_folders(layout.ROOT) if t.startswith(tenant_start)]
+            tenants = [t for t in tenants if t >= after_tenant]
+        names: list[str] = []
+        for tenant in tenants:
+            start = after_adapter if tenant == after_tenant else ""
+            left = limit - len(names) if limit else 0
+            # Without a name start to filter by, the listing can stop at the page's end.
+            folders = await self.store.list_folders(
+                f"{layout.ROOT}{tenant}/", after=start, limit=0 if adapter_start else left
+            )
+            matching = [f"{tenant}/{a}" for a in folders if a.startswith(adapter_start)]
+            names.extend(matching[:left] if left else matching)
+            if limit and len(names) >= limit:
+                break
+        return names
 
     async def delete_adapter(self, name: str) -> bool:
         """Remove the record first (the adapter is gone at once), then its versions. Idempotent."""
@@ -226,7 +278,6 @@ class AdapterStore:
             except NotFound:
                 record = None
             await self.store.delete(layout.record_key(name))
-            self._names.discard(name)
             if record is not None:
                 self._usage[owner_of(name)].change(-record.kept_versions, -record.kept_bytes)
             await self.store.delete_prefix(layout.adapter_prefix(name))
@@ -281,19 +332,27 @@ class AdapterStore:
                 _check_incarnation(record, header)
                 _check_parent(record, header.parent_version, "put_version")
                 if record.pending:
-                    await self._clear_failed_write(record)
+                    await self._clear_stale_write(record)
                 n = record.last_version + 1
                 head = n if header.set_head else record.head
                 size = sum(entry.size for entry in header.files)
                 victims = await self._victims(dataclasses.replace(record, last_version=n, head=head))
                 self._check_quota(name, 1 - len(victims), size - sum(v.size for v in victims))
-                reserved = dataclasses.replace(record, last_version=n, pending=n)
+                reserved = dataclasses.replace(
+                    record, last_version=n, pending=n, pending_by=self.heartbeats.member, pending_at=time.time()
+                )
                 etag = await self._save(reserved, etag)
-                self._failed_writes.add((name, n))  # until the commit point below is passed
-                for entry in header.files:
-                    await self.store.put_file(layout.file_key(name, n, entry.path), spool.open(entry.path), entry.size)
-                info = Version(name, n, header.parent_version, header.files, header.lineage, now())
-                await self.store.put(layout.manifest_key(name, n), info.to_json())
+                try:
+                    for entry in header.files:
+                        self._fence(reserved)
+                        path = layout.file_key(name, n, entry.path)
+                        await self.store.put_file(path, spool.open(entry.path), entry.size)
+                    info = Version(name, n, header.parent_version, header.files, header.lineage, now())
+                    self._fence(reserved)
+                    await self.store.put(layout.manifest_key(name, n), info.to_json())
+                except (ClaasError, OSError):
+                    await self._release(reserved, etag)
+                    raise
                 committed = dataclasses.replace(
                     reserved,
                     pending=0,
@@ -303,7 +362,6 @@ class AdapterStore:
                     kept_bytes=record.kept_bytes + size,
                 )
                 etag = await self._save(committed, etag)
-                self._failed_writes.discard((name, n))
                 self._usage[owner_of(name)].change(1, size)
                 await self._retire(committed, etag, victims)
         finally:
@@ -313,16 +371,43 @@ class AdapterStore:
             self.heads.publish(HeadEvent(name, committed.head, record.head, generation=record.generation))
         return info.public(False, PRIVATE_FILES), committed
 
-    async def _clear_failed_write(self, record: AdapterRecord) -> None:
-        """Remove the version a failed commit of this process reserved. A pending version this process did
-        not reserve is another writer's commit in flight (another replica): never touched, and this commit is
-        ``ABORTED`` so that its caller retries once that one ended (``recover`` clears a crashed one's)."""
-        if (record.name, record.pending) not in self._failed_writes:
+    async def _stale(self, record: AdapterRecord) -> bool:
+        """Whether the record's reservation is no commit in flight any more: this replica's own (seen under
+        the adapter's lock, so its commit ended, or it was this replica's before a restart), one older than
+        any commit takes, or one of a replica that is gone."""
+        if record.pending_by == self.heartbeats.member:
+            return True
+        if time.time() - record.pending_at > self._stale_write_s:
+            return True
+        return not await self.heartbeats.alive(record.pending_by)
+
+    async def _clear_stale_write(self, record: AdapterRecord) -> None:
+        """Remove the version a commit that ended half-way reserved. Another replica's commit in flight is
+        never touched: this commit is ``ABORTED`` so that its caller retries once that one ended."""
+        if not await self._stale(record):
             raise Aborted(
-                f"another commit of {record.name!r} (version {record.pending}) is in flight; retry in a moment"
+                f"another commit of {record.name!r} (version {record.pending}) is in flight on storage replica "
+                f"{record.pending_by!r}; retry in a moment"
             )
         await self.store.delete_prefix(layout.version_prefix(record.name, record.pending))
-        self._failed_writes.discard((record.name, record.pending))
+
+    async def _release(self, reserved: AdapterRecord, etag: str) -> None:
+        """Give back the reservation of a commit that failed before its commit point, so that the other
+        replicas need not wait for it to go stale; if this fails too, the next commit of the adapter clears it."""
+        with contextlib.suppress(ClaasError, OSError):
+            await self.store.delete_prefix(layout.version_prefix(reserved.name, reserved.pending))
+            await self._save(dataclasses.replace(reserved, pending=0, pending_by="", pending_at=0.0), etag)
+
+    def _fence(self, reserved: AdapterRecord) -> None:
+        """Stop a commit before its next write once the others may take this replica's reservation for stale:
+        its heartbeat has not been written for most of the lease, or the reservation is nearly too old."""
+        now_s = time.time()
+        lease = self.heartbeats.lease_s
+        if now_s - self._beaten_at > lease * _FENCE or now_s - reserved.pending_at > self._stale_write_s * _FENCE:
+            raise Unavailable(
+                f"storage replica {self.heartbeats.member!r} could not renew its heartbeat; the commit of "
+                f"{reserved.name!r} stopped before its next write: retry"
+            )
 
     async def _already_committed(self, record: AdapterRecord, header: UploadHeader) -> tuple[Version, AdapterRecord]:
         """A commit retried after an ambiguous failure (the first one landed, its answer was lost): the version
@@ -514,7 +599,7 @@ class AdapterStore:
         check_prefix(prefix)
         async with self.heads.subscribe(prefix) as events:
             if send_initial:
-                for name in sorted(n for n in self._names if n.startswith(prefix)):
+                for name in await self._names(prefix):
                     try:
                         record = await self._load(name)
                     except NotFound:
@@ -525,7 +610,10 @@ class AdapterStore:
                 yield event
 
     async def recover(self) -> None:
-        """Make the store consistent after a crash and index the adapters. Run before serving."""
+        """Make the store consistent after a crash, count the tenants' usage and start the heartbeat. Run
+        before serving."""
+        await self._beat()
+        self._beating = asyncio.create_task(self._keep_beating())
         by_adapter: dict[str, list[layout.KeyInfo]] = collections.defaultdict(list)
         for key in await self.store.list(layout.ROOT):
             parsed = layout.parse_key(key)
@@ -536,7 +624,19 @@ class AdapterStore:
             async with self._locks(name):
                 orphans += await self._recover_adapter(name, keys)
         self._recovered = True
-        log.info("recovered", adapters=len(self._names), orphan_versions=orphans)
+        log.info("recovered", adapters=len(by_adapter), orphan_versions=orphans)
+
+    async def _beat(self) -> None:
+        await self.heartbeats.beat()
+        self._beaten_at = time.time()
+
+    async def _keep_beating(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeats.lease_s / 3)
+            try:
+                await self._beat()
+            except (ClaasError, OSError) as exc:  # the commits fence themselves until a beat lands again
+                log.warning("heartbeat_failed", replica=self.heartbeats.member, error=str(exc))
 
     async def _recover_adapter(self, name: str, keys: list[layout.KeyInfo]) -> int:
         if layout.KeyInfo(name, None, layout.RECORD_FILE) not in keys:
@@ -546,24 +646,28 @@ class AdapterStore:
         record, etag = await self._read(name)
         folders = {k.version for k in keys if k.version is not None}
         manifests = {k.version for k in keys if k.version is not None and k.file == layout.MANIFEST_FILE}
-        # A pending folder may hold only the local store's hidden temporaries, which listing does not show.
+        in_flight = {record.pending} if record.pending and not await self._stale(record) else set()
         stray = {v for v in folders if not (record.is_committed(v) and v in manifests)}
-        stray = sorted((stray | {record.pending}) - {0})
+        # A pending folder may hold only the local store's hidden temporaries, which listing does not show;
+        # another replica's commit in flight is left to it.
+        stray = sorted((stray | {record.pending}) - {0} - in_flight)
         if stray and stray[-1] > record.last_version:  # never hand out a number that was ever on disk
             record = dataclasses.replace(record, last_version=stray[-1])
             etag = await self._save(record, etag)
         for version in stray:
             log.warning("removing_orphan_version", adapter=name, version=version)
             await self.store.delete_prefix(layout.version_prefix(name, version))
-        if record.pending or record.retiring:
-            record = dataclasses.replace(record, pending=0, retiring=())
-            await self._save(record, etag)
-        self._names.add(name)
+        if record.retiring or (record.pending and not in_flight):
+            if not in_flight:
+                record = dataclasses.replace(record, pending=0, pending_by="", pending_at=0.0)
+            await self._save(dataclasses.replace(record, retiring=()), etag)
         self._usage[owner_of(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)
 
     def close(self) -> None:
         self.heads.close()
+        if self._beating is not None:
+            self._beating.cancel()
 
 
 async def _drain(items: AsyncIterator[UploadHeader | Chunk]) -> None:

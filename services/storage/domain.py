@@ -42,6 +42,10 @@ class AdapterRecord:
     tags: dict[str, int] = field(default_factory=dict)
     last_version: int = 0
     pending: int = 0
+    #: The storage replica that reserved ``pending``, and when (seconds since the epoch): another replica
+    #: clears the reservation only once that one is gone or the write is older than any commit takes.
+    pending_by: str = ""
+    pending_at: float = 0.0
     #: The versions the latest jobs committed, by job id (at most ``JOBS_REMEMBERED``, oldest first): a
     #: commit retried after an ambiguous failure finds the version it already made instead of making another.
     jobs: dict[str, int] = field(default_factory=dict)

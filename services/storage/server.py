@@ -53,6 +53,9 @@ def build_core(settings: StorageSettings, store: ObjectStore | None = None) -> A
             max_tenant_versions=settings.max_versions_per_tenant,
             max_tenant_bytes=settings.max_tenant_mb * MIB,
         ),
+        replica=settings.replica(),
+        lease_s=settings.replica_lease_s,
+        stale_write_s=settings.stale_write_s,
     )
 
 

@@ -1,8 +1,7 @@
 """Settings of the storage service (``CLAAS_*`` environment variables).
 
-Storage is the single writer of its object store: run exactly one replica (one process) per store. Every
-change of an adapter is serialised by a lock inside that process, and its adapter index lives there too; a
-second writer on the same store could commit two versions with the same number.
+Any number of storage replicas may share one object store: the store's conditional writes settle their races
+(DESIGN.md §11). Each replica needs its own ``storage_id``; the default, host name and port, is.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from services.common.heartbeat import default_member
 from services.common.objectstore import ObjectStoreSettings, store_secrets
 from services.common.settings import CommonSettings
 
@@ -52,6 +52,29 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
     watch_queue_size: int = Field(
         1000, ge=1, description="Head events a watcher may have pending before it is ended as too slow."
     )
+
+    storage_id: str = Field(
+        "",
+        description="This replica's name among the storage replicas of the store, unique to it: after a restart "
+        "it clears at once the writes it had reserved. Empty: host name and port (random when the port is).",
+    )
+    replica_lease_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A storage replica whose heartbeat (written every third of this) is older is gone: "
+        "another replica clears the version it had reserved.",
+    )
+    stale_write_s: float = Field(
+        600.0,
+        gt=0,
+        description="A reserved version older than this is cleared by any replica, even one whose writer is "
+        "alive; above the longest commit of the largest version.",
+    )
+
+    def replica(self) -> str:
+        """The name the adapter records know this replica by."""
+        return self.storage_id or default_member(self.port)
 
     def secrets(self) -> dict[str, str]:
         return super().secrets() | store_secrets(self)

@@ -1,4 +1,4 @@
-"""Head changes fanned out to watchers in this process (storage is the only writer, so it sees them all)."""
+"""Head changes fanned out to the watchers of this process: the changes made through this replica."""
 
 from __future__ import annotations
 

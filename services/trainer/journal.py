@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -30,6 +29,7 @@ import structlog
 
 from services.common.domain import Message, StepMetrics
 from services.common.errors import Aborted, AlreadyExists, NotFound
+from services.common.heartbeat import Heartbeats
 from services.common.objectstore import ObjectStore
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import JobRequest, JobState, JobView, Sample
@@ -42,12 +42,6 @@ KEYS = "job-keys/"
 OPEN = "jobs-open/"
 ENDED = "jobs-ended/"
 TRAINERS = "trainers/"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def owner_key(owner: str) -> str:
-    """A trainer's name as one part of an object key (``host:port`` becomes ``host-port``)."""
-    return _UNSAFE.sub("-", owner).lstrip(".") or "trainer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +109,8 @@ class JobJournal:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.owner = owner_key(owner)
+        self.heartbeats = Heartbeats(store, TRAINERS, owner, lease_s=lease_s, clock=clock)
+        self.owner = self.heartbeats.member
         self.lease_s = lease_s
         self._retention = timedelta(days=retention_days)
         self._clock = clock
@@ -205,18 +200,11 @@ class JobJournal:
 
     async def beat(self) -> None:
         """Say this trainer is alive (its jobs are not to be taken over)."""
-        await self.store.put(f"{TRAINERS}{self.owner}.json", json.dumps({"owner": self.owner}).encode())
+        await self.heartbeats.beat()
 
     async def gone_owners(self) -> list[str]:
-        """Other trainers whose heartbeat is older than the lease.
-
-        A beat's age is its write time as the store's listing reports it: one LIST per check whatever the
-        number of trainers, instead of one GET per trainer. The store's clock is compared with this trainer's,
-        so the lease must be well above their skew (seconds under NTP against a lease of tens of seconds)."""
-        stale = self.now() - self.lease_s
-        written = await self.store.list_written(TRAINERS)
-        owners = {key[len(TRAINERS) : -len(".json")]: at for key, at in written.items()}
-        return sorted(owner for owner, at in owners.items() if owner != self.owner and at < stale)
+        """Other trainers whose heartbeat is older than the lease."""
+        return await self.heartbeats.gone()
 
     async def open_jobs(self, owner: str) -> list[str]:
         """The ids of the unfinished jobs ``owner`` holds, oldest first by id order of the listing."""
@@ -252,7 +240,7 @@ class JobJournal:
     async def forget_owner(self, owner: str) -> None:
         """Drop the heartbeat of a gone trainer that holds no job any more."""
         if not await self.open_jobs(owner):
-            await self.store.delete(f"{TRAINERS}{owner}.json")
+            await self.heartbeats.forget(owner)
 
     # -- retention --------------------------------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Literal
 
 from pydantic import Field
 
+from services.common.heartbeat import default_member
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
 from services.common.settings import CommonSettings, FeedbackLimits
@@ -44,7 +44,8 @@ class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     trainer_id: str = Field(
         "",
         description="This trainer's name in the job records: after a restart it resumes the unfinished jobs "
-        "recorded under this name. Empty: host name and port (a StatefulSet pod's name survives its restarts).",
+        "recorded under this name. Empty: host name and port (random when the port is; a StatefulSet pod's "
+        "name survives its restarts).",
     )
     job_lease_s: float = Field(
         30.0,
@@ -150,4 +151,4 @@ class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
 
     def owner(self) -> str:
         """The name the job records know this trainer by."""
-        return self.trainer_id or f"{socket.gethostname()}-{self.port}"
+        return self.trainer_id or default_member(self.port)

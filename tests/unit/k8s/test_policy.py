@@ -310,10 +310,13 @@ def test_grpc_ports_are_named_for_protocol_detection(objects: list[Obj]) -> None
     assert grpc_services == 4
 
 
-def test_storage_is_the_single_writer(objects: list[Obj]) -> None:
+def test_storage_runs_replicas_that_roll_without_a_gap(objects: list[Obj]) -> None:
     storage = named(objects, "Deployment", "claas-storage")
-    assert storage["spec"]["replicas"] == 1
-    assert storage["spec"]["strategy"]["type"] == "Recreate"
+    assert storage["spec"]["replicas"] >= 2
+    strategy = storage["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0
+    budget = named(objects, "PodDisruptionBudget", "claas-storage")
+    assert budget["spec"]["maxUnavailable"] == 1  # a drain leaves one replica serving
 
 
 def test_trainer_and_minio_are_stateful_sets_behind_their_services(objects: list[Obj]) -> None:

@@ -41,7 +41,11 @@ def store_fields(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, st
 
 @pytest.fixture
 def settings(store_fields: dict[str, str]) -> StorageSettings:
-    return StorageSettings(host="127.0.0.1", port=0, internal_token=TOKEN, grace_period_s=2, **store_fields)
+    # One name for every server of a test, so that a restarted one is the same replica; two that run at once
+    # need names of their own.
+    return StorageSettings(
+        host="127.0.0.1", port=0, internal_token=TOKEN, grace_period_s=2, storage_id="storage-0", **store_fields
+    )
 
 
 @pytest.fixture

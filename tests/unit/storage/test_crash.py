@@ -80,7 +80,9 @@ async def test_killed_writer_leaves_old_head_and_restart_cleans(
         assert await asyncio.to_thread(process.wait) == -signal.SIGKILL
 
     # Until its clean-up ran, a restarted storage serves nothing; then it sees only version 1.
-    reader = AdapterStore(store, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20))
+    reader = AdapterStore(
+        store, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20), replica=settings.replica()
+    )
     with pytest.raises(errors.Unavailable, match="recovering"):
         await reader.get_adapter(NAME)
     await reader.recover()
@@ -88,6 +90,7 @@ async def test_killed_writer_leaves_old_head_and_restart_cleans(
     assert [v.version for v in (await reader.list_versions(NAME))[0]] == [1]
     with pytest.raises(errors.NotFound):
         await reader.read_version(NAME, 2)
+    reader.close()
 
     async with serve(settings) as running, connect(running.target) as client:
         assert (await client.get_adapter(NAME)).head_version == 1
@@ -186,7 +189,7 @@ class _SlowListing:
 async def test_storage_serves_no_call_before_its_crash_recovery_ended(store: ObjectStore) -> None:
     """Hole: storage served while recovery ran, which could delete an adapter created meanwhile as leftovers."""
     slow = _SlowListing(store)
-    core = AdapterStore(slow, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20))
+    core = AdapterStore(slow, limits=SpoolLimits(max_version_bytes=1 << 30, memory_bytes=1 << 20), replica="storage-0")
     recovery = asyncio.create_task(core.recover())
     await slow.listing.wait()
 
@@ -198,3 +201,4 @@ async def test_storage_serves_no_call_before_its_crash_recovery_ended(store: Obj
 
     await core.create_adapter(NAME, "smollm2-135m", LORA)
     assert [r.name for r in (await core.list_adapters())[0]] == [NAME]
+    core.close()

@@ -35,6 +35,9 @@ async def test_put_get_list_delete(store: ObjectStore) -> None:
     assert await store.list("a/b/") == ["a/b/one.bin", "a/b/two.bin"]
     assert await store.list("a/b") == ["a/b/one.bin", "a/b/two.bin", "a/bc/three.bin"]
     assert await store.list("a/b/t") == ["a/b/two.bin"]
+    assert await store.list("a/", after="a/b/one.bin") == ["a/b/two.bin", "a/bc/three.bin"]
+    assert await store.list("a/", after="a/b/") == ["a/b/one.bin", "a/b/two.bin", "a/bc/three.bin"]
+    assert await store.list("a/b/", after="a/c") == []
     assert await store.exists("a/b/one.bin") and not await store.exists("a/b/none.bin")
 
     await store.delete("a/b/one.bin")
@@ -58,6 +61,28 @@ async def test_a_listing_dates_each_key_by_its_last_write(store: ObjectStore) ->
     assert all(before - 1 <= at <= time.time() + 1 for at in written.values()), (before, written)
     with pytest.raises(errors.InvalidArgument, match="invalid object key prefix"):
         await store.list_written("../beats/")
+
+
+async def test_folders_are_listed_one_level_down_in_pages(store: ObjectStore) -> None:
+    for key in (
+        "adapters/acme/bot/adapter.json",
+        "adapters/acme/bot/versions/1/x.bin",
+        "adapters/acme/cat/adapter.json",
+    ):
+        await store.put(key, b"x")
+    await store.put("adapters/zeta/one/adapter.json", b"x")
+    await store.put("adapters/acme/gone/adapter.json", b"x")
+    await store.delete("adapters/acme/gone/adapter.json")  # an emptied folder is no folder, as on S3
+
+    assert await store.list_folders("adapters/") == ["acme", "zeta"]
+    assert await store.list_folders("adapters/acme/") == ["bot", "cat"]
+    assert await store.list_folders("adapters/acme/", after="bot") == ["cat"]
+    assert await store.list_folders("adapters/acme/", limit=1) == ["bot"]
+    assert await store.list_folders("") == ["adapters"]
+    assert await store.list_folders("nothing/") == []
+    for bad in ("adapters", "../adapters/", "/adapters/"):
+        with pytest.raises(errors.InvalidArgument, match="invalid object"):
+            await store.list_folders(bad)
 
 
 async def test_conditional_writes_create_once_and_replace_only_what_was_read(store: ObjectStore) -> None:

@@ -8,23 +8,47 @@ whose entity tag is stale.
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import BinaryIO
 
-from services.common.errors import Aborted, AlreadyExists
+import pytest
+
+from services.common.errors import Aborted, AlreadyExists, ClaasError, Unavailable
+from services.common.objectstore import ObjectStore, open_object_store
+from services.storage.client import StorageClient
+from services.storage.core import REPLICAS
+from services.storage.layout import version_prefix
 from services.storage.settings import StorageSettings
-from tests.unit.storage.conftest import LORA, adapter_files, connect, lineage, serve
+from tests.unit.storage.conftest import LORA, Running, adapter_files, connect, lineage, serve
+from tests.unit.storage.test_crash import crashing_storage
 
 NAME = "acme/bot"
+
+
+def _named(settings: StorageSettings, replica: str) -> StorageSettings:
+    return settings.model_copy(update={"storage_id": replica})
+
+
+@asynccontextmanager
+async def _two_replicas(
+    settings: StorageSettings,
+) -> AsyncIterator[tuple[StorageClient, StorageClient, Running]]:
+    """Replicas "left" and "right" on the settings' store: a client of each, and the left one."""
+    async with (
+        serve(_named(settings, "left")) as left,
+        serve(_named(settings, "right")) as right,
+        connect(left.target) as to_left,
+        connect(right.target) as to_right,
+    ):
+        yield to_left, to_right, left
 
 
 async def test_twenty_concurrent_commits_on_one_head_through_two_replicas_have_one_winner(
     settings: StorageSettings,
 ) -> None:
-    async with (
-        serve(settings) as left,
-        serve(settings) as right,
-        connect(left.target) as to_left,
-        connect(right.target) as to_right,
-    ):
+    async with _two_replicas(settings) as (to_left, to_right, _):
         await to_left.create_adapter(NAME, "smollm2-135m", LORA)
         first = await to_right.upload_version(NAME, 0, adapter_files(seed=1), lineage())
         outcomes = await asyncio.gather(
@@ -49,12 +73,7 @@ async def test_twenty_concurrent_commits_on_one_head_through_two_replicas_have_o
 
 
 async def test_the_same_adapter_created_through_two_replicas_at_once_exists_once(settings: StorageSettings) -> None:
-    async with (
-        serve(settings) as left,
-        serve(settings) as right,
-        connect(left.target) as to_left,
-        connect(right.target) as to_right,
-    ):
+    async with _two_replicas(settings) as (to_left, to_right, _):
         outcomes = await asyncio.gather(
             *((to_left, to_right)[n % 2].create_adapter(NAME, "smollm2-135m", LORA) for n in range(10)),
             return_exceptions=True,
@@ -63,3 +82,86 @@ async def test_the_same_adapter_created_through_two_replicas_at_once_exists_once
         assert len(created) == 1, outcomes
         assert all(isinstance(o, AlreadyExists) for o in outcomes if isinstance(o, BaseException))
         assert (await to_right.get_adapter(NAME)).generation == created[0].generation
+
+
+async def test_every_replica_lists_every_adapter_whichever_created_it(settings: StorageSettings) -> None:
+    """Hole: each replica listed the names it had indexed itself, so an adapter made on one was missing on the
+    other until a restart."""
+    async with _two_replicas(settings) as (to_left, to_right, _):
+        for n, name in enumerate(["acme/a", "acme/b", "acme/c", "zeta/x"]):
+            await (to_left, to_right)[n % 2].create_adapter(name, "smollm2-135m", LORA)
+        await to_left.delete_adapter("acme/b")
+        for client in (to_left, to_right):
+            assert [a.name for a in await client.list_adapters("acme/", page_size=1)] == ["acme/a", "acme/c"]
+            assert [a.name for a in await client.list_adapters("", page_size=2)] == ["acme/a", "acme/c", "zeta/x"]
+            assert [a.name for a in await client.list_adapters("ze")] == ["zeta/x"]
+
+
+class _HeldWrites:
+    """An object store whose second and later version-file writes wait until the test lets them go on."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._written = 0
+        self.writing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        self._written += 1
+        if self._written > 1:
+            self.writing.set()
+            await self.go_on.wait()
+        await self._store.put_file(key, source, size)
+
+
+async def test_a_replica_starting_leaves_another_replicas_commit_in_flight_alone(
+    settings: StorageSettings, store: ObjectStore
+) -> None:
+    """Hole: recovery at start cleared every reserved version, also one another replica was writing."""
+    held = _HeldWrites(open_object_store(settings))
+    async with serve(_named(settings, "left"), store=held) as left, connect(left.target) as to_left:
+        await to_left.create_adapter(NAME, "smollm2-135m", LORA)
+        commit = asyncio.create_task(to_left.upload_version(NAME, 0, adapter_files(seed=1), lineage()))
+        await held.writing.wait()
+        async with serve(_named(settings, "right")) as right, connect(right.target) as to_right:
+            assert await store.list(version_prefix(NAME, 1))  # recovery left it
+            with pytest.raises(Aborted, match="in flight on storage replica 'left'; retry in a moment"):
+                await to_right.upload_version(NAME, 0, adapter_files(seed=2), lineage())
+            held.go_on.set()
+            assert (await commit).version == 1
+            assert (await to_right.read_version(NAME, 1))[1] == adapter_files(seed=1)
+
+
+async def test_a_gone_replicas_half_written_version_is_cleared_by_the_next_commit_elsewhere(
+    settings: StorageSettings, store: ObjectStore
+) -> None:
+    async with serve(_named(settings, "right")) as right, connect(right.target) as to_right:
+        await to_right.create_adapter(NAME, "smollm2-135m", LORA)
+        # Killed after its reservation and one file of version 1.
+        async with crashing_storage(_named(settings, "ghost"), 2) as (target, process), connect(target) as ghost:
+            with pytest.raises(ClaasError):
+                await ghost.upload_version(NAME, 0, adapter_files(seed=1), lineage())
+            assert await asyncio.to_thread(process.wait) == -signal.SIGKILL
+        with pytest.raises(Aborted, match="in flight on storage replica 'ghost'"):  # its heartbeat is fresh
+            await to_right.upload_version(NAME, 0, adapter_files(seed=2), lineage())
+
+        await store.delete(f"{REPLICAS}ghost.json")  # as if its last beat were older than the lease
+        committed = await to_right.upload_version(NAME, 0, adapter_files(seed=2), lineage())
+        assert committed.version == 2  # the number the gone replica reserved is never handed out again
+        assert await store.list(version_prefix(NAME, 1)) == []
+        assert [v.version for v in await to_right.list_versions(NAME)] == [2]
+
+
+async def test_a_replica_that_cannot_renew_its_heartbeat_stops_its_commit_and_gives_its_reservation_back(
+    settings: StorageSettings,
+) -> None:
+    async with _two_replicas(settings) as (to_left, to_right, left):
+        await to_left.create_adapter(NAME, "smollm2-135m", LORA)
+        left.core._beaten_at = 0.0  # its last heartbeat write landed a lease ago
+        with pytest.raises(Unavailable, match="storage replica 'left' could not renew its heartbeat"):
+            await to_left.upload_version(NAME, 0, adapter_files(seed=1), lineage())
+        # The reservation was given back: the other replica commits at once.
+        assert (await to_right.upload_version(NAME, 0, adapter_files(seed=2), lineage())).version == 2
