@@ -66,7 +66,7 @@ from services.storage.domain import (
 )
 from services.storage.layout import PRIVATE_FILES, check_name, check_prefix, check_tag
 from services.storage.upload import Spool, SpoolLimits, check_header, receive
-from services.storage.watch import HeadBroadcaster
+from services.storage.watch import HeadBroadcaster, HeadFeed
 
 log = structlog.get_logger("claas.storage")
 
@@ -125,6 +125,7 @@ class AdapterStore:
         replica: str,
         lease_s: float = 30.0,
         stale_write_s: float = 600.0,
+        head_poll_s: float = 1.0,
     ) -> None:
         self.store = store
         self.heartbeats = Heartbeats(store, REPLICAS, replica, lease_s=lease_s)
@@ -148,6 +149,8 @@ class AdapterStore:
         self._locks = KeyedLocks()
         self._recovered = False
         self.heads = HeadBroadcaster(watch_queue_size)
+        self.feed = HeadFeed(store, self.heartbeats.member, self.heads, self._current_head, poll_s=head_poll_s)
+        self._following: asyncio.Task | None = None
 
     # -- records -------------------------------------------------------------------------------------
 
@@ -283,7 +286,7 @@ class AdapterStore:
             await self.store.delete_prefix(layout.adapter_prefix(name))
         if record is None:
             return False
-        self.heads.publish(HeadEvent(name, 0, record.head, deleted=True, generation=record.generation))
+        await self._moved(HeadEvent(name, 0, record.head, deleted=True, generation=record.generation))
         log.info("adapter_deleted", adapter=name)
         return True
 
@@ -368,7 +371,7 @@ class AdapterStore:
             spool.close()
         log.info("version_committed", adapter=name, version=n, parent=header.parent_version, head=committed.head)
         if committed.head != record.head:
-            self.heads.publish(HeadEvent(name, committed.head, record.head, generation=record.generation))
+            await self._moved(HeadEvent(name, committed.head, record.head, generation=record.generation))
         return info.public(False, PRIVATE_FILES), committed
 
     async def _stale(self, record: AdapterRecord) -> bool:
@@ -566,7 +569,7 @@ class AdapterStore:
                 await self._save(updated, etag)
         if updated.head != record.head:
             log.info("head_moved", adapter=name, head=version, previous=record.head)
-            self.heads.publish(HeadEvent(name, version, record.head, generation=record.generation))
+            await self._moved(HeadEvent(name, version, record.head, generation=record.generation))
         return updated
 
     async def set_tag(self, name: str, tag: str, version: int) -> AdapterRecord:
@@ -609,6 +612,22 @@ class AdapterStore:
             async for event in events:
                 yield event
 
+    async def _moved(self, event: HeadEvent) -> None:
+        """A head change this replica made: to its own watchers now, to the other replicas' through the feed."""
+        self.heads.publish(event)
+        try:
+            await self.feed.announce(event)
+        except (ClaasError, OSError) as exc:  # the change stands; the others' chats still read the record
+            log.warning("head_announce_failed", adapter=event.name, error=str(exc))
+
+    async def _current_head(self, name: str) -> tuple[int, int] | None:
+        """The adapter's head and generation now (None: it is gone), for a change another replica made."""
+        try:
+            record = await self._load(name)
+        except NotFound:
+            return None
+        return record.head, record.generation
+
     async def recover(self) -> None:
         """Make the store consistent after a crash, count the tenants' usage and start the heartbeat. Run
         before serving."""
@@ -623,6 +642,8 @@ class AdapterStore:
         for name, keys in by_adapter.items():
             async with self._locks(name):
                 orphans += await self._recover_adapter(name, keys)
+        await self.feed.sweep()
+        self._following = asyncio.create_task(self.feed.follow())
         self._recovered = True
         log.info("recovered", adapters=len(by_adapter), orphan_versions=orphans)
 
@@ -666,8 +687,9 @@ class AdapterStore:
 
     def close(self) -> None:
         self.heads.close()
-        if self._beating is not None:
-            self._beating.cancel()
+        for task in (self._beating, self._following):
+            if task is not None:
+                task.cancel()
 
 
 async def _drain(items: AsyncIterator[UploadHeader | Chunk]) -> None:

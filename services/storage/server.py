@@ -56,6 +56,7 @@ def build_core(settings: StorageSettings, store: ObjectStore | None = None) -> A
         replica=settings.replica(),
         lease_s=settings.replica_lease_s,
         stale_write_s=settings.stale_write_s,
+        head_poll_s=settings.head_poll_s,
     )
 
 

@@ -72,6 +72,14 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
         "alive; above the longest commit of the largest version.",
     )
 
+    head_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a replica looks for head changes made through the other replicas, seconds: "
+        "the most a watcher of this one waits for them.",
+    )
+
     def replica(self) -> str:
         """The name the adapter records know this replica by."""
         return self.storage_id or default_member(self.port)

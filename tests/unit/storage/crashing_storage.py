@@ -3,10 +3,10 @@
 
 ``CLAAS_TEST_CRASH_AFTER_WRITES=N`` lets N object writes through and kills the process at the next one. A
 write is a call of any of the inner store's methods named ``put*`` (``put``, and streaming ones such as
-``put_file``), so the count holds whichever write methods the store has; the replica's heartbeats are not
-counted. With
-``CLAAS_TEST_CRASH_WHEN=after`` the process is killed instead just after write N completed, before its
-caller goes on (after the commit write of a ``PutVersion``: the version is committed, its answer is lost).
+``put_file``), so the count holds whichever write methods the store has (the replica's heartbeats and head
+announcements do not count). With ``CLAAS_TEST_CRASH_WHEN=after`` the process is killed instead just after
+write N completed, before its caller goes on (after the commit write of a ``PutVersion``: the version is
+committed, its answer is lost).
 ``CLAAS_TEST_CRASH_REPORT=FILE`` has the process write there, as it kills itself, where it did so:
 ``before|after METHOD KEY``. Settings come from the usual ``CLAAS_*`` variables. The bound port is printed
 on stdout once serving.
@@ -25,6 +25,7 @@ from services.common.settings import load_settings
 from services.storage.core import REPLICAS
 from services.storage.server import build_server
 from services.storage.settings import StorageSettings
+from services.storage.watch import EVENTS
 
 
 class CrashingStore:
@@ -46,7 +47,7 @@ class CrashingStore:
             return attribute
 
         async def write(key: str, *args, **kwargs):
-            if key.startswith(REPLICAS):  # the heartbeat, on its own clock: not one of the writes counted
+            if key.startswith((REPLICAS, EVENTS)):  # heartbeats and head announcements: not the writes counted
                 return await attribute(key, *args, **kwargs)
             if self._left == 0:
                 self._die("before", name, key)

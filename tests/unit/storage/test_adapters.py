@@ -16,12 +16,13 @@ from services.storage.core import REPLICAS
 from services.storage.domain import HeadEvent
 from services.storage.layout import adapter_prefix
 from services.storage.settings import StorageSettings
+from services.storage.watch import EVENTS
 from tests.unit.storage.conftest import LORA, Running, adapter_files, connect, lineage, serve
 
 
 async def _written(store: ObjectStore) -> list[str]:
-    """Every object but the storage replica's heartbeat."""
-    return [key for key in await store.list("") if not key.startswith(REPLICAS)]
+    """Every object but the storage replica's heartbeat and head announcements."""
+    return [key for key in await store.list("") if not key.startswith((REPLICAS, EVENTS))]
 
 
 BAD_NAMES = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import BinaryIO
 
@@ -19,6 +19,7 @@ from services.common.errors import Aborted, AlreadyExists, ClaasError, Unavailab
 from services.common.objectstore import ObjectStore, open_object_store
 from services.storage.client import StorageClient
 from services.storage.core import REPLICAS
+from services.storage.domain import HeadEvent
 from services.storage.layout import version_prefix
 from services.storage.settings import StorageSettings
 from tests.unit.storage.conftest import LORA, Running, adapter_files, connect, lineage, serve
@@ -165,3 +166,25 @@ async def test_a_replica_that_cannot_renew_its_heartbeat_stops_its_commit_and_gi
             await to_left.upload_version(NAME, 0, adapter_files(seed=1), lineage())
         # The reservation was given back: the other replica commits at once.
         assert (await to_right.upload_version(NAME, 0, adapter_files(seed=2), lineage())).version == 2
+
+
+async def test_a_watcher_of_one_replica_sees_the_head_moves_made_through_the_other(settings: StorageSettings) -> None:
+    """Hole: WatchHeads streamed only the changes of the replica it was connected to."""
+    async with _two_replicas(settings.model_copy(update={"head_poll_s": 0.05})) as (to_left, to_right, _):
+        await to_left.create_adapter(NAME, "smollm2-135m", LORA)
+        events = to_left.watch_heads("acme/").__aiter__()
+        while not (await anext(events)).synced:  # watching from here on
+            pass
+
+        async def seen_until(done: Callable[[HeadEvent], bool]) -> None:
+            async with asyncio.timeout(30):  # a bound on the feed's delay, far above its 0.05 s polling
+                while not done(await anext(events)):
+                    pass
+
+        first = await to_right.upload_version(NAME, 0, adapter_files(seed=1), lineage())
+        second = await to_right.upload_version(NAME, first.version, adapter_files(seed=2), lineage())
+        await seen_until(lambda e: e.head == second.version)
+        await to_right.set_head(NAME, second.version, first.version)
+        await seen_until(lambda e: e.head == first.version)  # a rollback too
+        await to_right.delete_adapter(NAME)
+        await seen_until(lambda e: e.deleted and e.name == NAME)
