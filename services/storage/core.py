@@ -255,8 +255,8 @@ class AdapterStore:
         if slash:
             tenants = [tenant_start] if tenant_start >= after_tenant else []
         else:
-            tenants = [t for t in await self.store.list_folders(layout.ROOT) if t.startswith(tenant_start)]
-            tenants = [t for t in tenants if t >= after_tenant]
+            every = await self.store.list_folders(layout.ROOT)
+            tenants = [t for t in every if t.startswith(tenant_start) and t >= after_tenant]
         names: list[str] = []
         for tenant in tenants:
             start = after_adapter if tenant == after_tenant else ""
@@ -357,8 +357,7 @@ class AdapterStore:
                     await self._release(reserved, etag)
                     raise
                 committed = dataclasses.replace(
-                    reserved,
-                    pending=0,
+                    reserved.unreserved(),
                     head=head,
                     jobs=record.with_jobs(header.lineage.job_ids, n),
                     kept_versions=record.kept_versions + 1,
@@ -399,7 +398,7 @@ class AdapterStore:
         replicas need not wait for it to go stale; if this fails too, the next commit of the adapter clears it."""
         with contextlib.suppress(ClaasError, OSError):
             await self.store.delete_prefix(layout.version_prefix(reserved.name, reserved.pending))
-            await self._save(dataclasses.replace(reserved, pending=0, pending_by="", pending_at=0.0), etag)
+            await self._save(reserved.unreserved(), etag)
 
     def _fence(self, reserved: AdapterRecord) -> None:
         """Stop a commit before its next write once the others may take this replica's reservation for stale:
@@ -680,7 +679,7 @@ class AdapterStore:
             await self.store.delete_prefix(layout.version_prefix(name, version))
         if record.retiring or (record.pending and not in_flight):
             if not in_flight:
-                record = dataclasses.replace(record, pending=0, pending_by="", pending_at=0.0)
+                record = record.unreserved()
             await self._save(dataclasses.replace(record, retiring=()), etag)
         self._usage[owner_of(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)

@@ -61,6 +61,10 @@ class AdapterRecord:
     #: ``steps``, ``through``: the highest number deleted).
     retired: dict[str, int] = field(default_factory=dict)
 
+    def unreserved(self) -> AdapterRecord:
+        """The record with no version reserved."""
+        return dataclasses.replace(self, pending=0, pending_by="", pending_at=0.0)
+
     def public(self) -> Adapter:
         """The record as callers see it."""
         committed = {job: v for job, v in self.jobs.items() if self.is_committed(v)}
