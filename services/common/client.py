@@ -4,6 +4,7 @@ for ``UNAVAILABLE`` on idempotent methods only (from the channel's service confi
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, ClassVar, Self
@@ -12,19 +13,45 @@ import grpc
 import structlog
 
 from services.common.auth import AUTH_METADATA_KEY
-from services.common.errors import from_rpc_error
+from services.common.errors import InvalidArgument, from_rpc_error
 from services.common.logs import REQUEST_ID_KEY
+from services.common.peers import parse_static
 
 #: Deadline of a unary call that does not set its own.
 DEFAULT_TIMEOUT_S = 30.0
 
 
+def grpc_target(spec: str) -> str:
+    """The gRPC target of an address setting: ``host:port`` as it is, a replica list ``ip:port,ip:port`` as
+    gRPC's static ``ipv4:`` target (calls then spread over the replicas that are up), or a target gRPC
+    resolves itself (``dns:///name:port``, e.g. a headless Service, whose records list the replicas).
+
+    Raises ``InvalidArgument`` on a list that is malformed or names hosts: gRPC has no static list of names,
+    and a name that stands for several replicas is one DNS name with several records."""
+    if "," not in spec:
+        return spec.strip()
+    members = parse_static(spec)
+    for member in members:
+        host = member.rpartition(":")[0]
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise InvalidArgument(
+                f"invalid replica list {spec!r}: {host!r} is not an IPv4 address (a list takes ip:port entries; "
+                "for names give one DNS name whose records list the replicas, dns:///name:port)"
+            ) from None
+    return "ipv4:" + ",".join(members)
+
+
 def service_config(idempotent: Sequence[tuple[str, str]]) -> str:
-    """A service config retrying ``UNAVAILABLE`` for the given (service, method) pairs."""
+    """A service config that spreads calls over every address the target resolves to (round robin: a
+    replica that is down is skipped) and retries ``UNAVAILABLE`` for the given (service, method) pairs."""
+    balancing: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if not idempotent:
-        return json.dumps({})
+        return json.dumps(balancing)
     return json.dumps(
-        {
+        balancing
+        | {
             "methodConfig": [
                 {
                     "name": [{"service": s, "method": m} for s, m in idempotent],
@@ -91,10 +118,11 @@ def open_channel(
     max_message_mb: int = 16,
     default_timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> grpc.aio.Channel:
-    """A channel to reuse for the life of the process (create once, not per call)."""
+    """A channel to ``target`` (see ``grpc_target``) to reuse for the life of the process (create once, not
+    per call)."""
     limit = max_message_mb * 1024 * 1024
     return grpc.aio.insecure_channel(
-        target,
+        grpc_target(target),
         options=[
             ("grpc.service_config", service_config(idempotent)),
             ("grpc.enable_retries", 1),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal, Self, TypeVar
+from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLAAS_"
@@ -22,6 +22,22 @@ def beyond_loopback(host: str) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: assume it resolves to something others reach
         return True
+
+
+def _a_grpc_target(value: str) -> str:
+    from services.common.client import grpc_target  # the client side of gRPC, only where settings are checked
+    from services.common.errors import InvalidArgument
+
+    try:
+        grpc_target(value)
+    except InvalidArgument as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+#: An address setting of a service the caller reaches over gRPC: ``host:port``, a replica list
+#: ``ip:port,ip:port`` or a target gRPC resolves (``dns:///name:port``); see ``services.common.client.grpc_target``.
+ServiceAddress = Annotated[str, AfterValidator(_a_grpc_target)]
 
 
 def default_data_dir() -> Path:

@@ -15,6 +15,7 @@ from services.common.settings import (
     EXAMPLE_SECRET_PREFIX,
     CommonSettings,
     FeedbackLimits,
+    ServiceAddress,
     beyond_loopback,
     default_data_dir,
 )
@@ -26,7 +27,11 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     http_host: str = Field("127.0.0.1", description="Address the OpenAI-compatible HTTP server binds to.")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
-    storage_addr: str = Field("127.0.0.1:50051", description="Storage service, host:port.")
+    storage_addr: ServiceAddress = Field(
+        "127.0.0.1:50051",
+        description="Storage: host:port, its replicas as ip:port,ip:port, or dns:///name:port (calls spread "
+        "round robin over the replicas that are up).",
+    )
     trainer_addr: str = Field(
         "127.0.0.1:50053",
         description="The trainers: host:port, several as host:port,host:port, or srv:<name> (the SRV records of "

@@ -9,7 +9,7 @@ from pydantic import Field
 from services.common.heartbeat import default_member
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
-from services.common.settings import CommonSettings, FeedbackLimits
+from services.common.settings import CommonSettings, FeedbackLimits, ServiceAddress
 
 
 class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
@@ -21,7 +21,11 @@ class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         PACKAGED_MODEL, description="Model id or folder of the base model (the built-in name is prepared on demand)."
     )
     device: str = Field("cpu", description='Torch device of the model, e.g. "cpu" or "cuda:0".')
-    storage_addr: str = Field("127.0.0.1:50051", description="host:port of the storage service.")
+    storage_addr: ServiceAddress = Field(
+        "127.0.0.1:50051",
+        description="Storage: host:port, its replicas as ip:port,ip:port, or dns:///name:port (calls spread "
+        "round robin over the replicas that are up).",
+    )
     teacher_addr: str = Field("127.0.0.1:50052", description="host:port of the teacher service.")
     default_contrastive: bool = Field(
         True,

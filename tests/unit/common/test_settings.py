@@ -48,3 +48,13 @@ def test_the_proxy_refuses_a_short_or_example_dashboard_secret() -> None:
         ProxySettings(dashboard_secret="short")
     assert ProxySettings(**exposed).dashboard_secret.get_secret_value() == ""  # a random one per process
     assert ProxySettings(dashboard_secret="an-own-secret-of-more-than-32-characters", **exposed)
+
+
+@pytest.mark.parametrize("settings", [ProxySettings, TrainerSettings, TeacherSettings])
+def test_every_caller_of_storage_takes_its_replicas_and_refuses_a_list_it_cannot_dial(settings: type) -> None:
+    assert settings(storage_addr="127.0.0.1:7001,127.0.0.1:7002").storage_addr == "127.0.0.1:7001,127.0.0.1:7002"
+    assert settings(storage_addr="dns:///claas-storage:50051").storage_addr == "dns:///claas-storage:50051"
+    with pytest.raises(ValidationError, match="'storage-a' is not an IPv4 address"):
+        settings(storage_addr="storage-a:7001,storage-b:7001")
+    with pytest.raises(ValidationError, match="expected host:port"):
+        settings(storage_addr="127.0.0.1:7001,127.0.0.1")

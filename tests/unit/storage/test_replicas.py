@@ -8,9 +8,11 @@ whose entity tag is stale.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -22,7 +24,7 @@ from services.storage.core import REPLICAS
 from services.storage.domain import HeadEvent
 from services.storage.layout import version_prefix
 from services.storage.settings import StorageSettings
-from tests.unit.storage.conftest import LORA, Running, adapter_files, connect, lineage, serve
+from tests.unit.storage.conftest import LORA, TOKEN, Running, adapter_files, connect, lineage, serve
 from tests.unit.storage.test_crash import crashing_storage
 
 NAME = "acme/bot"
@@ -188,3 +190,36 @@ async def test_a_watcher_of_one_replica_sees_the_head_moves_made_through_the_oth
         await seen_until(lambda e: e.head == first.version)  # a rollback too
         await to_right.delete_adapter(NAME)
         await seen_until(lambda e: e.deleted and e.name == NAME)
+
+
+async def test_a_client_of_a_replica_list_spreads_its_calls_and_goes_on_when_one_replica_is_down(
+    tmp_path: Path,
+) -> None:
+    # Each replica on a store of its own here, so that the store a create lands in shows which replica took it.
+    def replica(name: str) -> StorageSettings:
+        return StorageSettings(
+            host="127.0.0.1", port=0, internal_token=TOKEN, storage_id=name, store_url=str(tmp_path / name)
+        )
+
+    async with contextlib.AsyncExitStack() as stack:
+        left = await stack.enter_async_context(serve(replica("left")))
+        right = await stack.enter_async_context(serve(replica("right")))
+        both = await stack.enter_async_context(connect(f"{left.target},{right.target}"))
+        to_left = await stack.enter_async_context(connect(left.target))
+        to_right = await stack.enter_async_context(connect(right.target))
+        made: list[str] = []
+        for n in range(20):  # round robin over the replicas that are connected: both, within a few calls
+            made.append(f"acme/spread-{n}")
+            await both.create_adapter(made[-1], "smollm2-135m", LORA)
+            on_left = {a.name for a in await to_left.list_adapters()}
+            on_right = {a.name for a in await to_right.list_adapters()}
+            if on_left and on_right:
+                break
+        assert on_left and on_right, f"every call went to one replica: {on_left or on_right}"
+        assert on_left | on_right == set(made) and not on_left & on_right
+
+        await left.server.stop()
+        later = [f"acme/after-{n}" for n in range(4)]
+        for name in later:
+            await both.create_adapter(name, "smollm2-135m", LORA)
+        assert {a.name for a in await to_right.list_adapters()} == on_right | set(later)
