@@ -93,6 +93,18 @@ class CommonSettings(BaseSettings):
         return self
 
 
+class StorageCaller(BaseSettings):
+    """Where the storage service is, for every service that calls it (one variable, one meaning)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    storage_addr: ServiceAddress = Field(
+        "127.0.0.1:50051",
+        description="Storage: host:port, its replicas as ip:port,ip:port, or dns:///name:port (calls spread "
+        "round robin over the replicas that are up).",
+    )
+
+
 class FeedbackLimits(BaseSettings):
     """How much one feedback may carry. The proxy refuses first (naming the user's fields) and the trainer
     checks what reaches it again; both read the same variables, so a feedback one accepts the other does too."""

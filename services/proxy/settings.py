@@ -15,23 +15,18 @@ from services.common.settings import (
     EXAMPLE_SECRET_PREFIX,
     CommonSettings,
     FeedbackLimits,
-    ServiceAddress,
+    StorageCaller,
     beyond_loopback,
     default_data_dir,
 )
 
 
-class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
+class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits, StorageCaller):
     """The public door: gRPC on ``port``, the OpenAI-compatible HTTP surface on ``http_port``."""
 
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     http_host: str = Field("127.0.0.1", description="Address the OpenAI-compatible HTTP server binds to.")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one.")
-    storage_addr: ServiceAddress = Field(
-        "127.0.0.1:50051",
-        description="Storage: host:port, its replicas as ip:port,ip:port, or dns:///name:port (calls spread "
-        "round robin over the replicas that are up).",
-    )
     trainer_addr: str = Field(
         "127.0.0.1:50053",
         description="The trainers: host:port, several as host:port,host:port, or srv:<name> (the SRV records of "

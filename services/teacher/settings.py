@@ -8,11 +8,11 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from services.common.model import PACKAGED_MODEL
-from services.common.settings import CommonSettings, ServiceAddress, default_data_dir
+from services.common.settings import CommonSettings, StorageCaller, default_data_dir
 from services.teacher.prompts import DEFAULT_TEMPLATE, TemplateName
 
 
-class TeacherSettings(CommonSettings):
+class TeacherSettings(CommonSettings, StorageCaller):
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     base_model: str = Field(
         PACKAGED_MODEL,
@@ -63,11 +63,6 @@ class TeacherSettings(CommonSettings):
     )
     vllm_wait_s: float = Field(
         600.0, ge=0, description="How long start-up waits for the vLLM server to list the model, seconds."
-    )
-    storage_addr: ServiceAddress = Field(
-        "127.0.0.1:50051",
-        description="Storage, for the adapters of self/trust_region: host:port, its replicas as ip:port,ip:port, "
-        "or dns:///name:port.",
     )
     adapter_dir: Path = Field(
         default_factory=lambda: default_data_dir() / "teacher-adapters",

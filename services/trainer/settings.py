@@ -9,10 +9,10 @@ from pydantic import Field
 from services.common.heartbeat import default_member
 from services.common.model import PACKAGED_MODEL
 from services.common.objectstore import ObjectStoreSettings, store_secrets
-from services.common.settings import CommonSettings, FeedbackLimits, ServiceAddress
+from services.common.settings import CommonSettings, FeedbackLimits, ServiceAddress, StorageCaller
 
 
-class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
+class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits, StorageCaller):
     """The trainer: one warm base model per device, a bounded job queue, commits through storage, and job
     records in the object store (``CLAAS_STORE_URL``, the one storage uses) that outlive the process."""
 
@@ -21,12 +21,10 @@ class TrainerSettings(CommonSettings, ObjectStoreSettings, FeedbackLimits):
         PACKAGED_MODEL, description="Model id or folder of the base model (the built-in name is prepared on demand)."
     )
     device: str = Field("cpu", description='Torch device of the model, e.g. "cpu" or "cuda:0".')
-    storage_addr: ServiceAddress = Field(
-        "127.0.0.1:50051",
-        description="Storage: host:port, its replicas as ip:port,ip:port, or dns:///name:port (calls spread "
-        "round robin over the replicas that are up).",
+    teacher_addr: ServiceAddress = Field(
+        "127.0.0.1:50052",
+        description="The teacher: host:port, its replicas as ip:port,ip:port, or dns:///name:port (round robin).",
     )
-    teacher_addr: str = Field("127.0.0.1:50052", description="host:port of the teacher service.")
     default_contrastive: bool = Field(
         True,
         description="Jobs that do not say use the contrastive baseline (with an hf teacher): an unrelated "
