@@ -109,7 +109,8 @@ class AdapterStore:
     ``replica`` names this process among the storage replicas on the store (stable across its restarts, so
     a restarted one clears its own reservations at once); ``lease_s`` is how old a replica's heartbeat may be
     before the others take it for gone; ``stale_write_s`` how old a reservation may be before any replica
-    clears it.
+    clears it; ``usage_refresh_s`` how old a tenant's count of what it keeps may be when a quota is checked
+    before it is counted again from the tenant's records (0: on every check).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class AdapterStore:
         lease_s: float = 30.0,
         stale_write_s: float = 600.0,
         head_poll_s: float = 1.0,
+        usage_refresh_s: float = 30.0,
     ) -> None:
         self.store = store
         self.heartbeats = Heartbeats(store, REPLICAS, replica, lease_s=lease_s)
@@ -135,9 +137,12 @@ class AdapterStore:
         self._limits = limits
         self._retention = retention
         # What each tenant keeps (versions, bytes), from the records: built by ``recover``, then kept current
-        # by this replica's commits, retirements and deletes. With several replicas each one also misses what
-        # the others changed since its start, so a tenant may pass its quota by that much until a restart.
+        # by this replica's commits, retirements and deletes. The other replicas' changes reach it when a quota
+        # check finds the tenant's count older than ``usage_refresh_s`` and counts the tenant's records again:
+        # a tenant may pass its quota by what the other replicas committed for it within that time, no more.
         self._usage: dict[str, Usage] = collections.defaultdict(Usage)
+        self._counted_at: dict[str, float] = {}
+        self._usage_refresh_s = usage_refresh_s
         # Bound the memory of transfers whatever the number of callers: each one in flight holds a chunk or
         # two; the others wait their turn (within their deadline) with their bytes held back by gRPC's flow
         # control. Uploads and downloads count apart, so readers never hold commits back. A bound of this
@@ -340,7 +345,7 @@ class AdapterStore:
                 head = n if header.set_head else record.head
                 size = sum(entry.size for entry in header.files)
                 victims = await self._victims(dataclasses.replace(record, last_version=n, head=head))
-                self._check_quota(name, 1 - len(victims), size - sum(v.size for v in victims))
+                await self._check_quota(name, 1 - len(victims), size - sum(v.size for v in victims))
                 reserved = dataclasses.replace(
                     record, last_version=n, pending=n, pending_by=self.heartbeats.member, pending_at=time.time()
                 )
@@ -465,9 +470,14 @@ class AdapterStore:
         log.info("versions_retired", adapter=record.name, versions=list(retiring.retiring))
         return done
 
-    def _check_quota(self, name: str, versions: int, size: int) -> None:
-        tenant = owner_of(name)
-        usage, retention = self._usage[tenant], self._retention
+    async def _check_quota(self, name: str, versions: int, size: int) -> None:
+        tenant, retention = owner_of(name), self._retention
+        if not (retention.max_tenant_versions or retention.max_tenant_bytes):
+            return
+        counted_at = self._counted_at.get(tenant)
+        if counted_at is None or time.monotonic() - counted_at >= self._usage_refresh_s:
+            await self._count_usage(tenant)
+        usage = self._usage[tenant]
         if versions > 0 and retention.max_tenant_versions and usage.versions + versions > retention.max_tenant_versions:
             raise ResourceExhausted(
                 f"tenant {tenant!r} keeps {usage.versions} versions, its quota (CLAAS_MAX_VERSIONS_PER_TENANT "
@@ -478,6 +488,19 @@ class AdapterStore:
                 f"tenant {tenant!r} keeps {usage.bytes} bytes of versions; {size} more would pass its quota "
                 f"(CLAAS_MAX_TENANT_MB, {retention.max_tenant_bytes} bytes); delete adapters or keep fewer versions"
             )
+
+    async def _count_usage(self, tenant: str) -> None:
+        """Count what ``tenant`` keeps from its adapters' records: a LIST page per 1,000 adapters and a GET per
+        adapter, each time a quota check finds the count older than ``usage_refresh_s``."""
+        usage = Usage()
+        for name in await self._names(f"{tenant}/"):
+            try:
+                record = await self._load(name)
+            except NotFound:  # deleted meanwhile
+                continue
+            usage.change(record.kept_versions, record.kept_bytes)
+        self._usage[tenant] = usage
+        self._counted_at[tenant] = time.monotonic()
 
     async def _manifest(self, record: AdapterRecord, version: int) -> Version:
         missing = NotFound(f"version {version} of adapter {record.name!r} not found", param="version")

@@ -57,6 +57,7 @@ def build_core(settings: StorageSettings, store: ObjectStore | None = None) -> A
         lease_s=settings.replica_lease_s,
         stale_write_s=settings.stale_write_s,
         head_poll_s=settings.head_poll_s,
+        usage_refresh_s=settings.usage_refresh_s,
     )
 
 

@@ -71,6 +71,14 @@ class StorageSettings(CommonSettings, ObjectStoreSettings):
         description="A reserved version older than this is cleared by any replica, even one whose writer is "
         "alive; above the longest commit of the largest version.",
     )
+    usage_refresh_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="With a tenant quota set: how old a replica's count of what a tenant keeps may be before a "
+        "commit counts the tenant's records again, seconds (0: every commit). A tenant may pass its quota by "
+        "what the other replicas committed for it within this time.",
+    )
 
     head_poll_s: float = Field(
         1.0,

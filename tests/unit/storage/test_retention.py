@@ -136,3 +136,29 @@ async def test_an_adapter_has_a_bounded_number_of_tags(client) -> None:
     await client.set_tag("acme/bot", "t0", 1)  # moving an existing tag is not a new one
     await client.set_tag("acme/bot", "t0", 0)
     await client.set_tag("acme/bot", "one-more", 1)
+
+
+@pytest.mark.parametrize("refresh_s", [0.0, 3600.0])
+async def test_a_tenant_quota_holds_across_replicas_within_the_usage_refresh(
+    settings: StorageSettings, refresh_s: float
+) -> None:
+    quota = settings.model_copy(update={"keep_versions": 0, "max_versions_per_tenant": 3, "usage_refresh_s": refresh_s})
+    async with (
+        serve(quota.model_copy(update={"storage_id": "left"})) as left,
+        serve(quota.model_copy(update={"storage_id": "right"})) as right,
+        connect(left.target) as to_left,
+        connect(right.target) as to_right,
+    ):
+        for name in ("acme/a", "acme/b"):
+            await to_left.create_adapter(name, "smollm2-135m", LORA)
+        await _commit(to_left, "acme/a", 2)  # left has counted acme now: 2 versions
+        await _commit(to_right, "acme/b", 1)  # 3, which left learns only when it counts again
+        if refresh_s:
+            # Within the refresh the left replica still counts 2: the documented overshoot, at most what the
+            # other replicas committed meanwhile.
+            assert await _commit(to_left, "acme/a", 1) == [3]
+        else:
+            with pytest.raises(errors.ResourceExhausted, match="tenant 'acme' keeps 3 versions"):
+                await _commit(to_left, "acme/a", 1)
+        with pytest.raises(errors.ResourceExhausted, match="CLAAS_MAX_VERSIONS_PER_TENANT"):
+            await _commit(to_right, "acme/b", 1)  # right counts what it has seen: never more than the quota
