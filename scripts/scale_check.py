@@ -4,16 +4,16 @@ Real processes on loopback: an S3 server (moto), 2 storage replicas over it, the
 2 vLLM servers and 2 proxies (one vLLM each, as a proxy pod has). Every service reaches storage through the
 replica list and the proxies reach the trainers through theirs. ``--clients`` tenants each make ``--adapters``
 adapters and send ``--rounds`` rounds of feedback (a chat, then feedback on it), spreading their calls over both
-proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs trainer-1 (once it is training one
-of its jobs) and storage-1 together, and starts both again ``--down-s`` later; round 3 runs with everything up
-again. Then it checks what a user and an operator would:
+proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs the trainer holding the most jobs
+(once it is training one of them) and storage-1 together, and starts both again ``--down-s`` later; round 3
+runs with everything up again. Then it checks what a user and an operator would:
 
 * every job that was submitted ended SUCCEEDED (none lost, none stuck), and no job record is left unfinished;
 * every feedback's completion id is in the lineage of exactly one version of its adapter, of no other adapter;
 * every adapter's versions are 1..N with no gap, each one's parent the version before it;
 * in the rounds when every trainer was up, all jobs of one adapter ran on one trainer.
 
-It prints what it measured and exits 1 if a check fails. About 15 minutes on 2 CPU cores with the defaults.
+It prints what it measured and exits 1 if a check fails. About 20 minutes on 2 CPU cores with the defaults.
 
     python scripts/scale_check.py [--clients 8] [--adapters 6] [--rounds 3] [--down-s 20] [--keep DIR]
 """
@@ -44,7 +44,7 @@ from services.common.errors import DeadlineExceeded, NotFound, Unavailable
 from services.common.model import PACKAGED_MODEL, resolve_base_model
 from services.common.net import free_port
 from services.common.objectstore import ObjectStore, ObjectStoreSettings, open_object_store
-from services.common.processes import end_with_parent
+from services.common.processes import ending_with_parent
 from services.common.vllm_server import VllmOptions
 from services.proxy.client import ProxyClient
 from services.proxy.domain import ChatRequest, Sampling
@@ -62,6 +62,7 @@ JOB_LEASE_S = 10
 REPLICA_LEASE_S = 5
 #: Client-side retries of one call that found a replica going down (a submit keeps its idempotency key).
 CALL_ATTEMPTS = 5
+TRAINERS = ("trainer-0", "trainer-1", "trainer-2")
 
 T = TypeVar("T")
 
@@ -81,12 +82,11 @@ class Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
-                self.argv,
+                ending_with_parent(self.argv),
                 env={**os.environ, **self.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=end_with_parent(),
             )
 
     def healthy(self) -> bool:
@@ -142,11 +142,10 @@ class Fleet:
         self.keys_file = root / "api_keys.json"
         self.keys = {tenant: add_api_key(self.keys_file, tenant) for tenant in tenants}
         model = resolve_base_model(PACKAGED_MODEL)  # converted once, before eleven processes need it
-        ports = {name: free_port() for name in ("storage-0", "storage-1", "teacher", "trainer-0", "trainer-1",
-                                                 "trainer-2", "proxy-0", "proxy-1")}  # fmt: skip
+        ports = {name: free_port() for name in ("storage-0", "storage-1", "teacher", *TRAINERS, "proxy-0", "proxy-1")}
         address = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         storage = ",".join(address[f"storage-{n}"] for n in range(2))
-        trainers = ",".join(address[f"trainer-{n}"] for n in range(3))
+        trainers = ",".join(address[name] for name in TRAINERS)
         common = {
             "CLAAS_HOST": "127.0.0.1",
             "CLAAS_INTERNAL_TOKEN": token,
@@ -158,7 +157,7 @@ class Fleet:
             **{f"CLAAS_{key.upper()}": value for key, value in s3.items()},
         }
         self.processes: dict[str, Process] = {}
-        #: The jobs trainer-1 held (queued or running) when it was killed.
+        #: The jobs the killed trainer held (queued or running) when it was killed.
         self.killed_jobs: list[str] = []
         python = [sys.executable, "-m"]
 
@@ -171,11 +170,11 @@ class Fleet:
             add(f"storage-{n}", [*python, "services.storage"], common | env, address[f"storage-{n}"])
         teacher = {"CLAAS_PORT": str(ports["teacher"]), "CLAAS_ADAPTER_DIR": str(root / "teacher-adapters")}
         add("teacher", [*python, "services.teacher"], common | teacher, address["teacher"])
-        for n in range(3):
-            env = {"CLAAS_PORT": str(ports[f"trainer-{n}"]), "CLAAS_TRAINER_ID": f"trainer-{n}",
+        for name in TRAINERS:
+            env = {"CLAAS_PORT": str(ports[name]), "CLAAS_TRAINER_ID": name,
                    "CLAAS_JOB_LEASE_S": str(JOB_LEASE_S), "CLAAS_COMMIT_GUARD": "false",
                    "CLAAS_TORCH_THREADS": "1"}  # fmt: skip
-            add(f"trainer-{n}", [*python, "services.trainer"], common | env, address[f"trainer-{n}"])
+            add(name, [*python, "services.trainer"], common | env, address[name])
         self.proxies: list[str] = []
         for n in range(2):
             vllm = VllmOptions(model=model, served_name=PACKAGED_MODEL, host="127.0.0.1", port=free_port(),
@@ -198,7 +197,7 @@ class Fleet:
     async def up(self) -> None:
         for name in ("vllm-0", "vllm-1"):  # the slowest; the services start meanwhile
             self.processes[name].start()
-        for group in (("storage-0", "storage-1"), ("teacher",), ("trainer-0", "trainer-1", "trainer-2"),
+        for group in (("storage-0", "storage-1"), ("teacher",), TRAINERS,
                       ("vllm-0", "vllm-1"), ("proxy-0", "proxy-1")):  # fmt: skip
             for name in group:
                 if self.processes[name].popen is None:
@@ -268,28 +267,34 @@ async def _held_by(store: ObjectStore, trainer: str) -> list[JobRecord]:
     return [r for r in held if not r.view.state.terminal]
 
 
-async def _kill_when_training(fleet: Fleet, store: ObjectStore, down_s: float, log: list[str]) -> None:
-    """SIGKILL trainer-1 and storage-1 once trainer-1 is past the queue with a job; restart them ``down_s``
-    later."""
+async def _kill_when_training(
+    fleet: Fleet, store: ObjectStore, submitted: asyncio.Event, down_s: float, log: list[str]
+) -> None:
+    """Once the round's feedback is submitted, SIGKILL the trainer that holds the most unfinished jobs while it
+    runs one of them (which trainer owns which adapters depends on the run's ports), and storage-1 with it;
+    start both again ``down_s`` later."""
+    await submitted.wait()
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        held = await _held_by(store, "trainer-1")
-        busy = [r.view.job_id for r in held if r.view.state in (JobState.SCORING, JobState.TRAINING)]
+        held = {name: await _held_by(store, name) for name in TRAINERS}
+        victim = max(TRAINERS, key=lambda name: len(held[name]))
+        busy = [r.view.job_id for r in held[victim] if r.view.state in (JobState.SCORING, JobState.TRAINING)]
         if busy:
             break
         await asyncio.sleep(0.2)  # polling the store for the moment to strike
     else:
-        raise RuntimeError("trainer-1 ran no job of round 2 within 600 s")
-    for name in ("trainer-1", "storage-1"):
+        raise RuntimeError("no trainer ran a job of round 2 within 600 s")
+    killed = (victim, "storage-1")
+    for name in killed:
         fleet.processes[name].signal(signal.SIGKILL)
-    fleet.killed_jobs = [r.view.job_id for r in held]
-    log.append(f"killed trainer-1 (running {busy}, holding {len(held)} unfinished jobs) and storage-1")
+    fleet.killed_jobs = [r.view.job_id for r in held[victim]]
+    log.append(f"killed {victim} (running {busy}, holding {len(held[victim])} unfinished jobs) and storage-1")
     print(f"  {log[-1]}", flush=True)
     await asyncio.sleep(down_s)  # how long the two stay down: the fault, not a synchronisation
-    for name in ("storage-1", "trainer-1"):
+    for name in killed:
         fleet.processes[name].start()
-    await asyncio.gather(*(fleet.processes[n].wait_healthy() for n in ("storage-1", "trainer-1")))
-    log.append(f"restarted storage-1 and trainer-1 after {down_s:.0f} s")
+    await asyncio.gather(*(fleet.processes[name].wait_healthy() for name in killed))
+    log.append(f"restarted {victim} and storage-1 after {down_s:.0f} s")
     print(f"  {log[-1]}", flush=True)
 
 
@@ -319,10 +324,12 @@ async def _workload(args: argparse.Namespace, fleet: Fleet, store: ObjectStore, 
     round_seconds = []
     for rnd in range(1, args.rounds + 1):
         began = time.monotonic()
-        chaos = _kill_when_training(fleet, store, args.down_s, events) if rnd == 2 else None
+        submitted = asyncio.Event()
+        chaos = _kill_when_training(fleet, store, submitted, args.down_s, events) if rnd == 2 else None
         chaos_task = asyncio.create_task(chaos) if chaos else None
         rounds = await asyncio.gather(*(
             _feedback_round(clients[t], t, i, args.adapters, rnd, tally) for i, t in enumerate(tenants)))  # fmt: skip
+        submitted.set()
         sent = [job for batch in rounds for job in batch]
         tally.submitted += sent
         await asyncio.gather(*(_wait_ended(clients[j.tenant][n % 2], j, tally) for n, j in enumerate(sent)))
@@ -387,7 +394,7 @@ async def _workload(args: argparse.Namespace, fleet: Fleet, store: ObjectStore, 
         print(f"fault: {line}")
     print(f"round seconds: {', '.join(f'{s:.0f}' for s in round_seconds)}")
     print(f"jobs by final trainer: {dict(sorted(per_trainer.items()))}")
-    print(f"jobs trainer-1 held when killed: {len(killed)}, finished by {dict(finished_by)}")
+    print(f"jobs the killed trainer held: {len(killed)}, finished by {dict(finished_by)}")
     print(f"versions committed: {versions_made} (jobs merged into another's version: "
           f"{sum(len(r.view.merged_job_ids) for r in records.values())})")  # fmt: skip
     print(f"client retries: {dict(tally.retries)}")

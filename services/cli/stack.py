@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.files import write_atomically
 from services.common.model import PACKAGED_MODEL, resolve_base_model
-from services.common.processes import alive, end_with_parent
+from services.common.processes import alive, ending_with_parent
 from services.common.settings import default_data_dir
 from services.common.vllm_server import VllmOptions
 
@@ -143,12 +143,11 @@ class Stack:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log_file:
             self.processes[role] = subprocess.Popen(
-                argv,
+                ending_with_parent(argv),
                 env={**os.environ, **env},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=end_with_parent(),
             )
         self._on_event(role, "started")
 

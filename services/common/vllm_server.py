@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from services.common.processes import end_with_parent
+from services.common.processes import ending_with_parent
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,11 @@ def start_vllm(options: VllmOptions, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
     return subprocess.Popen(
-        options.command(),
+        ending_with_parent(options.command()),
         env=options.environment(),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=end_with_parent(),
     )
 
 

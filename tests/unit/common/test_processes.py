@@ -15,9 +15,9 @@ from services.cli.stack import STACK_FILE, read_stack_file, stack_running
 # A launcher that starts one long-lived child as the stack starts its services, then waits to be killed.
 LAUNCHER = """
 import subprocess, sys
-from services.common.processes import end_with_parent
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], pass_fds=(int(sys.argv[1]),),
-                         start_new_session=True, preexec_fn=end_with_parent())
+from services.common.processes import ending_with_parent
+child = subprocess.Popen(ending_with_parent([sys.executable, "-c", "import time; time.sleep(3600)"]),
+                         pass_fds=(int(sys.argv[1]),), start_new_session=True)
 print(child.pid, flush=True)
 child.wait()
 """
