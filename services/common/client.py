@@ -43,10 +43,17 @@ def grpc_target(spec: str) -> str:
     return "ipv4:" + ",".join(members)
 
 
-def service_config(idempotent: Sequence[tuple[str, str]]) -> str:
-    """A service config that spreads calls over every address the target resolves to (round robin: a
-    replica that is down is skipped) and retries ``UNAVAILABLE`` for the given (service, method) pairs."""
-    balancing: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+#: Targets that name a set of replicas: their channels balance round robin over them.
+REPLICA_SET_SCHEMES = ("ipv4:", "ipv6:", "dns:")
+
+
+def service_config(idempotent: Sequence[tuple[str, str]], *, balanced: bool = False) -> str:
+    """A service config that retries ``UNAVAILABLE`` for the given (service, method) pairs and, when
+    ``balanced``, spreads calls over every address of the target (round robin: a replica that is down is
+    skipped). A single ``host:port`` keeps gRPC's default (pick first): with round robin, calls to one
+    server that was just restarted failed ("connections to all backends failing") where pick first
+    reconnected."""
+    balancing: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]} if balanced else {}
     if not idempotent:
         return json.dumps(balancing)
     return json.dumps(
@@ -121,10 +128,11 @@ def open_channel(
     """A channel to ``target`` (see ``grpc_target``) to reuse for the life of the process (create once, not
     per call)."""
     limit = max_message_mb * 1024 * 1024
+    resolved = grpc_target(target)
     return grpc.aio.insecure_channel(
-        grpc_target(target),
+        resolved,
         options=[
-            ("grpc.service_config", service_config(idempotent)),
+            ("grpc.service_config", service_config(idempotent, balanced=resolved.startswith(REPLICA_SET_SCHEMES))),
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -103,8 +103,8 @@ class Usage:
 
 
 class AdapterStore:
-    """Call ``recover`` once before serving: it cleans up after crashes, counts the tenants' usage and starts
-    this replica's heartbeat; ``close`` stops it.
+    """Call ``recover`` once before serving: it cleans up after crashes and starts this replica's heartbeat;
+    ``close`` stops it.
 
     ``replica`` names this process among the storage replicas on the store (stable across its restarts, so
     a restarted one clears its own reservations at once); ``lease_s`` is how old a replica's heartbeat may be
@@ -136,9 +136,9 @@ class AdapterStore:
         self._beating: asyncio.Task | None = None
         self._limits = limits
         self._retention = retention
-        # What each tenant keeps (versions, bytes), from the records: built by ``recover``, then kept current
-        # by this replica's commits, retirements and deletes. The other replicas' changes reach it when a quota
-        # check finds the tenant's count older than ``usage_refresh_s`` and counts the tenant's records again:
+        # What each tenant keeps (versions, bytes), counted from its records at its first quota check, then
+        # kept current by this replica's commits, retirements and deletes. The other replicas' changes reach it
+        # when a quota check finds the tenant's count older than ``usage_refresh_s`` and counts it again:
         # a tenant may pass its quota by what the other replicas committed for it within that time, no more.
         self._usage: dict[str, Usage] = collections.defaultdict(Usage)
         self._counted_at: dict[str, float] = {}
@@ -167,7 +167,7 @@ class AdapterStore:
 
     def _serving(self) -> None:
         """Calls wait for crash recovery: before it ends, a pending version or a half-deleted adapter is
-        still on disk and the tenants' usage is not counted."""
+        still on disk."""
         if not self._recovered:
             raise Unavailable("storage is recovering from its last stop; retry in a moment")
 
@@ -651,8 +651,7 @@ class AdapterStore:
         return record.head, record.generation
 
     async def recover(self) -> None:
-        """Make the store consistent after a crash, count the tenants' usage and start the heartbeat. Run
-        before serving."""
+        """Make the store consistent after a crash and start the heartbeat. Run before serving."""
         await self._beat()
         self._beating = asyncio.create_task(self._keep_beating())
         by_adapter: dict[str, list[layout.KeyInfo]] = collections.defaultdict(list)
@@ -704,7 +703,6 @@ class AdapterStore:
             if not in_flight:
                 record = record.unreserved()
             await self._save(dataclasses.replace(record, retiring=()), etag)
-        self._usage[owner_of(name)].change(record.kept_versions, record.kept_bytes)
         return len(stray)
 
     def close(self) -> None:
