@@ -292,7 +292,9 @@ class JobManager:
     async def _write(self, job: _Job, view: JobView, *, end: bool) -> None:
         assert self._journal is not None
         async with job.writing:
-            if job.lost:
+            # A save that waited here while the end was written has nothing left to say; with the tag the end
+            # left behind it would read as a take-over ("job_taken_over" for a job that ended here).
+            if job.lost or (job.saved is not None and job.saved.state.terminal):
                 return
             record = dataclasses.replace(self._record(job), view=view)
             for _ in range(2):
