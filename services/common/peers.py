@@ -1,8 +1,9 @@
 """The members of a replica set as a caller sees them: a fixed list, or a DNS name re-resolved as it changes.
 
-A spec is either ``host:port[,host:port...]`` (loopback runs, fixed sets) or ``srv:<name>``: the SRV records
+A spec is ``host:port[,host:port...]`` (loopback runs, fixed sets), ``srv:<name>``: the SRV records
 of a Kubernetes headless Service's named port, e.g. ``srv:_grpc._tcp.claas-trainer`` (completed with the pod's
-DNS search domains, so the namespace need not be spelled).
+DNS search domains, so the namespace need not be spelled), or ``dns:///<name>:<port>``: the address records of
+a headless Service, each with that port (members are ``ip:port``, which a pod can name itself by: its IP).
 For a StatefulSet those records carry the pods' stable names (``claas-trainer-0.claas-trainer...``), so a
 pod that restarts with a new IP keeps its adapters; only ready pods are published, so one that is down
 leaves the set within the resolver's refresh. Members are ranked by ``services.common.rendezvous``.
@@ -24,6 +25,7 @@ from services.common.errors import InvalidArgument
 log = structlog.get_logger("claas.peers")
 
 SRV_PREFIX = "srv:"
+DNS_PREFIX = "dns:///"
 
 #: Resolves an SRV name to ``host:port`` members; replaceable in tests.
 Resolver = Callable[[str], Awaitable[list[str]]]
@@ -37,6 +39,19 @@ async def resolve_srv(name: str) -> list[str]:
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     return [f"{record.target.to_text(omit_final_dot=True)}:{record.port}" for record in answer]
+
+
+async def resolve_addresses(name_port: str) -> list[str]:
+    """``ip:port`` for every A and AAAA record of ``name`` in ``name:port``; none when it has no records."""
+    name, _, port = name_port.rpartition(":")
+    found: list[str] = []
+    for kind in ("A", "AAAA"):
+        try:
+            answer = await dns.asyncresolver.resolve(name, kind, search=True)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        found += [f"[{r.address}]:{port}" if ":" in r.address else f"{r.address}:{port}" for r in answer]
+    return found
 
 
 def parse_static(spec: str) -> tuple[str, ...]:
@@ -55,14 +70,20 @@ class PeerSet:
     """The current members of one replica set. ``start`` begins re-resolving an ``srv:`` spec every
     ``refresh_s``; a failed lookup keeps the last members (a DNS hiccup must not empty the set)."""
 
-    def __init__(self, spec: str, *, refresh_s: float = 10.0, resolver: Resolver = resolve_srv) -> None:
+    def __init__(self, spec: str, *, refresh_s: float = 10.0, resolver: Resolver | None = None) -> None:
         self.spec = spec.strip()
         self._refresh_s = refresh_s
-        self._resolver = resolver
         self._task: asyncio.Task[None] | None = None
-        self._name = self.spec.removeprefix(SRV_PREFIX) if self.spec.startswith(SRV_PREFIX) else ""
-        if self.spec.startswith(SRV_PREFIX) and not self._name:
-            raise InvalidArgument(f"invalid peer set {spec!r}: srv: needs a DNS name")
+        self._name = ""
+        self._resolver: Resolver = resolver or resolve_srv
+        if self.spec.startswith(SRV_PREFIX):
+            self._name = self.spec.removeprefix(SRV_PREFIX)
+            if not self._name:
+                raise InvalidArgument(f"invalid peer set {spec!r}: srv: needs a DNS name")
+        elif self.spec.startswith(DNS_PREFIX):
+            self._name = self.spec.removeprefix(DNS_PREFIX)
+            parse_static(self._name)  # name:port
+            self._resolver = resolver or resolve_addresses
         self._members: tuple[str, ...] = () if self._name else parse_static(self.spec)
 
     @property

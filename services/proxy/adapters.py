@@ -19,7 +19,7 @@ from services.common.domain import EXPORTED_FILES, LoraSpec
 from services.common.errors import ClaasError, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from services.common.naming import check_version
 from services.proxy.audit import AuditLog
-from services.proxy.loras import LoraManager
+from services.proxy.loras import LoraManager, Preloader
 from services.proxy.tenancy import not_found, qualify
 from services.storage.domain import Adapter, Chunk, FileEntry, Version
 from services.storage.layout import SEND_CHUNK_BYTES
@@ -61,6 +61,7 @@ class Adapters:
         storage: AdapterSource,
         trainer: AdapterFactory,
         loras: LoraManager,
+        serving: Preloader,
         audit: AuditLog,
         max_per_tenant: int = 0,
         max_exports: int = 8,
@@ -68,6 +69,7 @@ class Adapters:
         self._storage = storage
         self._trainer = trainer
         self._loras = loras
+        self._serving = serving
         self._audit = audit
         self._max_per_tenant = max_per_tenant
         # Exports staged on this proxy's disk now, in all and by tenant: each holds a whole version there.
@@ -118,7 +120,7 @@ class Adapters:
             adapter = await self._storage.set_head(adapter.name, adapter.head_version, version)
             log.info("adapter_rolled_back", adapter=adapter.name, version=version)
         try:
-            await self._loras.preload(adapter.name, adapter.head_version, adapter.generation)
+            await self._serving.preload(adapter.name, adapter.head_version, adapter.generation)
         except ClaasError as exc:
             log.warning("preload_failed", adapter=adapter.name, error=exc.message)
         return adapter

@@ -11,18 +11,19 @@ holds one of each over a single channel. The API key is the channel's token; eve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Self
 
 import grpc
-from claas.v1 import proxy_pb2, proxy_pb2_grpc
+from claas.v1 import peer_pb2_grpc, proxy_pb2, proxy_pb2_grpc
 
 from services.common.client import ServiceClient, open_channel
 from services.common.convert import lora_to_proto
 from services.common.domain import LoraSpec
 from services.proxy import convert
 from services.proxy.audit import FeedbackRecord
-from services.proxy.domain import ChatRequest, ChatResult, ScoreRequest, ScoreResult
+from services.proxy.domain import ChatRequest, ChatResult, PeerCall, PeerEvent, ScoreRequest, ScoreResult
 from services.storage.domain import Adapter, Version
 from services.trainer.domain import JobState, JobView
 
@@ -199,3 +200,61 @@ class ProxyClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _PeerServiceClient(ServiceClient):
+    """``claas.v1.ProxyPeerService`` of one proxy replica."""
+
+    SERVICE = "claas.v1.ProxyPeerService"
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float | None = None) -> None:
+        super().__init__(channel)
+        self._stub = peer_pb2_grpc.ProxyPeerServiceStub(channel)
+        self._timeout = timeout_s
+
+    async def serve(
+        self, tenant: str, call: PeerCall, *, stream: bool, may_refuse: bool
+    ) -> AsyncIterator[PeerEvent]:
+        request = convert.peer_request_to_proto(tenant, call, stream=stream, may_refuse=may_refuse)
+        async for response in self._stream(self._stub.Serve, request, timeout=self._timeout):
+            yield convert.peer_event_from_proto(response)
+
+
+class PeerClient:
+    """The other proxy replicas, as the one that forwards a call to an adapter's owner sees them
+    (``services.proxy.routing``): a channel per replica, opened on first use, carrying the internal token.
+    A forwarded call is never retried (its owner may have answered it); closing the event iterator cancels
+    the call on the owner, and with it the request in the owner's vLLM."""
+
+    def __init__(self, *, token: str, timeout_s: float | None = None, max_message_mb: int = 16) -> None:
+        self._token = token
+        self._timeout = timeout_s
+        self._max_message_mb = max_message_mb
+        self._clients: dict[str, _PeerServiceClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def serve(
+        self, peer: str, tenant: str, call: PeerCall, *, stream: bool, may_refuse: bool
+    ) -> AsyncIterator[PeerEvent]:
+        """The events of ``call`` served by ``peer`` for ``tenant``: ``Busy`` alone when the owner refused."""
+        client = self._clients.get(peer)
+        if client is None:
+            client = _PeerServiceClient.connect(
+                peer, token=self._token, max_message_mb=self._max_message_mb, timeout_s=self._timeout
+            )
+            self._clients[peer] = client
+        return client.serve(tenant, call, stream=stream, may_refuse=may_refuse)
+
+    def keep(self, members: tuple[str, ...]) -> None:
+        """Close the channels of replicas that left the set (pods come and go with new addresses)."""
+        for peer in [p for p in self._clients if p not in members]:
+            task = asyncio.ensure_future(self._clients.pop(peer).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing)

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from claas.v1 import common_pb2, proxy_pb2
+from claas.v1 import common_pb2, peer_pb2, proxy_pb2
 from google.protobuf import json_format
 
 from services.common.convert import (
@@ -28,7 +28,23 @@ from services.common.domain import LoraSpec
 from services.common.errors import DataLoss, InvalidArgument
 from services.common.naming import owner_of
 from services.proxy.audit import AuditSample, FeedbackRecord
-from services.proxy.domain import ChatRequest, ChatResult, Sampling, ScoreRequest, ScoreResult
+from services.proxy.domain import (
+    Busy,
+    ChatRequest,
+    ChatResult,
+    CompletionRequest,
+    Delta,
+    PeerCall,
+    PeerEvent,
+    Preload,
+    Preloaded,
+    Sampling,
+    ScoreRequest,
+    ScoreResult,
+    Started,
+    TokenLogprob,
+    TopLogprob,
+)
 from services.storage.convert import adapter_from_proto, version_from_proto, version_to_proto
 from services.storage.domain import Chunk, Version
 from services.trainer.convert import (
@@ -266,3 +282,212 @@ def record_from_proto(proto: proxy_pb2.FeedbackRecord, tenant: str = "") -> Feed
         error=proto.error,
         phases=dict(proto.phase_seconds),
     )
+
+
+# Between proxy replicas (peer.proto): every field of the domain types travels, so a forwarded call is the
+# call itself and its answer the answer itself.
+
+
+def _peer_sampling_to_proto(sampling: Sampling) -> peer_pb2.PeerSampling:
+    optional = {
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+    }
+    return peer_pb2.PeerSampling(
+        stop=list(sampling.stop), **{name: value for name, value in optional.items() if value is not None}
+    )
+
+
+def _peer_sampling_from_proto(sampling: peer_pb2.PeerSampling) -> Sampling:
+    def optional(name: str) -> Any:
+        return getattr(sampling, name) if sampling.HasField(name) else None
+
+    return Sampling(
+        max_tokens=optional("max_tokens"),
+        temperature=optional("temperature"),
+        top_p=optional("top_p"),
+        seed=optional("seed"),
+        stop=tuple(sampling.stop),
+    )
+
+
+def peer_request_to_proto(
+    tenant: str, call: PeerCall, *, stream: bool, may_refuse: bool
+) -> peer_pb2.ProxyPeerServiceServeRequest:
+    request = peer_pb2.ProxyPeerServiceServeRequest(tenant=tenant, stream=stream, may_refuse=may_refuse)
+    if isinstance(call, ChatRequest):
+        request.chat.CopyFrom(
+            peer_pb2.PeerChat(
+                model=call.model,
+                messages=messages_to_proto(call.messages),
+                sampling=_peer_sampling_to_proto(call.sampling),
+                strip_thinking=call.strip_thinking,
+                top_logprobs=call.top_logprobs,
+            )
+        )
+    elif isinstance(call, CompletionRequest):
+        request.completion.CopyFrom(
+            peer_pb2.PeerCompletion(
+                model=call.model,
+                prompt=call.prompt,
+                sampling=_peer_sampling_to_proto(call.sampling),
+                logprobs=call.logprobs,
+            )
+        )
+    elif isinstance(call, ScoreRequest):
+        request.score.CopyFrom(
+            peer_pb2.PeerScore(
+                model=call.model,
+                messages=messages_to_proto(call.messages),
+                completion=call.completion,
+                version=call.version,
+            )
+        )
+    else:
+        request.preload.CopyFrom(
+            peer_pb2.PeerPreload(adapter=call.adapter, version=call.version, generation=call.generation)
+        )
+    return request
+
+
+def peer_request_from_proto(request: peer_pb2.ProxyPeerServiceServeRequest) -> PeerCall:
+    kind = request.WhichOneof("call")
+    if kind == "chat":
+        chat = request.chat
+        return ChatRequest(
+            model=chat.model,
+            messages=messages_from_proto(chat.messages),
+            sampling=_peer_sampling_from_proto(chat.sampling),
+            strip_thinking=chat.strip_thinking,
+            top_logprobs=chat.top_logprobs if chat.HasField("top_logprobs") else None,
+        )
+    if kind == "completion":
+        text = request.completion
+        return CompletionRequest(
+            model=text.model,
+            prompt=text.prompt,
+            sampling=_peer_sampling_from_proto(text.sampling),
+            logprobs=text.logprobs if text.HasField("logprobs") else None,
+        )
+    if kind == "score":
+        score = request.score
+        return ScoreRequest(
+            model=score.model,
+            messages=messages_from_proto(score.messages),
+            completion=score.completion,
+            version=score.version,
+        )
+    if kind == "preload":
+        preload = request.preload
+        return Preload(preload.adapter, preload.version, preload.generation)
+    raise InvalidArgument("a forwarded call names no chat, completion, score or preload", param="call")
+
+
+def _utf8(value: tuple[int, ...] | None) -> dict[str, bytes]:
+    return {} if value is None else {"utf8": bytes(value)}
+
+
+def _logprobs_to_proto(logprobs: tuple[TokenLogprob, ...]) -> list[peer_pb2.PeerTokenLogprob]:
+    return [
+        peer_pb2.PeerTokenLogprob(
+            token=item.token,
+            logprob=item.logprob,
+            top=[peer_pb2.PeerTopLogprob(token=t.token, logprob=t.logprob, **_utf8(t.bytes)) for t in item.top],
+            **_utf8(item.bytes),
+        )
+        for item in logprobs
+    ]
+
+
+def _logprobs_from_proto(logprobs: Any) -> tuple[TokenLogprob, ...]:
+    def utf8(message: Any) -> tuple[int, ...] | None:
+        return tuple(message.utf8) if message.HasField("utf8") else None
+
+    return tuple(
+        TokenLogprob(
+            token=item.token,
+            logprob=item.logprob,
+            bytes=utf8(item),
+            top=tuple(TopLogprob(t.token, t.logprob, utf8(t)) for t in item.top),
+        )
+        for item in logprobs
+    )
+
+
+def peer_event_to_proto(event: PeerEvent) -> peer_pb2.ProxyPeerServiceServeResponse:
+    response = peer_pb2.ProxyPeerServiceServeResponse
+    if isinstance(event, Busy):
+        return response(busy=peer_pb2.PeerBusy(in_flight=event.in_flight))
+    if isinstance(event, Started):
+        return response(
+            started=peer_pb2.PeerStarted(
+                completion_id=event.completion_id,
+                model=event.model,
+                adapter=event.adapter,
+                version=event.version,
+                created=event.created,
+            )
+        )
+    if isinstance(event, Delta):
+        return response(delta=peer_pb2.PeerDelta(text=event.text, logprobs=_logprobs_to_proto(event.logprobs)))
+    if isinstance(event, ChatResult):
+        return response(
+            result=peer_pb2.PeerResult(
+                completion_id=event.completion_id,
+                model=event.model,
+                text=event.text,
+                adapter=event.adapter,
+                version=event.version,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                finish_reason=event.finish_reason,
+                created=event.created,
+                has_logprobs=event.logprobs is not None,
+                logprobs=_logprobs_to_proto(event.logprobs or ()),
+            )
+        )
+    if isinstance(event, ScoreResult):
+        return response(
+            score=peer_pb2.PeerScoreResult(
+                model=event.model,
+                adapter=event.adapter,
+                version=event.version,
+                tokens=list(event.tokens),
+                token_ids=list(event.token_ids),
+                logprobs=list(event.logprobs),
+                prompt_tokens=event.prompt_tokens,
+            )
+        )
+    return response(preloaded=peer_pb2.PeerPreloaded())
+
+
+def peer_event_from_proto(response: peer_pb2.ProxyPeerServiceServeResponse) -> PeerEvent:
+    kind = response.WhichOneof("event")
+    if kind == "busy":
+        return Busy(response.busy.in_flight)
+    if kind == "started":
+        s = response.started
+        return Started(s.completion_id, s.model, s.adapter, s.version, s.created)
+    if kind == "delta":
+        return Delta(response.delta.text, _logprobs_from_proto(response.delta.logprobs))
+    if kind == "result":
+        r = response.result
+        return ChatResult(
+            completion_id=r.completion_id,
+            model=r.model,
+            text=r.text,
+            adapter=r.adapter,
+            version=r.version,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            finish_reason=r.finish_reason,
+            created=r.created,
+            logprobs=_logprobs_from_proto(r.logprobs) if r.has_logprobs else None,
+        )
+    if kind == "score":
+        return score_result_from_proto(response.score)  # type: ignore[arg-type]
+    if kind == "preloaded":
+        return Preloaded()
+    raise DataLoss("a proxy replica sent an empty event")

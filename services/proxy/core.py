@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 
 from services.common.errors import ClaasError
 from services.common.objectstore import ObjectStore
+from services.common.peers import PeerSet
 from services.proxy.adapters import AdapterFactory, Adapters, AdapterSource
 from services.proxy.audit import AuditLog
 from services.proxy.domain import ModelInfo
@@ -25,6 +26,7 @@ from services.proxy.inference import Inference
 from services.proxy.limits import ChatLimits
 from services.proxy.loras import LoraManager
 from services.proxy.rollouts import RolloutStore
+from services.proxy.routing import Peers, Router
 from services.proxy.scoring import Scoring
 from services.proxy.settings import ProxySettings
 from services.proxy.vllm import VllmClient
@@ -70,6 +72,7 @@ class ProxyCore:
         trainer: TrainingBackend,
         vllm: VllmClient,
         store: ObjectStore,
+        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -110,12 +113,24 @@ class ProxyCore:
             gate=self.gate,
             base_model=settings.base_model,
         )
+        # ``peers`` (the other replicas' client) is given when calls are routed by adapter.
+        replicas = PeerSet(settings.proxy_peers, refresh_s=settings.peers_refresh_s) if peers is not None else None
+        self.router = Router(
+            inference=self.inference,
+            scoring=self.scoring,
+            loras=self.loras,
+            base_model=settings.base_model,
+            replicas=replicas,
+            self_addr=settings.proxy_peer_addr.strip(),
+            peers=peers,
+            spill_in_flight=settings.spill_in_flight,
+        )
         self.feedback = Feedback(
             rollouts=self.rollouts,
             audit=self.audit,
             trainer=trainer,
             storage=storage,
-            loras=self.loras,
+            serving=self.router,
             max_feedback_chars=settings.max_feedback_chars,
             max_completions=settings.max_feedback_completions,
             wait_timeout_s=settings.feedback_wait_timeout_s,
@@ -124,6 +139,7 @@ class ProxyCore:
             storage=storage,
             trainer=trainer,
             loras=self.loras,
+            serving=self.router,
             audit=self.audit,
             max_per_tenant=settings.max_adapters_per_tenant,
             max_exports=settings.max_parallel_exports,
@@ -145,6 +161,7 @@ class ProxyCore:
         """Probe vLLM once (so health is right from the start), then keep doing the background work."""
         self._on_health = on_health
         await self.check_vllm()
+        await self.router.start()
         loops = [self._probe_loop(), self._sweep_loop()]
         if self.settings.watch_heads:
             loops.append(self._watch_loop())
@@ -157,6 +174,7 @@ class ProxyCore:
             with suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.router.stop()
 
     async def _fetch(self, adapter: str, version: int, dest: Path) -> None:
         await self.storage.download_version(adapter, version, dest)
@@ -218,7 +236,9 @@ class ProxyCore:
     async def _on_head(self, event: HeadEvent) -> None:
         if event.deleted:
             await self.loras.forget(event.name)
-        elif event.head > 0 and self.loras.tracks(event.name):
+        elif event.head > 0 and self.loras.tracks(event.name) and self.router.owns(event.name):
+            # Only the owner preloads: another replica that served the adapter while the owner was away or
+            # busy lets its copy age out rather than load every new version too.
             try:
                 await self.loras.preload(event.name, event.head, event.generation)
             except ClaasError as exc:

@@ -151,3 +151,30 @@ class ModelInfo:
     owned_by: str
     #: Head version of an adapter; 0 for the base model.
     version: int = 0
+
+
+@dataclass(frozen=True)
+class Preload:
+    """Load an adapter version into vLLM ahead of its first call (a new head, a feedback that waits)."""
+
+    #: Full "tenant/adapter" name.
+    adapter: str
+    version: int
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    """The version a ``Preload`` named is loaded."""
+
+
+@dataclass(frozen=True)
+class Busy:
+    """An owner replica's refusal of a forwarded call: its calls in flight for the adapter are at the limit."""
+
+    in_flight: int
+
+
+#: What one proxy replica forwards to another, and what comes back (``services.proxy.routing``).
+PeerCall = ChatRequest | CompletionRequest | ScoreRequest | Preload
+PeerEvent = Busy | Started | Delta | ChatResult | ScoreResult | Preloaded

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 
 from services.common.errors import ClaasError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.proxy.audit import AuditLog, AuditSample, FeedbackRecord, new_record_id
-from services.proxy.loras import LoraManager
+from services.proxy.loras import Preloader
 from services.proxy.rollouts import Rollout, RolloutStore
 from services.proxy.tenancy import owns, qualify
 from services.storage.domain import Adapter
@@ -63,7 +63,7 @@ class Feedback:
         audit: AuditLog,
         trainer: JobRunner,
         storage: HeadReader,
-        loras: LoraManager,
+        serving: Preloader,
         max_feedback_chars: int,
         max_completions: int,
         wait_timeout_s: float,
@@ -72,7 +72,7 @@ class Feedback:
         self._audit = audit
         self._trainer = trainer
         self._storage = storage
-        self._loras = loras
+        self._serving = serving
         self._max_chars = max_feedback_chars
         self._max_completions = max_completions
         self._wait_timeout = wait_timeout_s
@@ -205,7 +205,7 @@ class Feedback:
         the next chat loads it itself."""
         try:
             head = await self._storage.get_adapter(adapter)
-            await self._loras.preload(adapter, head.head_version, head.generation)
+            await self._serving.preload(adapter, head.head_version, head.generation)
         except ClaasError as exc:
             log.warning("preload_failed", adapter=adapter, error=exc.message)
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -34,6 +35,13 @@ LOADED = Gauge("claas_proxy_adapters_loaded", "Adapter versions the proxy keeps 
 
 #: Writes the PEFT files of (adapter, version) into an empty folder.
 Fetch = Callable[[str, int, Path], Awaitable[None]]
+
+
+class Preloader(Protocol):
+    """Makes an adapter version served ahead of its next call: ``LoraManager`` itself, or the router, which
+    has the adapter's owner replica do it."""
+
+    async def preload(self, adapter: str, version: int, generation: int = 1) -> None: ...
 
 
 @dataclass(eq=False)

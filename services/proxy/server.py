@@ -18,11 +18,12 @@ from services.common.errors import Unauthenticated, Unavailable
 from services.common.objectstore import open_object_store
 from services.common.server import ServiceServer
 from services.common.settings import EXAMPLE_SECRET_PREFIX, SettingsError, beyond_loopback
+from services.proxy.client import PeerClient
 from services.proxy.core import ProxyCore, ServingSource, TrainingBackend
 from services.proxy.openai.routes import build_app
 from services.proxy.servicer import SERVICE_NAMES, add_servicers
 from services.proxy.settings import ProxySettings
-from services.proxy.tenancy import KeysFileAuth
+from services.proxy.tenancy import KeysFileAuth, ReplicaOrKeyAuth
 from services.proxy.vllm import VllmClient
 from services.storage.client import StorageClient
 from services.trainer.client import TrainerPool
@@ -60,7 +61,9 @@ class ProxyServer(ServiceServer):
         self._core: ProxyCore | None = None
         self._make_core = make_core
         self._auth = auth
-        super().__init__(settings, service_names=SERVICE_NAMES, register=register, authenticator=auth)
+        # gRPC also lets the other replicas in with the internal token (ProxyPeerService); HTTP takes keys only.
+        grpc_auth = ReplicaOrKeyAuth(auth, settings.internal_token)
+        super().__init__(settings, service_names=SERVICE_NAMES, register=register, authenticator=grpc_auth)
         self.http_port = 0
         self._ready = False
         self._http: _HttpServer | None = None
@@ -138,7 +141,7 @@ def build_server(
     """The server, its ready hook (clients and core made, HTTP up, vLLM probed, background work started)
     and its stop hook. ``storage``, ``trainer`` and ``vllm`` replace the clients the settings name (tests
     pass doubles)."""
-    owned: list[StorageClient | TrainerPool | VllmClient] = []
+    owned: list[StorageClient | TrainerPool | VllmClient | PeerClient] = []
 
     def own(client: T) -> T:
         owned.append(client)  # type: ignore[arg-type]
@@ -153,6 +156,7 @@ def build_server(
             or own(TrainerPool.connect(settings.trainer_addr, token=token, refresh_s=settings.peers_refresh_s)),
             vllm=vllm or own(VllmClient(settings.vllm_url, timeout_s=settings.vllm_timeout_s, api_key=vllm_key)),
             store=open_object_store(settings),
+            peers=own(_peer_client(settings)) if settings.proxy_peers.strip() and settings.route_by_adapter else None,
         )
 
     try:
@@ -168,6 +172,13 @@ def build_server(
             await client.close()
 
     return server, server.start_core, stop
+
+
+def _peer_client(settings: ProxySettings) -> PeerClient:
+    # A forwarded answer takes as long as vLLM may take, plus the way there and back.
+    return PeerClient(
+        token=settings.internal_token, timeout_s=settings.vllm_timeout_s + 30, max_message_mb=settings.max_message_mb
+    )
 
 
 def _refuse_the_example_key(settings: ProxySettings, keys: KeysFileAuth) -> None:

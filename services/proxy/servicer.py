@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import grpc
-from claas.v1 import proxy_pb2, proxy_pb2_grpc
+from claas.v1 import peer_pb2, peer_pb2_grpc, proxy_pb2, proxy_pb2_grpc
 
 from services.common.auth import current_principal
+from services.common.errors import PermissionDenied
+from services.common.naming import check_tenant
 from services.proxy import convert
 from services.proxy.adapters import Adapters
 from services.proxy.core import ProxyCore
@@ -19,10 +21,13 @@ from services.storage.convert import adapter_to_proto
 #: The proxy's core once it has started (calls before that are UNAVAILABLE).
 CoreRef = Callable[[], ProxyCore]
 
-#: The three public services, as health checks and reflection name them.
+#: The three public services and the replicas' own, as health checks and reflection name them.
 SERVICE_NAMES = [
-    proxy_pb2.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("InferenceService", "FeedbackService", "AdaptersService")
+    *(
+        proxy_pb2.DESCRIPTOR.services_by_name[name].full_name
+        for name in ("InferenceService", "FeedbackService", "AdaptersService")
+    ),
+    peer_pb2.DESCRIPTOR.services_by_name["ProxyPeerService"].full_name,
 ]
 
 
@@ -31,6 +36,7 @@ def add_servicers(server: grpc.aio.Server, core: CoreRef) -> None:
     proxy_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(core), server)
     proxy_pb2_grpc.add_FeedbackServiceServicer_to_server(FeedbackServicer(core), server)
     proxy_pb2_grpc.add_AdaptersServiceServicer_to_server(AdaptersServicer(core), server)
+    peer_pb2_grpc.add_ProxyPeerServiceServicer_to_server(PeerServicer(core), server)
 
 
 def _tenant() -> str:
@@ -44,13 +50,13 @@ class InferenceServicer(proxy_pb2_grpc.InferenceServiceServicer):
         self._core = core
 
     async def Chat(self, request: proxy_pb2.ChatRequest, context: grpc.aio.ServicerContext) -> proxy_pb2.ChatResponse:
-        result = await self._core().inference.chat(_tenant(), convert.chat_request_from_proto(request))
+        result = await self._core().router.chat(_tenant(), convert.chat_request_from_proto(request))
         return convert.chat_result_to_proto(result)
 
     async def ChatStream(
         self, request: proxy_pb2.ChatStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[proxy_pb2.ChatStreamResponse]:
-        events = self._core().inference.chat_stream(_tenant(), convert.chat_request_from_proto(request))
+        events = self._core().router.chat_stream(_tenant(), convert.chat_request_from_proto(request))
         try:
             async for event in events:
                 if isinstance(event, ChatResult):
@@ -63,8 +69,32 @@ class InferenceServicer(proxy_pb2_grpc.InferenceServiceServicer):
     async def Score(
         self, request: proxy_pb2.InferenceServiceScoreRequest, context: grpc.aio.ServicerContext
     ) -> proxy_pb2.InferenceServiceScoreResponse:
-        result = await self._core().scoring.score(_tenant(), convert.score_request_from_proto(request))
+        result = await self._core().router.score(_tenant(), convert.score_request_from_proto(request))
         return convert.score_result_to_proto(result)
+
+
+class PeerServicer(peer_pb2_grpc.ProxyPeerServiceServicer):
+    """``claas.v1.ProxyPeerService``: calls another proxy replica forwarded here, for the tenant it names,
+    served by this replica's vLLM (never forwarded again). Only the internal token may call it."""
+
+    def __init__(self, core: CoreRef) -> None:
+        self._core = core
+
+    async def Serve(
+        self, request: peer_pb2.ProxyPeerServiceServeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[peer_pb2.ProxyPeerServiceServeResponse]:
+        if not current_principal().internal:
+            raise PermissionDenied("ProxyPeerService is for proxy replicas only (the internal token)")
+        tenant = check_tenant(request.tenant)
+        call = convert.peer_request_from_proto(request)
+        events = self._core().router.serve_forwarded(
+            tenant, call, stream=request.stream, may_refuse=request.may_refuse
+        )
+        try:
+            async for event in events:
+                yield convert.peer_event_to_proto(event)
+        finally:
+            await events.aclose()  # the forwarding replica's caller left: the owner's vLLM request ends too
 
 
 class FeedbackServicer(proxy_pb2_grpc.FeedbackServiceServicer):

@@ -36,6 +36,28 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits, Storage
     peers_refresh_s: float = Field(
         10.0, gt=0, description="How often an srv: replica set is looked up again (pods that come and go)."
     )
+    proxy_peers: str = Field(
+        "",
+        description="The proxy replicas, this one included, for routing by adapter: ip:port,ip:port, dns:///name:port "
+        "(the A records of the proxies' headless Service) or srv:<name>, re-resolved every peers_refresh_s. A chat, "
+        "completion or score of an adapter is forwarded once to the replica that owns it (rendezvous hashing), "
+        "whose vLLM then holds it. Empty: every call is served where it lands.",
+    )
+    proxy_peer_addr: str = Field(
+        "",
+        description="This replica's own address as it appears in proxy_peers (in Kubernetes $(POD_IP):50050); "
+        "required with proxy_peers.",
+    )
+    route_by_adapter: bool = Field(
+        True, description="With proxy_peers: forward calls to the adapter's owner; false serves every call here."
+    )
+    spill_in_flight: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="Calls of one adapter in flight on its owner at which the next one spills to the following "
+        "replica in the adapter's rendezvous order (a hot adapter is served by two).",
+    )
     vllm_url: str = Field("http://127.0.0.1:8001", description="Base URL of the vLLM OpenAI server the proxy uses.")
     vllm_api_key: SecretStr = Field(
         SecretStr(""),
@@ -126,6 +148,30 @@ class ProxySettings(CommonSettings, ObjectStoreSettings, FeedbackLimits, Storage
         except InvalidArgument as exc:
             raise ValueError(f"CLAAS_TRAINER_ADDR: {exc.message}") from None
         return value
+
+    @field_validator("proxy_peers")
+    @classmethod
+    def _a_proxy_set(cls, value: str) -> str:
+        if value.strip():
+            try:
+                PeerSet(value)
+            except InvalidArgument as exc:
+                raise ValueError(f"CLAAS_PROXY_PEERS: {exc.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _routable(self) -> Self:
+        if not self.proxy_peers.strip():
+            return self
+        if not self.internal_token:
+            # A forwarded call acts for the tenant it names on the strength of the internal token alone.
+            raise ValueError("CLAAS_PROXY_PEERS needs CLAAS_INTERNAL_TOKEN: replicas forward calls with it")
+        if not self.proxy_peer_addr.strip():
+            raise ValueError(
+                "CLAAS_PROXY_PEER_ADDR is required with CLAAS_PROXY_PEERS: this replica's address as the list "
+                "names it (in Kubernetes $(POD_IP):<grpc port>)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _usable_dashboard_secret(self) -> Self:

@@ -6,13 +6,14 @@ which names other tenants use.
 
 from __future__ import annotations
 
+import hmac
 import os
 import threading
 from pathlib import Path
 
 import structlog
 
-from services.common.auth import ApiKeyAuth, KeysFileError, Principal
+from services.common.auth import INTERNAL, ApiKeyAuth, KeyAuthenticator, KeysFileError, Principal
 from services.common.errors import InvalidArgument, NotFound, Unauthenticated
 from services.common.naming import owner_of
 
@@ -88,3 +89,20 @@ class KeysFileAuth:
     def authenticate_digest(self, digest: str) -> Principal:
         self._refresh()
         return self._auth.authenticate_digest(digest)
+
+
+class ReplicaOrKeyAuth:
+    """The proxy's gRPC callers: tenants by API key, and the other proxy replicas by the internal token (which
+    carries no tenant, so only ProxyPeerService serves it). An empty internal token admits no replica."""
+
+    def __init__(self, keys: KeyAuthenticator, internal_token: str) -> None:
+        self._keys = keys
+        self._token = internal_token.encode()
+
+    def authenticate(self, bearer: str | None) -> Principal:
+        if self._token and bearer is not None and hmac.compare_digest(bearer.encode(), self._token):
+            return INTERNAL
+        return self._keys.authenticate(bearer)
+
+    def authenticate_digest(self, digest: str) -> Principal:
+        return self._keys.authenticate_digest(digest)

@@ -87,9 +87,9 @@ async def chat_completions(
 ) -> p.ChatCompletion | StreamingResponse:
     request = body.to_core()
     if not body.stream:
-        return p.ChatCompletion.of(await core.inference.chat(tenant, request))
+        return p.ChatCompletion.of(await core.router.chat(tenant, request))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _streaming(core.inference.chat_stream(tenant, request), _ChatChunks(include_usage))
+    return await _streaming(core.router.chat_stream(tenant, request), _ChatChunks(include_usage))
 
 
 @openai_router.post("/completions", response_model=t.TextCompletion)
@@ -100,16 +100,16 @@ async def completions(
     as a rollout like a chat, so ``/v1/feedback`` takes its id."""
     request = body.to_core()
     if not body.stream:
-        return t.TextCompletion.of(await core.inference.complete(tenant, request))
+        return t.TextCompletion.of(await core.router.complete(tenant, request))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _streaming(core.inference.complete_stream(tenant, request), _TextChunks(include_usage))
+    return await _streaming(core.router.complete_stream(tenant, request), _TextChunks(include_usage))
 
 
 @openai_router.post("/score", response_model=t.ScoreResponse)
 async def score(body: t.ScoreBody, core: Core, tenant: Tenant) -> t.ScoreResponse:
     """Teacher-forced log-probs of ``completion`` as the assistant's answer to ``messages``, under the base
     model or an adapter version (the head unless ``version``). A read: nothing is recorded."""
-    return t.ScoreResponse.of(await core.scoring.score(tenant, body.to_core()))
+    return t.ScoreResponse.of(await core.router.score(tenant, body.to_core()))
 
 
 @openai_router.get("/models", response_model=p.ModelList)

@@ -90,7 +90,12 @@ async def test_a_tenant_cannot_hold_more_adapters_than_its_quota(core: ProxyCore
     from services.proxy.adapters import Adapters
 
     core.adapters = Adapters(
-        storage=core.storage, trainer=trainer, loras=core.loras, audit=core.audit, max_per_tenant=2
+        storage=core.storage,
+        trainer=trainer,
+        loras=core.loras,
+        serving=core.router,
+        audit=core.audit,
+        max_per_tenant=2,
     )
     await core.adapters.create("acme", "second")  # acme/bot exists already: two now
 
