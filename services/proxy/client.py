@@ -212,9 +212,7 @@ class _PeerServiceClient(ServiceClient):
         self._stub = peer_pb2_grpc.ProxyPeerServiceStub(channel)
         self._timeout = timeout_s
 
-    async def serve(
-        self, tenant: str, call: PeerCall, *, stream: bool, may_refuse: bool
-    ) -> AsyncIterator[PeerEvent]:
+    async def serve(self, tenant: str, call: PeerCall, *, stream: bool, may_refuse: bool) -> AsyncIterator[PeerEvent]:
         request = convert.peer_request_to_proto(tenant, call, stream=stream, may_refuse=may_refuse)
         async for response in self._stream(self._stub.Serve, request, timeout=self._timeout):
             yield convert.peer_event_from_proto(response)

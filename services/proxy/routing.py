@@ -253,4 +253,3 @@ class Router:
         if isinstance(call, ChatRequest):
             return self._inference.chat_stream(tenant, call)
         return self._inference.complete_stream(tenant, call)
-

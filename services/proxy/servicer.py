@@ -87,9 +87,7 @@ class PeerServicer(peer_pb2_grpc.ProxyPeerServiceServicer):
             raise PermissionDenied("ProxyPeerService is for proxy replicas only (the internal token)")
         tenant = check_tenant(request.tenant)
         call = convert.peer_request_from_proto(request)
-        events = self._core().router.serve_forwarded(
-            tenant, call, stream=request.stream, may_refuse=request.may_refuse
-        )
+        events = self._core().router.serve_forwarded(tenant, call, stream=request.stream, may_refuse=request.may_refuse)
         try:
             async for event in events:
                 yield convert.peer_event_to_proto(event)
