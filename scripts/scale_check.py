@@ -1,12 +1,12 @@
 """The whole system scaled out on one machine, with a trainer and a storage replica killed mid-run (issue 16).
 
-Real processes on loopback: an S3 server (moto), 2 storage replicas over it, the teacher (hf), 3 trainers,
-2 vLLM servers and 2 proxies (one vLLM each, as a proxy pod has). Every service reaches storage through the
-replica list and the proxies reach the trainers through theirs. ``--clients`` tenants each make ``--adapters``
-adapters and send ``--rounds`` rounds of feedback (a chat, then feedback on it), spreading their calls over both
-proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs the trainer holding the most jobs
-(once it is training one of them) and storage-1 together, and starts both again ``--down-s`` later; round 3
-runs with everything up again. Then it checks what a user and an operator would:
+Real processes on loopback: an S3 server (moto), 2 storage replicas over it, the teacher (hf), 3 trainers, 2 vLLM
+servers and 2 proxies (one vLLM each, as a proxy pod has, routing chats by adapter). Every service reaches storage
+through the replica list and the proxies reach the trainers through theirs. ``--clients`` tenants each make
+``--adapters`` adapters and send ``--rounds`` rounds of feedback (a chat, then feedback on it), spreading their
+calls over both proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs the trainer holding the
+most jobs (once it is training one of them) and storage-1 together, and starts both again ``--down-s`` later; round
+3 runs with everything up again. Then it checks what a user and an operator would:
 
 * every job that was submitted ended SUCCEEDED (none lost, none stuck), and no job record is left unfinished;
 * every feedback's completion id is in the lineage of exactly one version of its adapter, of no other adapter;
@@ -25,10 +25,8 @@ import argparse
 import asyncio
 import collections
 import functools
-import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,15 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
-
-from services.cli.stack import grpc_health, log_tail
+from services.cli.stack import ServiceProcess
 from services.common.domain import Message
 from services.common.errors import DeadlineExceeded, NotFound, Unavailable
 from services.common.model import PACKAGED_MODEL, resolve_base_model
 from services.common.net import free_port
 from services.common.objectstore import ObjectStore, ObjectStoreSettings, open_object_store
-from services.common.processes import ending_with_parent
 from services.common.vllm_server import VllmOptions
 from services.proxy.client import ProxyClient
 from services.proxy.domain import ChatRequest, Sampling
@@ -66,53 +61,6 @@ CALL_ATTEMPTS = 5
 TRAINERS = ("trainer-0", "trainer-1", "trainer-2")
 
 T = TypeVar("T")
-
-
-@dataclass
-class Process:
-    """One service process: how to start it again, and the running one."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    health: str  # a gRPC address, or an http URL whose /health answers 200
-    log: Path
-    popen: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                ending_with_parent(self.argv),
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def healthy(self) -> bool:
-        if self.health.startswith("http"):
-            try:
-                return httpx.get(f"{self.health}/health", timeout=2.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-        return grpc_health(self.health) == "SERVING"
-
-    async def wait_healthy(self, timeout_s: float = 600.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.popen is not None
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{log_tail(self.log)}")
-            if await asyncio.to_thread(self.healthy):
-                return
-            await asyncio.sleep(0.5)  # polling a health check
-        raise RuntimeError(f"{self.name} not healthy after {timeout_s:.0f}s:\n{log_tail(self.log)}")
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
-            self.popen.wait(timeout=120)
 
 
 @dataclass
@@ -157,13 +105,13 @@ class Fleet:
             "CLAAS_TEACHER_ADDR": address["teacher"],
             **{f"CLAAS_{key.upper()}": value for key, value in s3.items()},
         }
-        self.processes: dict[str, Process] = {}
+        self.processes: dict[str, ServiceProcess] = {}
         #: The jobs the killed trainer held (queued or running) when it was killed.
         self.killed_jobs: list[str] = []
         python = [sys.executable, "-m"]
 
         def add(name: str, argv: list[str], env: dict[str, str], health: str) -> None:
-            self.processes[name] = Process(name, argv, env, health, root / "logs" / f"{name}.log")
+            self.processes[name] = ServiceProcess(name, argv, env, health, root / "logs" / f"{name}.log")
 
         for n in range(2):
             env = {"CLAAS_PORT": str(ports[f"storage-{n}"]), "CLAAS_STORAGE_ID": f"storage-{n}",
@@ -191,6 +139,9 @@ class Fleet:
                 "CLAAS_API_KEYS_FILE": str(self.keys_file),
                 "CLAAS_ADAPTER_DIR": str(root / f"proxy-{n}-adapters"),
                 "CLAAS_BASE_MODEL": PACKAGED_MODEL,
+                # Chats routed by adapter: a chat on one proxy and its feedback on the other cross replicas.
+                "CLAAS_PROXY_PEERS": f"{address['proxy-0']},{address['proxy-1']}",
+                "CLAAS_PROXY_PEER_ADDR": address[f"proxy-{n}"],
             }
             add(f"proxy-{n}", [*python, "services.proxy"], common | env, address[f"proxy-{n}"])
             self.proxies.append(address[f"proxy-{n}"])

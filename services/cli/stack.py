@@ -6,6 +6,7 @@ compose file, the launcher starts vLLM beside it and the proxy only talks to vLL
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -327,3 +328,51 @@ def stack_running(data_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+@dataclass
+class ServiceProcess:
+    """One service process of a scripted fleet (the scale and routing checks): how to start it again, the
+    running one, its health (gRPC, or vLLM's /health) and signals to its process group."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health: str  # a gRPC address, or an http URL whose /health answers 200
+    log: Path
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                ending_with_parent(self.argv),
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def healthy(self) -> bool:
+        if self.health.startswith("http"):
+            try:
+                return httpx.get(f"{self.health}/health", timeout=2.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+        return grpc_health(self.health) == "SERVING"
+
+    async def wait_healthy(self, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{log_tail(self.log)}")
+            if await asyncio.to_thread(self.healthy):
+                return
+            await asyncio.sleep(0.5)  # polling a health check
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s:.0f}s:\n{log_tail(self.log)}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(timeout=120)

@@ -102,3 +102,19 @@ async def test_an_srv_set_follows_the_records_and_keeps_them_through_a_failed_lo
     # No record at all is an answer (no pod is ready), not a failure.
     assert await peers.refresh() == ()
     assert asked == ["_grpc._tcp.claas-trainer"] * 4
+
+
+async def test_a_dns_set_takes_the_address_records_of_a_name_with_its_port() -> None:
+    asked: list[str] = []
+
+    async def resolver(name_port: str) -> list[str]:
+        asked.append(name_port)
+        return ["10.0.0.9:50050", "10.0.0.7:50050"]
+
+    peers = PeerSet("dns:///claas-proxy-peers:50050", resolver=resolver)
+    assert peers.dynamic and peers.members() == ()
+    assert await peers.refresh() == ("10.0.0.7:50050", "10.0.0.9:50050")
+    assert asked == ["claas-proxy-peers:50050"]
+    for bad in ["dns:///", "dns:///claas-proxy-peers", "dns:///claas-proxy-peers:port"]:
+        with pytest.raises(InvalidArgument):
+            PeerSet(bad)

@@ -159,10 +159,15 @@ def container_env(objects: list[Obj], container: Obj) -> dict[str, str]:
         elif "configMapKeyRef" in item["valueFrom"]:
             ref = item["valueFrom"]["configMapKeyRef"]
             env[item["name"]] = named(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[item["name"]] = POD_IP  # what the kubelet fills in: a pod address, as the settings see it
         else:
             raise AssertionError(f"unexpected env source {item}")
     return env
 
+
+#: The address a rendered pod gets in place of ``status.podIP``.
+POD_IP = "10.0.0.7"
 
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 

@@ -15,6 +15,7 @@ from services.common.model import PACKAGED_MODEL
 from services.common.settings import EXAMPLE_SECRET_PREFIX, CommonSettings, SettingsError, load_settings
 from tests.unit.k8s.dockerfile import dockerfile_env
 from tests.unit.k8s.manifests import (
+    POD_IP,
     REPO,
     ROLES,
     Obj,
@@ -141,6 +142,19 @@ def test_addresses_lead_to_the_roles_they_name(monkeypatch: pytest.MonkeyPatch, 
                 assert _service_role(objects, host, int(port)) == target, f"{role}.{field}"
             checked += 1
     assert checked >= 4  # trainer -> storage, teacher; proxy -> storage, trainer
+
+
+def test_each_proxy_finds_its_peers_and_names_itself_among_them(
+    monkeypatch: pytest.MonkeyPatch, objects: list[Obj]
+) -> None:
+    _, container = role_containers(objects)["proxy"]
+    proxy = loaded_settings(monkeypatch, "proxy", container_env(objects, container))
+    assert proxy.route_by_adapter
+    host, _, port = proxy.proxy_peers.removeprefix("dns:///").rpartition(":")
+    assert proxy.proxy_peers.startswith("dns:///")
+    assert named(objects, "Service", host)["spec"]["clusterIP"] == "None"  # the pods' own addresses
+    assert _service_role(objects, host, int(port)) == "proxy"
+    assert proxy.proxy_peer_addr == f"{POD_IP}:{proxy.port}"  # how the records name this pod
 
 
 def test_trainer_threads_fit_its_cpu_limit(monkeypatch: pytest.MonkeyPatch, cpu: list[Obj]) -> None:

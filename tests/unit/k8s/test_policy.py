@@ -307,7 +307,7 @@ def test_grpc_ports_are_named_for_protocol_detection(objects: list[Obj]) -> None
                 grpc_services += 1
                 assert port["appProtocol"] == "grpc"
                 assert port["targetPort"] == "grpc"
-    assert grpc_services == 4
+    assert grpc_services == 5  # storage, teacher, trainer (headless), proxy and its peers (headless)
 
 
 def test_storage_runs_replicas_that_roll_without_a_gap(objects: list[Obj]) -> None:
@@ -369,6 +369,19 @@ def test_internal_services_answer_pods_of_the_namespace(objects: list[Obj]) -> N
     for component, port, caller in [("storage", 50051, "trainer"), ("teacher", 50052, "trainer"),
                                     ("trainer", 50053, "proxy"), ("storage", 50051, "proxy")]:  # fmt: skip
         assert ingress_allowed(objects, _workload(objects, component), port, _peer(objects, caller))
+
+
+def test_proxy_replicas_reach_each_other_by_a_rule_of_their_own(objects: list[Obj]) -> None:
+    proxy = _workload(objects, "proxy")
+    peers = [p for p in of_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "claas-proxy-peers"]
+    others = [p for p in of_kind(objects, "NetworkPolicy") if p["metadata"]["name"] != "claas-proxy-peers"]
+    assert ingress_allowed(peers + others, proxy, 50050, _peer(objects, "proxy"))
+    # Without the public rule (an operator who narrows it to an ingress controller) routing still works.
+    narrowed = [p for p in peers + others if p["metadata"]["name"] != "claas-proxy-public"]
+    assert ingress_allowed(narrowed, proxy, 50050, _peer(objects, "proxy"))
+    assert not ingress_allowed(narrowed, proxy, 8001, _peer(objects, "proxy"))
+    service = named(objects, "Service", "claas-proxy-peers")
+    assert service["spec"]["clusterIP"] == "None"  # one address record per ready pod
 
 
 def test_minio_answers_only_storage_the_proxy_the_trainers_and_the_bucket_job(objects: list[Obj]) -> None:
