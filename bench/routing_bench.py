@@ -321,6 +321,11 @@ async def routing_on(args: argparse.Namespace, fleet: Fleet, chats: Chats, out: 
     out["kill_after"] = after_kill
     out["kill_vllm_requests"] = await vllm_requests(fleet) - served_before
     out["kill_unreachable"] = await metric(fleet.metrics[survivor], "claas_proxy_forwarded", outcome="unreachable")
+    victim_owned = [
+        n for n in range(2, args.adapters * 3) if fleet.owner(f"{TENANT}/{names[n % args.adapters]}") == victim
+    ]
+    if victim_owned and not out["kill_unreachable"]:
+        failures.append(f"{len(victim_owned)} chats of the killed replica's adapters were not tried there first")
     if out["kill_vllm_requests"] != out["kill_chats"]:
         failures.append(f"{out['kill_chats']} chats after the kill made {out['kill_vllm_requests']:.0f} vLLM requests")
 

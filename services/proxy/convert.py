@@ -7,6 +7,7 @@ from those services. Nothing else in the proxy touches a proto (the HTTP surface
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -421,15 +422,7 @@ def peer_event_to_proto(event: PeerEvent) -> peer_pb2.ProxyPeerServiceServeRespo
     if isinstance(event, Busy):
         return response(busy=peer_pb2.PeerBusy(in_flight=event.in_flight))
     if isinstance(event, Started):
-        return response(
-            started=peer_pb2.PeerStarted(
-                completion_id=event.completion_id,
-                model=event.model,
-                adapter=event.adapter,
-                version=event.version,
-                created=event.created,
-            )
-        )
+        return response(started=peer_pb2.PeerStarted(**dataclasses.asdict(event)))  # the same fields
     if isinstance(event, Delta):
         return response(delta=peer_pb2.PeerDelta(text=event.text, logprobs=_logprobs_to_proto(event.logprobs)))
     if isinstance(event, ChatResult):
@@ -449,17 +442,7 @@ def peer_event_to_proto(event: PeerEvent) -> peer_pb2.ProxyPeerServiceServeRespo
             )
         )
     if isinstance(event, ScoreResult):
-        return response(
-            score=peer_pb2.PeerScoreResult(
-                model=event.model,
-                adapter=event.adapter,
-                version=event.version,
-                tokens=list(event.tokens),
-                token_ids=list(event.token_ids),
-                logprobs=list(event.logprobs),
-                prompt_tokens=event.prompt_tokens,
-            )
-        )
+        return response(score=peer_pb2.PeerScoreResult(**dataclasses.asdict(event)))  # the same fields
     return response(preloaded=peer_pb2.PeerPreloaded())
 
 

@@ -96,10 +96,6 @@ class Router:
         self._in_flight: Tally[str] = Tally()
         self._members: tuple[str, ...] = ()
 
-    @property
-    def routing(self) -> bool:
-        return self._replicas is not None
-
     async def start(self) -> None:
         if self._replicas is not None:
             await self._replicas.start()
@@ -112,10 +108,6 @@ class Router:
         """Is this replica the one that serves ``adapter`` (always, without a replica set)?"""
         order = self._order(adapter)
         return not order or order[0] == self._self
-
-    def in_flight(self, adapter: str) -> int:
-        """Calls of ``adapter`` this replica is serving now."""
-        return self._in_flight[adapter]
 
     async def chat(self, tenant: str, request: ChatRequest) -> ChatResult:
         return await self._one(tenant, request)  # type: ignore[return-value]

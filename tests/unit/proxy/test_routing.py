@@ -16,8 +16,25 @@ import pytest
 from claas.v1 import common_pb2, peer_pb2, peer_pb2_grpc
 from pydantic import ValidationError
 
+from services.common.domain import Message
 from services.common.net import free_port
 from services.common.rendezvous import ranked
+from services.proxy import convert
+from services.proxy.domain import (
+    Busy,
+    ChatRequest,
+    ChatResult,
+    CompletionRequest,
+    Delta,
+    Preload,
+    Preloaded,
+    Sampling,
+    ScoreRequest,
+    ScoreResult,
+    Started,
+    TokenLogprob,
+    TopLogprob,
+)
 from services.proxy.settings import ProxySettings
 from services.storage.client import StorageClient
 from tests.unit.proxy.conftest import Proxy, proxy_settings, running_proxy
@@ -318,3 +335,30 @@ def test_a_replica_set_that_cannot_route_is_refused_at_start(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         replica_settings(tmp_path, keys_file, 5000, "127.0.0.1:5000,127.0.0.1:5001", **changes)
+
+
+def test_every_field_of_a_forwarded_call_and_its_events_travels() -> None:
+
+    sampling = Sampling(max_tokens=7, temperature=0.7, top_p=0.9, seed=3, stop=("\n",))
+    calls = [
+        ChatRequest("bot", (Message("user", "Hi"),), sampling, strip_thinking=True, top_logprobs=0),
+        ChatRequest("bot", (Message("user", "Hi"),)),
+        CompletionRequest("bot", "Once", sampling, logprobs=2),
+        ScoreRequest("bot", (Message("user", "Hi"),), "Hello", version=2),
+        Preload("acme/bot", 3, 2),
+    ]
+    for call in calls:
+        proto = convert.peer_request_to_proto("acme", call, stream=True, may_refuse=True)
+        assert convert.peer_request_from_proto(proto) == call
+    logprobs = (TokenLogprob("Hé", -0.25, (72, 195, 169), (TopLogprob("Hé", -0.25, (72,)), TopLogprob("x", -2.0))),)
+    events = [
+        Busy(3),
+        Started("cmpl-1", "acme/bot", "acme/bot", 2, 1796320000),
+        Delta("Hé", logprobs),
+        ChatResult("cmpl-1", "acme/bot", "Hé", "acme/bot", 2, 4, 1, "stop", 1796320000, logprobs=()),
+        ChatResult("cmpl-1", "acme/bot", "Hé", "acme/bot", 2, 4, 1, "stop", 1796320000),
+        ScoreResult("acme/bot", "acme/bot", 2, ("H",), (39,), (-0.5,), 4),
+        Preloaded(),
+    ]
+    for event in events:
+        assert convert.peer_event_from_proto(convert.peer_event_to_proto(event)) == event
