@@ -4,9 +4,9 @@ Real processes on loopback: an S3 server (moto), 2 storage replicas over it, the
 servers and 2 proxies (one vLLM each, as a proxy pod has, routing chats by adapter). Every service reaches storage
 through the replica list and the proxies reach the trainers through theirs. ``--clients`` tenants each make
 ``--adapters`` adapters and send ``--rounds`` rounds of feedback (a chat, then feedback on it), spreading their
-calls over both proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs the trainer holding the
-most jobs (once it is training one of them) and storage-1 together, and starts both again ``--down-s`` later; round
-3 runs with everything up again. Then it checks what a user and an operator would:
+calls over both proxies. Round 1 runs with everything up; in round 2 the script SIGKILLs a trainer while it runs one
+of the round's jobs, and storage-1 with it, and starts both again ``--down-s`` later; round 3 runs with everything
+up again. Then it checks what a user and an operator would:
 
 * every job that was submitted ended SUCCEEDED (none lost, none stuck), and no job record is left unfinished;
 * every feedback's completion id is in the lineage of exactly one version of its adapter, of no other adapter;
@@ -219,28 +219,52 @@ async def _held_by(store: ObjectStore, trainer: str) -> list[JobRecord]:
     return [r for r in held if not r.view.state.terminal]
 
 
+async def _running_on(client: ProxyClient, job: Submitted) -> str | None:
+    """The id of the job once its live state (the trainer's own, through the proxy) says it is scoring or
+    training; None if it ends first or its watch breaks off."""
+    try:
+        async for view in client.feedback.watch(job.job_id):
+            if view.state in (JobState.SCORING, JobState.TRAINING):
+                return job.job_id
+    except (Unavailable, DeadlineExceeded):
+        pass
+    return None
+
+
 async def _kill_when_training(
-    fleet: Fleet, store: ObjectStore, submitted: asyncio.Event, down_s: float, log: list[str]
+    fleet: Fleet,
+    store: ObjectStore,
+    clients: dict[str, list[ProxyClient]],
+    round_jobs: asyncio.Future[list[Submitted]],
+    down_s: float,
+    log: list[str],
 ) -> None:
-    """Once the round's feedback is submitted, SIGKILL the trainer that holds the most unfinished jobs while it
-    runs one of them (which trainer owns which adapters depends on the run's ports), and storage-1 with it;
-    start both again ``down_s`` later."""
-    await submitted.wait()
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        held = {name: await _held_by(store, name) for name in TRAINERS}
-        victim = max(TRAINERS, key=lambda name: len(held[name]))
-        busy = [r.view.job_id for r in held[victim] if r.view.state in (JobState.SCORING, JobState.TRAINING)]
-        if busy:
-            break
-        await asyncio.sleep(0.2)  # polling the store for the moment to strike
-    else:
-        raise RuntimeError("no trainer ran a job of round 2 within 600 s")
+    """Once the round's feedback is submitted, SIGKILL the trainer that runs one of its jobs (seen in the job's
+    live state: the record is written on heartbeats only, and a one-step job can end between two), and storage-1
+    with it; start both again ``down_s`` later."""
+    jobs = await round_jobs
+    watches = {asyncio.create_task(_running_on(clients[j.tenant][0], j)) for j in jobs}
+    running = None
+    try:
+        while watches and running is None:
+            done, watches = await asyncio.wait(watches, timeout=600, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            running = next((task.result() for task in done if task.result() is not None), None)
+    finally:
+        for task in watches:
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+    if running is None:
+        raise RuntimeError("no job of round 2 was seen running within 600 s")
+    victim = JobRecord.from_json(await store.get(f"{JOBS}{running}.json")).owner
+    held = await _held_by(store, victim)
+    busy = [running]
     killed = (victim, "storage-1")
     for name in killed:
         fleet.processes[name].signal(signal.SIGKILL)
-    fleet.killed_jobs = [r.view.job_id for r in held[victim]]
-    log.append(f"killed {victim} (running {busy}, holding {len(held[victim])} unfinished jobs) and storage-1")
+    fleet.killed_jobs = [r.view.job_id for r in held]
+    log.append(f"killed {victim} (running {busy}, holding {len(held)} unfinished jobs) and storage-1")
     print(f"  {log[-1]}", flush=True)
     await asyncio.sleep(down_s)  # how long the two stay down: the fault, not a synchronisation
     for name in killed:
@@ -276,13 +300,13 @@ async def _workload(args: argparse.Namespace, fleet: Fleet, store: ObjectStore, 
     round_seconds = []
     for rnd in range(1, args.rounds + 1):
         began = time.monotonic()
-        submitted = asyncio.Event()
-        chaos = _kill_when_training(fleet, store, submitted, args.down_s, events) if rnd == 2 else None
+        round_jobs: asyncio.Future[list[Submitted]] = asyncio.get_running_loop().create_future()
+        chaos = _kill_when_training(fleet, store, clients, round_jobs, args.down_s, events) if rnd == 2 else None
         chaos_task = asyncio.create_task(chaos) if chaos else None
         rounds = await asyncio.gather(*(
             _feedback_round(clients[t], t, i, args.adapters, rnd, tally) for i, t in enumerate(tenants)))  # fmt: skip
-        submitted.set()
         sent = [job for batch in rounds for job in batch]
+        round_jobs.set_result(sent)
         tally.submitted += sent
         await asyncio.gather(*(_wait_ended(clients[j.tenant][n % 2], j, tally) for n, j in enumerate(sent)))
         if chaos_task is not None:
