@@ -133,17 +133,17 @@ class StorageClient(ServiceClient):
         """A version (0 = head) and its files in memory, each checked against its size and SHA-256."""
         request = storage_pb2.GetVersionRequest(name=name, version=version, include_optimizer=include_optimizer)
         header: Version | None = None
-        parts: dict[str, bytearray] = {}
+        parts: dict[str, _Received] = {}
         async for item in self._download(request):
             if isinstance(item, Version):
                 header = item
             else:
-                _append(parts.setdefault(item.path, bytearray()), item)
+                parts.setdefault(item.path, _Received()).add(item)
         if header is None:
             raise DataLoss(f"storage sent no header for {name} v{version}")
-        files = {entry.path: bytes(parts.get(entry.path, b"")) for entry in header.files}
+        files = {}
         for entry in header.files:
-            _verify(entry, len(files[entry.path]), await _sha256(files[entry.path]))
+            files[entry.path] = parts.get(entry.path, _Received()).verified(entry)
         return header, files
 
     async def download_version(
@@ -163,7 +163,7 @@ class StorageClient(ServiceClient):
                 else:
                     if item.path not in sinks:
                         sinks[item.path] = _FileSink(dest, item.path)
-                    sinks[item.path].write(item)
+                    sinks[item.path].add(item)
             if header is None:
                 raise DataLoss(f"storage sent no header for {name} v{version}")
             for entry in header.files:
@@ -203,40 +203,56 @@ async def _sha256(data: bytes) -> str:
     return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
-def _append(buffer: bytearray, chunk: common_pb2.FileChunk) -> None:
-    if chunk.offset != len(buffer):
-        raise DataLoss(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {len(buffer)}")
-    buffer.extend(chunk.data)
+class _Received:
+    """One file as it arrives: each chunk checked to follow the one before and hashed on arrival, so the
+    digest is ready when the last one is in. In memory, the chunks are kept as they came and joined once
+    at the end (one copy, not one per chunk)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def add(self, chunk: common_pb2.FileChunk) -> None:
+        if chunk.offset != self._size:
+            raise DataLoss(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {self._size}")
+        piece = chunk.data
+        self._keep(piece)
+        self._hash.update(piece)
+        self._size += len(piece)
+
+    def _keep(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+
+    def verify(self, entry: FileEntry) -> None:
+        digest = self._hash.hexdigest()
+        if self._size != entry.size or digest != entry.sha256:
+            raise DataLoss(
+                f"{entry.path!r}: got {self._size} bytes sha256 {digest[:12]}…, "
+                f"expected {entry.size} bytes {entry.sha256[:12]}…"
+            )
+
+    def verified(self, entry: FileEntry) -> bytes:
+        self.verify(entry)
+        return self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
 
 
-def _verify(entry: FileEntry, size: int, digest: str) -> None:
-    if size != entry.size or digest != entry.sha256:
-        raise DataLoss(
-            f"{entry.path!r}: got {size} bytes sha256 {digest[:12]}…, expected {entry.size} bytes {entry.sha256[:12]}…"
-        )
-
-
-class _FileSink:
+class _FileSink(_Received):
     """One downloaded file: streamed into a hidden temporary file, renamed into place once verified."""
 
     def __init__(self, dest: Path, path: str) -> None:
+        super().__init__()
         self._target = dest / Path(path).name  # the server restricts names; never follow a path out of dest
         fd, tmp = tempfile.mkstemp(prefix=f".{self._target.name}.", suffix=".part", dir=dest)
         self._tmp: Path | None = Path(tmp)
         self._handle = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
-        self._size = 0
 
-    def write(self, chunk: common_pb2.FileChunk) -> None:
-        if chunk.offset != self._size:
-            raise DataLoss(f"chunk of {chunk.path!r} at offset {chunk.offset}, expected {self._size}")
-        self._handle.write(chunk.data)
-        self._hash.update(chunk.data)
-        self._size += len(chunk.data)
+    def _keep(self, piece: bytes) -> None:
+        self._handle.write(piece)
 
     def verify(self, entry: FileEntry) -> None:
         self._handle.close()
-        _verify(entry, self._size, self._hash.hexdigest())
+        super().verify(entry)
 
     def publish(self) -> None:
         if self._tmp is not None:
