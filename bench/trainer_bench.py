@@ -2,6 +2,7 @@
 
     python bench/trainer_bench.py [--tokens 64] [--rounds 5] [--steps 4] [--device cpu]
 
+* Teacher score: one score of the job's request through the teacher's gRPC API.
 * SDPO step: ``Session.step`` (student forward at the response positions, support log-probs, loss, backward,
   clip, AdamW) with the real teacher's targets; median of ``--rounds`` after one warm-up step.
 * Floor: a bare forward+backward of the same model (LoRA on) on the same tokens, full-vocabulary logits at
@@ -21,8 +22,9 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,7 +38,7 @@ from services.storage.client import StorageClient
 from services.storage.server import build_server as build_storage
 from services.storage.settings import StorageSettings
 from services.teacher.client import TeacherClient
-from services.teacher.domain import AdapterRef
+from services.teacher.domain import AdapterRef, ScoreRequest, ScoreResult
 from services.teacher.server import build_server as build_teacher
 from services.teacher.settings import TeacherSettings
 from services.trainer import convert
@@ -108,20 +110,38 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
-async def step_figures(
-    engine: Engine, teacher_addr: str, sample_proto, rounds: int, guard_tokens: int
-) -> tuple[float, float, float, float]:
-    """(SDPO step, floor, commit guard, guided rollouts of one sample) seconds of a fresh rank-16 adapter with
-    the real teacher's targets."""
+Score = Callable[[ScoreRequest], Awaitable[list[ScoreResult]]]
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """Seconds of each part of a job, alone, on a fresh rank-16 adapter with the real teacher's targets."""
+
+    #: One teacher score of the job's request (the median of the rounds).
+    teacher_s: float
+    #: One SDPO step.
+    step_s: float
+    #: A bare forward+backward of the same tokens.
+    floor_s: float
+    #: The commit guard's probe.
+    guard_s: float
+    #: Guided rollouts of one sample.
+    guided_s: float
+
+
+async def step_figures(engine: Engine, score: Score, sample_proto, rounds: int, guard_tokens: int) -> StepFigures:
+    """Each part of a job timed alone; ``score`` is the teacher's (a client's or the core's own)."""
     config = SdpoConfig(steps=1)
     shape = engine.resolve_lora(LoraSpec(rank=16, alpha=32))
     session = engine.open("bench@1", shape, engine.init_files(shape), config)
     samples = convert.samples_from_proto([sample_proto])
-    teacher = TeacherClient.connect(teacher_addr)
-    try:
-        results = await teacher.score(score_request(samples, config, AdapterRef("")))
-    finally:
-        await teacher.close()
+    request = score_request(samples, config, AdapterRef(""))
+    results = await score(request)  # warm-up
+    teacher_times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await score(request)
+        teacher_times.append(time.perf_counter() - started)
     session.set_targets(samples, targets_from_results(results, samples, contrastive=False))
     step_s = timed(lambda: session.step(1), rounds)
     ids = torch.tensor([list(sample_proto.prompt_ids) + list(sample_proto.response_ids)], device=engine.device)
@@ -139,7 +159,7 @@ async def step_figures(
     engine.guard_probe(session, DRIFT_PROMPTS, conversations, guard_tokens)  # the base model's answers, once
     guard_s = timed(lambda: engine.guard_probe(session, DRIFT_PROMPTS, conversations, guard_tokens), rounds)
     guided_s = timed(lambda: session.guided_samples(samples, 0), rounds)
-    return step_s, floor_s, guard_s, guided_s
+    return StepFigures(statistics.median(teacher_times), step_s, floor_s, guard_s, guided_s)
 
 
 async def job_seconds(stub, name: str, sample_proto, steps: int) -> float:
@@ -177,9 +197,11 @@ async def run(args, settings: TrainerSettings, storage) -> None:
     engine = Engine.load(settings)
     load_s = time.perf_counter() - started
     sample_proto = sample(engine, args.tokens)
-    step_s, floor_s, guard_s, guided_s = await step_figures(
-        engine, settings.teacher_addr, sample_proto, args.rounds, settings.guard_max_new_tokens
-    )
+    teacher = TeacherClient.connect(settings.teacher_addr)
+    try:
+        figures = await step_figures(engine, teacher.score, sample_proto, args.rounds, settings.guard_max_new_tokens)
+    finally:
+        await teacher.close()
     server, ready, stop = build_trainer(settings, engine=lambda: engine)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -196,13 +218,15 @@ async def run(args, settings: TrainerSettings, storage) -> None:
     cold = await cold_job(settings, sample_proto, args.steps)
     tokens = args.tokens
     print(f"response tokens            {tokens}")
+    step_s = figures.step_s
+    print(f"teacher score (gRPC)       {figures.teacher_s:.3f} s")
     print(f"SDPO step                  {step_s:.3f} s   {tokens / step_s:.1f} tokens/s")
-    print(f"floor (forward+backward)   {floor_s:.3f} s   step / floor = {step_s / floor_s:.2f}")
+    print(f"floor (forward+backward)   {figures.floor_s:.3f} s   step / floor = {step_s / figures.floor_s:.2f}")
     print(f"model load from disk       {load_s:.2f} s")
     print(f"warm job ({args.steps} steps)         {warm:.2f} s")
     print(f"cold job (load + job)      {cold:.2f} s   cold / warm = {cold / warm:.2f}")
-    print(f"commit guard               {guard_s:.2f} s   guard / warm job = {guard_s / warm:.2f}")
-    print(f"guided rollouts (1 sample) {guided_s:.2f} s   guided / warm job = {guided_s / warm:.2f}")
+    print(f"commit guard               {figures.guard_s:.2f} s   guard / warm job = {figures.guard_s / warm:.2f}")
+    print(f"guided rollouts (1 sample) {figures.guided_s:.2f} s   guided / warm job = {figures.guided_s / warm:.2f}")
     await storage.close()
 
 
