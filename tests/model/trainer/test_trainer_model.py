@@ -21,6 +21,7 @@ from services.teacher.domain import TokenDistributions
 from services.trainer.config import SdpoConfig
 from services.trainer.domain import Sample, Targets
 from services.trainer.engine import Engine
+from services.trainer.settings import TrainerSettings
 from tests.model.trainer.conftest import rollout, trainer, trainer_settings
 from tests.unit.trainer.helpers import events
 
@@ -233,6 +234,26 @@ def test_initialising_adapters_between_a_jobs_steps_leaves_the_job_alone(engine:
     exported = _weights(files)
     assert exported.keys() == trained.keys()
     assert all(torch.equal(exported[k], trained[k]) for k in trained)
+
+
+def test_the_guards_drift_reads_the_same_with_the_base_models_log_probs_remembered(engine: Engine) -> None:
+    """The guard remembers the base model's log-probs on its questions' answers; a wrong memory (another
+    question's of the same length) would change the drift it reads against a fresh engine's."""
+    shape = engine.resolve_lora(LoraSpec(rank=8, alpha=16))
+    trained = {k: v + 0.01 if "lora_B" in k else v for k, v in _weights(engine.init_files(shape)).items()}
+    files = {"adapter_model.safetensors": safetensors.torch.save(trained)}
+    focus, health = "Give me one tip for staying focused.", "Give me one tip for staying healthy."
+    assert len(engine.tokenizer(focus)["input_ids"]) == len(engine.tokenizer(health)["input_ids"])
+
+    session = engine.open("acme/drift@2", shape, files, SdpoConfig())
+    engine.guard_probe(session, (focus,), [], 8)
+    remembered = engine.guard_probe(session, (health,), [], 8)
+    fresh = Engine.load(TrainerSettings())
+    cold = fresh.guard_probe(fresh.open("acme/drift@2", shape, files, SdpoConfig()), (health,), [], 8)
+
+    assert remembered.drift > 1e-3  # the update moved the answers' log-probs
+    assert remembered.drift == pytest.approx(cold.drift, rel=1e-6)
+    assert remembered.answers == cold.answers
 
 
 def test_a_job_does_not_change_the_cached_version_it_started_from(engine: Engine) -> None:
