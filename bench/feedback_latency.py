@@ -3,8 +3,9 @@
 Starts its own stack (`claas up` processes on free ports, a fresh data folder), then for each round:
 chat -> submit feedback -> watch the job -> chat until the answer is served by the new version.
 Phases: queued+scoring (submit until training starts), training, commit, serve (job done until the first
-answer of the new version). Then restarts only the trainer with CLAAS_RELOAD_MODEL_PER_JOB=true (the base
-model loaded from disk for every job, as the anchor system does) and repeats, printing the ratio.
+answer of the new version); beside them the phases the trainer measures inside each job (its metrics). Then
+restarts only the trainer with CLAAS_RELOAD_MODEL_PER_JOB=true (the base model loaded from disk for every
+job, as the anchor system does) and repeats, printing the ratio.
 
 The floor, measured in the same run on the same machine and model, each part alone while the stack idles:
 one teacher score of a job's request (the teacher's core in this process), the job's SDPO steps on a warm
@@ -22,8 +23,10 @@ import asyncio
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from trainer_bench import sample, step_figures
 
 from services.cli.stack import Secrets, Stack, StackConfig
@@ -82,6 +85,25 @@ async def measure(target: str, key: str, adapter: str, rounds: int, steps: int, 
             await client.adapters.create(adapter)
         results = [await one_round(client, adapter, steps) for _ in range(rounds)]
     return {phase: statistics.median(r[phase] for r in results) for phase in PHASES}
+
+
+def trainer_phases(metrics_url: str) -> dict[str, float]:
+    """Mean seconds per job of each phase the trainer itself measures (its ``claas_trainer_job_phase_seconds``
+    histogram), over every job it has run."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "claas_trainer_job_phase_seconds":
+            continue
+        for metric in family.samples:
+            phase = metric.labels.get("phase", "")
+            if metric.name.endswith("_sum"):
+                sums[phase] = metric.value
+            elif metric.name.endswith("_count"):
+                counts[phase] = metric.value
+    return {phase: sums[phase] / counts[phase] for phase in sums if counts.get(phase)}
 
 
 async def floor(
@@ -147,8 +169,14 @@ def main() -> None:
         stack = Stack(config)
         try:
             stack.up()
+            # The trainer again, now with its metrics served: the phases it measures inside a job.
+            metrics_port = free_port()
+            stack.stop_role("trainer")
+            stack.start_role("trainer", {"CLAAS_METRICS_PORT": str(metrics_port)})
+            stack.wait_healthy("trainer", 600)
             target, key = config.addresses["proxy"], stack.secrets.api_key
             warm = asyncio.run(measure(target, key, "bench", args.rounds, args.steps, create=True))
+            inside = trainer_phases(f"http://{config.host}:{metrics_port}/metrics")
             parts, extras = asyncio.run(floor(config, stack.secrets, args.steps, args.rounds))
             stack.stop_role("trainer")
             stack.start_role("trainer", {"CLAAS_RELOAD_MODEL_PER_JOB": "true"})
@@ -161,6 +189,9 @@ def main() -> None:
     for phase in PHASES:
         ratio = cold[phase] / warm[phase] if warm[phase] > 0 else float("nan")
         print(f"{phase:<12} {warm[phase]:8.2f} {cold[phase]:8.2f} {ratio:12.2f}")
+    print("\ninside the warm trainer, mean per job (seconds)")
+    for phase, seconds in inside.items():
+        print(f"{phase:<22} {seconds:8.2f}")
     floor_s = sum(parts.values())
     print("\nthe floor: each part alone, same machine and model (seconds)")
     for part, seconds in parts.items():
