@@ -32,12 +32,11 @@ from services.trainer.settings import TrainerSettings
 QUESTION = "Explain in a few sentences why the sky is blue, and say what colour the sky is at sunset."
 
 
-def batch(tokenizer, samples: int, tokens: int, seed: int) -> tuple[torch.Tensor, int]:
-    """``samples`` sequences of the prompt and a random ``tokens``-long response; the prompt's length."""
-    _, prompt = render_prompt(tokenizer, [{"role": "user", "content": QUESTION}])
+def batch(prompt: list[int], vocab: int, samples: int, tokens: int, seed: int) -> torch.Tensor:
+    """``samples`` sequences of ``prompt`` and a random ``tokens``-long response."""
     generator = torch.Generator().manual_seed(seed)
-    responses = torch.randint(0, len(tokenizer), (samples, tokens), generator=generator)
-    return torch.cat([torch.tensor([prompt] * samples), responses], dim=1), len(prompt)
+    responses = torch.randint(0, vocab, (samples, tokens), generator=generator)
+    return torch.cat([torch.tensor([prompt] * samples), responses], dim=1)
 
 
 def job_loss(logits: torch.Tensor, ids: torch.Tensor, prompt: int) -> torch.Tensor:
@@ -113,10 +112,11 @@ def main() -> None:
     print(f"{args.samples} rollouts x {args.tokens} response tokens per job, rank {shape.rank}; seconds per pass")
     columns = ("sequential", "mixed", "seq tok/s", "mixed tok/s", "mixed/seq", "grad diff")
     print(f"{'K':>2} " + " ".join(f"{c:>11}" for c in columns))
-    prompt = batch(tokenizer, 1, 1, 0)[1]
+    _, prompt_ids = render_prompt(tokenizer, [{"role": "user", "content": QUESTION}])
+    prompt = len(prompt_ids)
     for k in counts:
         jobs_names = names[:k]
-        jobs = [batch(tokenizer, args.samples, args.tokens, seed)[0] for seed in range(k)]
+        jobs = [batch(prompt_ids, len(tokenizer), args.samples, args.tokens, seed) for seed in range(k)]
         seq_s = timed(functools.partial(sequential, model, jobs_names, jobs, prompt), model, args.rounds)
         expected = grads(model, jobs_names)
         trainable(model, jobs_names)
