@@ -29,6 +29,9 @@ PANELS: dict[str, list[tuple[str, str, str | None]]] = {
     "sdpo.png": [("sdpo_loss", "SDPO loss", None), ("sdpo_grad_norm", "grad norm", None),
                  ("sdpo_is_ratio", "importance ratio", None), ("sdpo_gap", "teacher - student gap", None)],
 }  # fmt: skip
+#: Metrics drawn on a log axis: a decision-point probability moves by orders of magnitude (identity 1e-5 to 0.7,
+#: concise 1e-5 to 3e-3 in one run), so on a linear axis every small preference reads as a flat zero.
+LOG_SCALE = frozenset({"decision_p"})
 
 
 def _points(metric: str, name: str, baseline: dict[str, Any], records: list[dict[str, Any]], arm: str):
@@ -46,11 +49,16 @@ def _points(metric: str, name: str, baseline: dict[str, Any], records: list[dict
 
 def _panel(ax, metric, title, threshold, config, names, baseline, records) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    plotted: list[float] = []
     for index, name in enumerate(names):
         for arm, style in zip(ARMS, ("-", "--"), strict=True):
             xs, ys = _points(metric, name, baseline, records, arm)
             if xs:
                 ax.plot(xs, ys, style, marker="o", color=colours[index % len(colours)], label=f"{name} {arm}")
+                plotted.extend(ys)
+    # A zero cannot be drawn on a log axis: such a panel stays linear rather than hide points.
+    if metric in LOG_SCALE and plotted and min(plotted) > 0:
+        ax.set_yscale("log")
     if threshold is not None:
         ax.axhline(config["collapse"][threshold], color="red", linewidth=1, linestyle=":", label="alert")
     ax.set_title(title, fontsize=9)
