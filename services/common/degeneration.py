@@ -1,7 +1,10 @@
 """Is an answer degenerate? Repetition or symbol spam, the two ways a small model breaks under training.
 
 One check for the trainer's commit guard, ``claas demo`` and ``claas eval``: a word 3-gram said three times or
-more, or a run of eight equal symbols.
+more, or a run of eight equal symbols. Words are runs of letters and digits (an apostrophe inside one keeps it
+whole), so punctuation and hyphens split them: a loop a person reads at once, "a Kuro-Kuro, a Kuro-Kuro-Kuro, a
+Kuro-Kuro-Kuro" or "Kage-Kai-Kai, Kage-Kai-Kai", has no repeated whitespace-separated 3-gram at all, and passed
+both the guard and the eval's count before (seen in an identity eval run at the default settings).
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import re
 
 _SYMBOL_RUN = re.compile(r"([^\w\s])\1{7,}")
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
 
 
 def degeneration(answer: str) -> str:
     """What is degenerate about ``answer`` ("" when nothing is): the repeated 3-gram or the symbol run."""
-    words = answer.lower().split()
+    words = _WORD.findall(answer.lower())
     trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     for trigram in dict.fromkeys(trigrams):
         if trigrams.count(trigram) >= 3:
