@@ -6,7 +6,7 @@ from services.common.degeneration import degenerate, degeneration
 
 
 def test_repetition_and_symbol_runs_are_flagged_with_what_repeats() -> None:
-    assert degeneration("and I'm Kuro, and I'm Kuro, and I'm Kuro, and I'm Kuro") == ('repeats "and i\'m kuro" 4 times')
+    assert degeneration("and I'm Kuro, and I'm Kuro, and I'm Kuro, and I'm Kuro") == 'repeats "and i\'m kuro" 4 times'
     assert degeneration("Great!!!!!!!!!!") == "a run of 10 '!'"
     assert degenerate("I'm a cat-friendly cat. I'm a cat-friendly cat. I'm a cat-friendly cat.")
 
